@@ -1,0 +1,20 @@
+"""Evaluators score candidates: tasks, quality, latency and size measurement.
+
+``import evaluators`` stays light; each evaluator imports torch or pandas only when it runs.
+"""
+
+from evaluators import _digits, _tabular  # noqa: F401  (registration)
+from evaluators._base import EvalContext, Evaluator, EvaluatorOptions, TrialStopped, check_metrics
+from evaluators._registry import available_evaluators, get_evaluator_class, make_evaluator, register_evaluator
+
+__all__ = [
+    "EvalContext",
+    "Evaluator",
+    "EvaluatorOptions",
+    "TrialStopped",
+    "available_evaluators",
+    "check_metrics",
+    "get_evaluator_class",
+    "make_evaluator",
+    "register_evaluator",
+]

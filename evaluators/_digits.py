@@ -1,0 +1,168 @@
+"""``digits-classifier``: a real (small) NAS task on scikit-learn's bundled 8x8 digits."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from evaluators._base import EvalContext, Evaluator, EvaluatorOptions
+from evaluators._registry import register_evaluator
+from spaces import Candidate
+
+if TYPE_CHECKING:
+    import torch
+
+_KNOWN = ("arch", "depth", "width", "kernel", "activation", "dropout", "lr", "batch_size")
+
+
+class DigitsOptions(EvaluatorOptions):
+    epochs: int = Field(default=10, ge=1, le=1000)
+    test_fraction: float = Field(default=0.3, gt=0.05, lt=0.9)
+    split_seed: int = 0
+    default_arch: Literal["mlp", "cnn"] = "mlp"
+    latency_time_cap_s: float = Field(default=1.0, gt=0)
+
+
+def _param(c: Candidate, name: str, layer: int | None, default: Any) -> Any:
+    """Per-layer ``name_i`` wins over a shared ``name``; then the default."""
+    if layer is not None and f"{name}_{layer}" in c.params:
+        return c.params[f"{name}_{layer}"]
+    return c.params.get(name, default)
+
+
+@register_evaluator("digits-classifier")
+class DigitsClassifier(Evaluator):
+    """Train the candidate network on ``load_digits`` and measure it.
+
+    Parameters it understands (each may be per layer as ``NAME_i``): ``arch`` (mlp|cnn), ``depth``,
+    ``width``, ``kernel`` (cnn), ``activation`` (relu|gelu|tanh|silu), ``dropout``, ``lr``, ``batch_size``.
+
+    Metrics: ``accuracy`` (held-out split), ``latency_ms`` (batch-1 inference, median after warm-up),
+    ``latency_ci_ms`` (half-width of its 95 % CI), ``params``, ``flops`` (multiply-adds x 2).
+    """
+
+    Options = DigitsOptions
+    options: DigitsOptions
+
+    def metrics(self) -> tuple[str, ...]:
+        return ("accuracy", "latency_ms", "latency_ci_ms", "latency_cv", "params", "flops")
+
+    def check_params(self, names: set[str]) -> None:
+        unknown = sorted(n for n in names if n not in _KNOWN and n.rsplit("_", 1)[0] not in _KNOWN)
+        if unknown:
+            raise ValueError(
+                f"digits-classifier does not use parameters {unknown}. It understands {list(_KNOWN)} "
+                "(optionally per layer as NAME_i)"
+            )
+
+    def setup(self) -> None:
+        import numpy as np
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        x, y = load_digits(return_X_y=True)
+        x = (x / 16.0).astype(np.float32)
+        self._data = train_test_split(
+            x, y, test_size=self.options.test_fraction, random_state=self.options.split_seed, stratify=y
+        )
+
+    def build(self, c: Candidate) -> torch.nn.Module:
+        import torch
+        from torch import nn
+
+        acts = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+        arch = c.params.get("arch", self.options.default_arch)
+        depth = int(c.params.get("depth", 2))
+        layers: list[nn.Module] = []
+        if arch == "cnn":
+            channels, size = 1, 8
+            layers.append(nn.Unflatten(1, (1, 8, 8)))
+            for i in range(1, depth + 1):
+                width, k = int(_param(c, "width", i, 16)), int(_param(c, "kernel", i, 3))
+                act = acts[_param(c, "activation", i, "relu")]
+                layers += [nn.Conv2d(channels, width, k, padding=k // 2), act()]
+                if size > 2:
+                    layers.append(nn.MaxPool2d(2))
+                    size //= 2
+                channels = width
+            layers += [nn.Flatten(), nn.Dropout(float(c.params.get("dropout", 0.0)))]
+            layers.append(nn.Linear(channels * size * size, 10))
+        elif arch == "mlp":
+            features = 64
+            for i in range(1, depth + 1):
+                width = int(_param(c, "width", i, 64))
+                act = acts[_param(c, "activation", i, "relu")]
+                layers += [nn.Linear(features, width), act(), nn.Dropout(float(_param(c, "dropout", i, 0.0)))]
+                features = width
+            layers.append(nn.Linear(features, 10))
+        else:
+            raise ValueError(f"digits-classifier: arch must be one of ['mlp', 'cnn'], but got {arch!r}")
+        torch.manual_seed(0)
+        return nn.Sequential(*layers)
+
+    def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
+        import torch
+
+        from evaluators.latency import fixed_threads, measure_latency
+
+        x_tr, x_te, y_tr, y_te = self._data
+        torch.manual_seed(context.seed)
+        model = self.build(candidate)
+        lr = float(candidate.params.get("lr", 3e-3))
+        batch = int(candidate.params.get("batch_size", 64))
+        xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
+        xv, yv = torch.from_numpy(x_te), torch.from_numpy(y_te)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(context.seed)
+        accuracy = 0.0
+        with fixed_threads(context.threads):
+            for epoch in range(1, self.options.epochs + 1):
+                model.train()
+                for idx in torch.randperm(len(xt), generator=gen).split(batch):
+                    opt.zero_grad()
+                    loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+                    loss.backward()
+                    opt.step()
+                model.eval()
+                with torch.no_grad():
+                    accuracy = float((model(xv).argmax(1) == yv).float().mean())
+                context.report(epoch, {"accuracy": accuracy})
+            params = sum(p.numel() for p in model.parameters())
+            flops = _count_flops(model, xv[:1])
+            sample = xv[:1]
+            with torch.inference_mode():
+                stats = measure_latency(lambda: model(sample), time_cap_s=self.options.latency_time_cap_s)
+        return {
+            "accuracy": accuracy,
+            "latency_ms": stats.median_ms,
+            "latency_ci_ms": (stats.ci_high_ms - stats.ci_low_ms) / 2,
+            "latency_cv": stats.cv,
+            "params": float(params),
+            "flops": float(flops),
+        }
+
+
+def _count_flops(model: torch.nn.Module, sample: torch.Tensor) -> int:
+    """Multiply-adds x 2 of Linear and Conv2d layers for one forward pass of ``sample``."""
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def hook(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, nn.Linear):
+            total += 2 * mod.in_features * mod.out_features * (out.numel() // mod.out_features)
+        elif isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
+            total += 2 * k * out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    return total

@@ -1,0 +1,104 @@
+"""``tabular``: look candidates up in a recorded table (CSV or Parquet). How samplers are benchmarked."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from evaluators._base import EvalContext, Evaluator, EvaluatorOptions
+from evaluators._registry import register_evaluator
+from spaces import Candidate
+
+
+class TabularOptions(EvaluatorOptions):
+    table: str = Field(min_length=1, description="Path to a .csv or .parquet file.")
+    metrics: dict[str, str] = Field(min_length=1, description="metric name -> column of the table")
+    seed_column: str | None = Field(
+        default=None,
+        description="When rows repeat a key once per seed, the column that tells the seeds apart: each "
+        "evaluation observes one seed's row (chosen by the trial's seed), as a real noisy run would.",
+    )
+
+    @field_validator("table")
+    @classmethod
+    def _suffix(cls, v: str) -> str:
+        if Path(v).suffix.lower() not in (".csv", ".parquet", ".pq"):
+            raise ValueError(f"table must be a .csv or .parquet file, but got {v!r}")
+        return v
+
+
+def _key(value: Any) -> Any:
+    """Normalise a cell or a parameter value so that 3, 3.0 and '3' style mismatches still match."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return int(value) if value.is_integer() else round(value, 10)
+    if hasattr(value, "item"):  # numpy scalar
+        return _key(value.item())
+    return value
+
+
+@register_evaluator("tabular")
+class TabularEvaluator(Evaluator):
+    """Returns the recorded metrics of the table row whose key columns equal the candidate's parameters.
+
+    The key columns are the space's parameter names; a parameter that is inactive for a candidate matches
+    an empty cell. A candidate missing from the table fails the trial with a clear error.
+    """
+
+    Options = TabularOptions
+    options: TabularOptions
+
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.options.metrics)
+
+    def setup(self) -> None:
+        import pandas as pd
+
+        path = Path(self.options.table).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"tabular evaluator: table not found: {path}")
+        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+        missing = [c for c in self.options.metrics.values() if c not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"tabular evaluator: metric columns {missing} are not in {path.name}. "
+                f"Columns: {list(frame.columns)}"
+            )
+        self._frame = frame
+        self._index: dict[tuple[str, ...], dict[tuple[Any, ...], list[int]]] = {}
+
+    def _rows_for(self, params: dict[str, Any]) -> list[int]:
+        frame = self._frame
+        unknown = [k for k in params if k not in frame.columns]
+        if unknown:
+            raise KeyError(f"tabular evaluator: parameters {unknown} are not columns of {self.options.table}")
+        reserved = {*self.options.metrics.values(), self.options.seed_column}
+        keys = tuple(c for c in frame.columns if c in params or (c not in reserved and c in self._space_cols))
+        index = self._index.get(keys)
+        if index is None:
+            index = {}
+            for i, row in enumerate(zip(*(frame[c].tolist() for c in keys), strict=True)):
+                index.setdefault(tuple(_key(v) for v in row), []).append(i)
+            self._index[keys] = index
+        return index.get(tuple(_key(params.get(c)) for c in keys), [])
+
+    _space_cols: frozenset[str] = frozenset()
+
+    def check_params(self, names: set[str]) -> None:
+        self._space_cols = frozenset(names)
+
+    def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
+        params = dict(candidate.params)
+        rows = self._rows_for(params)
+        if not rows:
+            raise LookupError(f"candidate {params} is not in the table {self.options.table}")
+        row = rows[0] if len(rows) == 1 else random.Random(context.seed).choice(rows)
+        record = self._frame.iloc[row]
+        return {name: float(record[col]) for name, col in self.options.metrics.items()}

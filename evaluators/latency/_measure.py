@@ -1,0 +1,139 @@
+"""Latency measurement protocol: warm-up, then repeat until the median is known to a stated precision."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """A latency figure with its uncertainty.
+
+    Attributes:
+        median_ms: the reported latency.
+        ci_low_ms, ci_high_ms: distribution-free 95 % confidence interval of the median (order statistics).
+        cv: coefficient of variation of the samples (stdev / mean).
+        repeats: timed calls.
+        converged: whether the CI half-width reached the target before the time cap.
+    """
+
+    median_ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    cv: float
+    repeats: int
+    converged: bool
+
+    @property
+    def rel_half_width(self) -> float:
+        return (self.ci_high_ms - self.ci_low_ms) / 2 / self.median_ms if self.median_ms > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def median_ci(samples: list[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Median and its distribution-free confidence interval from order statistics (Conover 1999)."""
+    xs = sorted(samples)
+    n = len(xs)
+    med = statistics.median(xs)
+    half = z * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half) - 1)
+    hi = min(n - 1, math.ceil(n / 2 + half))
+    return med, xs[lo], xs[hi]
+
+
+def measure_latency(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 5,
+    min_repeats: int = 15,
+    max_repeats: int = 5000,
+    rel_ci: float = 0.02,
+    time_cap_s: float = 3.0,
+    clock: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], None] | None = None,
+) -> LatencyStats:
+    """Time ``fn()``: ``warmup`` untimed calls, then repeats until the median's relative 95 % CI
+    half-width is <= ``rel_ci`` (checked after ``min_repeats``) or ``time_cap_s`` has passed.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called after each call so asynchronous devices are timed
+    to completion.
+    """
+    if min_repeats < 3:
+        raise ValueError(f"min_repeats must be >= 3, but got {min_repeats}")
+    for _ in range(warmup):
+        fn()
+    if sync is not None:
+        sync()
+    samples: list[float] = []
+    start = clock()
+    converged = False
+    while len(samples) < max_repeats:
+        t0 = clock()
+        fn()
+        if sync is not None:
+            sync()
+        samples.append((clock() - t0) * 1e3)
+        if len(samples) >= min_repeats and len(samples) % 5 == 0:
+            med, lo, hi = median_ci(samples)
+            if med > 0 and (hi - lo) / 2 / med <= rel_ci:
+                converged = True
+                break
+            if clock() - start >= time_cap_s:
+                break
+    med, lo, hi = median_ci(samples)
+    mean = statistics.fmean(samples)
+    cv = statistics.pstdev(samples) / mean if mean > 0 else 0.0
+    return LatencyStats(med, lo, hi, cv, len(samples), converged)
+
+
+@contextmanager
+def fixed_threads(n: int) -> Iterator[None]:
+    """Pin torch's intra-op thread count for the block (restored after)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@functools.cache
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_fingerprint(*, device: str = "cpu", threads: int = 1, dtype: str = "float32") -> dict[str, str]:
+    """What a latency figure is only valid for: hardware, software and run settings."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        hw = torch.cuda.get_device_name(torch.device(device))
+    else:
+        hw = f"{_cpu_model()} x{os.cpu_count()}"
+    return {
+        "device": device,
+        "hardware": hw,
+        "torch": torch.__version__,
+        "threads": str(threads),
+        "dtype": dtype,
+    }

@@ -1,0 +1,34 @@
+"""The study engine: Optuna search on Ray Tune workers, tracked in MLflow, with Pareto logic."""
+
+from search._engine import Progress, StudyOutcome, check_spec, run_study
+from search._mlflow import MlflowTracker, default_tracking_uri
+from search._optuna import default_storage, load_study, stored_spec
+from search._pareto import hypervolume, pareto_mask, pareto_trials
+from search._results import StudySummary, TrialRow, export_point, list_studies, select, trial_rows
+from search._samplers import AutoChoice, auto_choice, available_samplers, make_sampler, register_sampler
+
+__all__ = [
+    "AutoChoice",
+    "MlflowTracker",
+    "Progress",
+    "StudyOutcome",
+    "StudySummary",
+    "TrialRow",
+    "auto_choice",
+    "available_samplers",
+    "check_spec",
+    "default_storage",
+    "default_tracking_uri",
+    "export_point",
+    "hypervolume",
+    "list_studies",
+    "load_study",
+    "make_sampler",
+    "pareto_mask",
+    "pareto_trials",
+    "register_sampler",
+    "run_study",
+    "select",
+    "stored_spec",
+    "trial_rows",
+]

@@ -1,0 +1,277 @@
+"""The study engine: spec -> Optuna (persistent) -> Ray Tune workers -> MLflow."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+
+from search._mlflow import MlflowTracker, TrackerThread, default_tracking_uri
+from search._optuna import SAMPLER_ATTR, default_storage, n_done, open_study
+from search._pareto import is_feasible, pareto_mask, to_loss
+from search._results import STATE_ATTR, TrialRow, trial_rows
+from search._samplers import auto_choice, make_sampler
+from spaces import SpecError, StudySpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """A snapshot after each finished trial (for progress bars)."""
+
+    done: int
+    total: int
+    complete: int
+    failed: int
+    pruned: int
+    pareto: int
+    best: dict[str, float]
+    last: FrozenTrial | None = None
+
+
+@dataclass
+class StudyOutcome:
+    name: str
+    storage: str
+    tracking_uri: str | None
+    parent_run_id: str | None
+    sampler: str
+    state: str
+    trials: list[TrialRow] = field(default_factory=list)
+
+    @property
+    def pareto(self) -> list[TrialRow]:
+        return [r for r in self.trials if r.pareto]
+
+    def count(self, state: str) -> int:
+        return sum(1 for r in self.trials if r.state == state)
+
+
+def check_spec(spec: StudySpec) -> None:
+    """Cross-check a spec against the registries before anything runs (evaluator, options, metrics).
+
+    Raises:
+        SpecError: naming the field path, what is allowed and what was given.
+    """
+    from evaluators import available_evaluators, get_evaluator_class
+
+    try:
+        cls = get_evaluator_class(spec.evaluator.kind)
+    except ValueError:
+        raise SpecError(
+            f"evaluator.kind: Unknown evaluator '{spec.evaluator.kind}'. Available: {available_evaluators()}"
+        ) from None
+    evaluator = cls.from_spec(spec.evaluator.options)
+    try:
+        evaluator.check_params({p.name for p in spec.params})
+    except ValueError as exc:
+        raise SpecError(f"space: {exc}") from None
+    produced = evaluator.metrics()
+    if produced:
+        for i, o in enumerate(spec.objectives):
+            if o.name not in produced:
+                raise SpecError(
+                    f"objectives[{i}].name: '{o.name}' is not a metric of evaluator '{spec.evaluator.kind}'. "
+                    f"Available: {list(produced)}"
+                )
+        for i, c in enumerate(spec.constraints):
+            if c.metric not in produced:
+                raise SpecError(
+                    f"constraints[{i}].metric: '{c.metric}' is not a metric of evaluator "
+                    f"'{spec.evaluator.kind}'. Available: {list(produced)}"
+                )
+
+
+def _absolute_paths(spec: StudySpec, base: Path) -> StudySpec:
+    """Ray workers may run elsewhere: make relative file paths in evaluator options absolute."""
+    options = dict(spec.evaluator.options)
+    changed = False
+    for key, value in options.items():
+        if isinstance(value, str) and not os.path.isabs(value) and (base / value).exists():
+            options[key] = str((base / value).resolve())
+            changed = True
+    if not changed:
+        return spec
+    evaluator = spec.evaluator.model_copy(update={"options": options})
+    return spec.model_copy(update={"evaluator": evaluator})
+
+
+def sampler_description(spec: StudySpec) -> str:
+    if spec.search.sampler == "auto":
+        choice = auto_choice(spec)
+        return f"auto -> {choice.sampler} ({choice.reason})"
+    return spec.search.sampler
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+    )
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    run_dir: str | Path = "runs",
+    address: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    track: bool = True,
+    scheduler: Any = None,
+    sync_interval_s: float = 3.0,
+) -> StudyOutcome:
+    """Run (or resume) a study to its budget and return its trials.
+
+    Re-running with the same name and storage resumes: finished trials are kept, trials left running by a
+    crash are marked failed, and the budget counts what is already done.
+
+    Args:
+        spec: the study spec.
+        run_dir: default home of the Optuna storage, the MLflow store and Ray's files.
+        address: an existing Ray cluster (``ray://...`` or ``HOST:PORT``); default a local Ray.
+        on_progress: called after each finished trial.
+        track: log to MLflow.
+        scheduler: a Ray Tune trial scheduler (multi-fidelity); default FIFO.
+    """
+    run_path = Path(run_dir).expanduser().resolve()
+    run_path.mkdir(parents=True, exist_ok=True)
+    check_spec(spec)
+    spec = _absolute_paths(spec, Path.cwd())
+    storage = spec.storage or default_storage(run_path)
+    tracking_uri = (spec.tracking.uri or default_tracking_uri(run_path)) if track else None
+    study = open_study(spec, storage, make_sampler(spec))
+    sampler = sampler_description(spec)
+    study.set_user_attr(SAMPLER_ATTR, sampler)
+
+    tracker = None
+    if tracking_uri is not None:
+        tracker = MlflowTracker(
+            spec,
+            tracking_uri=tracking_uri,
+            storage_url=storage,
+            experiment=spec.tracking.experiment,
+            artifact_root=run_path / "mlartifacts" if tracking_uri.startswith("sqlite") else None,
+        )
+        tracker.start()
+        tracker.set_tags({"frontier.sampler": sampler})
+        tracker.sync(study)
+
+    budget = spec.search.n_trials - n_done(study)
+    state = "finished"
+    if budget > 0:
+        study.set_user_attr(STATE_ATTR, "running")
+        state = _run(
+            spec, study, budget, run_path, address, on_progress, tracker, storage, scheduler, sync_interval_s
+        )
+    study.set_user_attr(STATE_ATTR, state)
+    if tracker is not None:
+        tracker.sync(study)
+        tracker.finish("FINISHED" if state in ("finished", "stopped") else "KILLED")
+    return StudyOutcome(
+        name=spec.name,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        parent_run_id=tracker.parent_id if tracker else None,
+        sampler=sampler,
+        state=state,
+        trials=trial_rows(study, spec),
+    )
+
+
+def _run(
+    spec: StudySpec,
+    study: Any,
+    budget: int,
+    run_path: Path,
+    address: str | None,
+    on_progress: Callable[[Progress], None] | None,
+    tracker: MlflowTracker | None,
+    storage: str,
+    scheduler: Any,
+    sync_interval_s: float,
+) -> str:
+    from search._tune import AskTellSearcher, run_trials
+
+    init_ray(address or spec.address)
+    thread = TrackerThread(tracker, spec.name, storage, interval=sync_interval_s) if tracker else None
+    counts = _Counts(spec, study)
+
+    def finished(trial: FrozenTrial) -> None:
+        snapshot = counts.add(trial)
+        if on_progress is not None:
+            on_progress(snapshot)
+
+    deadline = time.monotonic() + spec.search.timeout_s if spec.search.timeout_s else None
+    searcher = AskTellSearcher(study, spec, budget=budget, deadline=deadline, on_finished=finished)
+    if thread is not None:
+        thread.start()
+    state = "finished"
+    try:
+        run_trials(searcher, spec, run_dir=run_path, time_budget_s=spec.search.timeout_s, scheduler=scheduler)
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise
+    finally:
+        searcher.abandon_live("stopped: the study ended (timeout or interrupt) while this trial ran")
+        if thread is not None:
+            thread.stop()
+    if n_done(study) < spec.search.n_trials:
+        state = "stopped"
+    return state
+
+
+class _Counts:
+    """Running tallies for progress reports, without re-reading the storage after every trial."""
+
+    def __init__(self, spec: StudySpec, study: Any) -> None:
+        self.spec = spec
+        self.total = spec.search.n_trials
+        self.done = self.complete = self.failed = self.pruned = 0
+        self.values: list[list[float]] = []
+        for t in study.get_trials(deepcopy=False):
+            self._tally(t)
+
+    def _tally(self, t: FrozenTrial) -> None:
+        if t.state == TrialState.COMPLETE:
+            self.complete += 1
+            if is_feasible(t):
+                self.values.append(list(t.values))
+        elif t.state == TrialState.FAIL:
+            self.failed += 1
+        elif t.state == TrialState.PRUNED:
+            self.pruned += 1
+        else:
+            return
+        self.done += 1
+
+    def add(self, t: FrozenTrial) -> Progress:
+        self._tally(t)
+        best: dict[str, float] = {}
+        pareto = 0
+        if self.values:
+            arr = np.asarray(self.values, dtype=float)
+            pareto = int(pareto_mask(to_loss(arr, self.spec.directions)).sum())
+            for i, o in enumerate(self.spec.objectives):
+                col = arr[:, i]
+                best[o.name] = float(col.max() if o.direction == "maximize" else col.min())
+        best = {k: v for k, v in best.items() if math.isfinite(v)}
+        return Progress(self.done, self.total, self.complete, self.failed, self.pruned, pareto, best, t)

@@ -1,0 +1,333 @@
+"""MLflow adapter: one parent run per study, one nested child run per trial, the Pareto set kept current.
+
+MLflow is a *view* of the Optuna storage, which is the source of truth: :meth:`MlflowTracker.sync` logs
+every finished trial not yet in MLflow, so a crash never leaves MLflow behind for good: the next run or
+``frontier sync`` catches up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search._pareto import (
+    BASELINE_ATTR,
+    ERROR_ATTR,
+    default_reference,
+    hypervolume,
+    is_feasible,
+    pareto_trials,
+    to_loss,
+    trial_metrics,
+)
+from spaces import StudySpec
+
+log = logging.getLogger(__name__)
+
+STUDY_TAG = "frontier.study"
+STORAGE_TAG = "frontier.storage"
+TRIAL_TAG = "frontier.trial"
+PARETO_TAG = "pareto"
+REFERENCE_ATTR = "frontier.hv_reference"
+DEFAULT_EXPERIMENT = "frontier"
+_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def default_tracking_uri(run_dir: str | Path) -> str:
+    path = Path(run_dir).expanduser().resolve() / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+class MlflowTracker:
+    """Logs a study to MLflow. Thread-safe: :meth:`sync` may run from a background thread.
+
+    Args:
+        spec: the study spec (logged as ``spec.json``).
+        tracking_uri: MLflow tracking URI.
+        storage_url: the Optuna storage, recorded as a tag so the study can be found again.
+        experiment: experiment name (default ``frontier``).
+        artifact_root: where a new experiment keeps artifacts (default beside a local SQLite store).
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        *,
+        tracking_uri: str,
+        storage_url: str,
+        experiment: str | None = None,
+        artifact_root: Path | None = None,
+    ) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.spec = spec
+        self.tracking_uri = tracking_uri
+        self.storage_url = storage_url
+        self.experiment = experiment or DEFAULT_EXPERIMENT
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.artifact_root = artifact_root
+        self.parent_id: str | None = None
+        self._child: dict[int, str] = {}  # trial number -> run id
+        self._pareto: set[int] = set()
+        self._hv_steps: set[int] = set()
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> str:
+        """Find the study's parent run (resume) or create it; load what is already logged."""
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
+            exp_id = self.client.create_experiment(self.experiment, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        self.experiment_id = exp_id
+        query = f"tags.`{STUDY_TAG}` = '{self.spec.name}' and tags.`{STORAGE_TAG}` = '{self.storage_url}'"
+        parents = self.client.search_runs([exp_id], filter_string=query, max_results=1)
+        if parents:
+            self.parent_id = parents[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            self._load_children()
+        else:
+            run = self.client.create_run(
+                exp_id,
+                run_name=self.spec.name,
+                tags={STUDY_TAG: self.spec.name, STORAGE_TAG: self.storage_url, "frontier.kind": "study"},
+            )
+            self.parent_id = run.info.run_id
+            self.client.log_dict(self.parent_id, self.spec.to_dict(), "spec.json")
+            from mlflow.entities import Param
+
+            flat = {
+                "evaluator": self.spec.evaluator.kind,
+                "sampler": self.spec.search.sampler,
+                "objectives": ",".join(f"{o.name}:{o.direction}" for o in self.spec.objectives),
+                "constraints": ",".join(f"{c.metric}{c.op}{c.value:g}" for c in self.spec.constraints) or "-",
+                "n_params": str(len(self.spec.params)),
+            }
+            self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in flat.items()])
+        return self.parent_id
+
+    def _load_children(self) -> None:
+        assert self.parent_id is not None
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+            max_results=50000,
+        )
+        for r in runs:
+            number = r.data.tags.get(TRIAL_TAG)
+            if number is not None:
+                self._child[int(number)] = r.info.run_id
+                if r.data.tags.get(PARETO_TAG) == "true":
+                    self._pareto.add(int(number))
+        for m in self.client.get_metric_history(self.parent_id, "hypervolume"):
+            self._hv_steps.add(int(m.step))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.parent_id is not None:
+            self.client.set_terminated(self.parent_id, status=status)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.parent_id is not None:
+            for k, v in tags.items():
+                self.client.set_tag(self.parent_id, k, v)
+
+    @property
+    def run_url(self) -> str:
+        return f"#/experiments/{getattr(self, 'experiment_id', '0')}/runs/{self.parent_id}"
+
+    # -- syncing -------------------------------------------------------------------------------------
+    def sync(self, study: optuna.Study, *, artifacts: bool = True) -> None:
+        """Log new finished trials, refresh Pareto tags, hypervolume history and the Pareto artifacts."""
+        with self._lock:
+            trials = study.get_trials(deepcopy=False)
+            done = [t for t in trials if t.state in _STATUS]
+            new = [t for t in done if t.number not in self._child]
+            for t in new:
+                self._log_trial(t)
+            front = {t.number for t in pareto_trials(done, self.spec.directions)}
+            for number in front ^ self._pareto:
+                if number in self._child:
+                    self.client.set_tag(
+                        self._child[number], PARETO_TAG, "true" if number in front else "false"
+                    )
+            self._pareto = front
+            ref = self._reference(study, done)
+            if ref is not None:
+                self._log_hypervolume(done, ref)
+            if artifacts and (new or not self._hv_steps):
+                self._log_artifacts(done, front)
+
+    def _log_trial(self, t: FrozenTrial) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        assert self.parent_id is not None
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            TRIAL_TAG: str(t.number),
+            STUDY_TAG: self.spec.name,
+            "state": t.state.name.lower(),
+            PARETO_TAG: "false",
+        }
+        if t.state == TrialState.COMPLETE and t.constraints:
+            tags["feasible"] = str(is_feasible(t)).lower()
+        if ERROR_ATTR in t.user_attrs:
+            tags["error"] = str(t.user_attrs[ERROR_ATTR])[:4000]
+        if t.user_attrs.get(BASELINE_ATTR):
+            tags["baseline"] = str(t.user_attrs[BASELINE_ATTR])
+        for k, v in t.user_attrs.items():
+            if k.startswith("frontier.tag."):
+                tags[k.removeprefix("frontier.tag.")] = str(v)
+        start = int(t.datetime_start.timestamp() * 1000) if t.datetime_start else None
+        run = self.client.create_run(
+            self.experiment_id, start_time=start, run_name=f"trial-{t.number}", tags=tags
+        )
+        ts = int((t.datetime_complete or t.datetime_start).timestamp() * 1000) if t.datetime_start else 0
+        metrics = [Metric(k, v, ts, 0) for k, v in trial_metrics(t).items()]
+        for name, c in t.constraints.items():
+            metrics.append(Metric(f"constraint.{_metric_key(name)}", float(c), ts, 0))
+        params = [Param(k, str(v)[:6000]) for k, v in t.params.items()]
+        self.client.log_batch(
+            run.info.run_id, metrics=metrics, params=params, tags=[RunTag("n", str(t.number))]
+        )
+        end = int(t.datetime_complete.timestamp() * 1000) if t.datetime_complete else None
+        self.client.set_terminated(run.info.run_id, status=_STATUS[t.state], end_time=end)
+        self._child[t.number] = run.info.run_id
+
+    def _reference(self, study: optuna.Study, done: Sequence[FrozenTrial]) -> np.ndarray | None:
+        """The hypervolume reference point: from the spec, else fixed once from the first feasible trials."""
+        if all(o.reference is not None for o in self.spec.objectives):
+            return to_loss(np.array([[o.reference for o in self.spec.objectives]]), self.spec.directions)[0]
+        stored = study.user_attrs.get(REFERENCE_ATTR)
+        if stored is not None:
+            return np.asarray(stored, dtype=float)
+        feasible = [t for t in done if t.state == TrialState.COMPLETE and is_feasible(t)]
+        if len(feasible) < min(5, self.spec.search.n_trials):
+            return None
+        loss = to_loss(np.array([t.values for t in feasible]), self.spec.directions)
+        ref = default_reference(loss)
+        study.set_user_attr(REFERENCE_ATTR, ref.tolist())
+        return ref
+
+    def _log_hypervolume(self, done: Sequence[FrozenTrial], ref: np.ndarray) -> None:
+        from mlflow.entities import Metric
+
+        assert self.parent_id is not None
+        complete = sorted(
+            (t for t in done if t.state == TrialState.COMPLETE and is_feasible(t)), key=lambda t: t.number
+        )
+        numbers = sorted(t.number for t in done)
+        batch: list[Metric] = []
+        for n in numbers:
+            if n in self._hv_steps:
+                continue
+            prefix = [t.values for t in complete if t.number <= n]
+            hv = hypervolume(to_loss(np.array(prefix), self.spec.directions), ref) if prefix else 0.0
+            batch.append(Metric("hypervolume", hv, 0, n))
+            self._hv_steps.add(n)
+        for i in range(0, len(batch), 900):
+            self.client.log_batch(self.parent_id, metrics=batch[i : i + 900])
+        if batch:
+            self.client.log_batch(
+                self.parent_id,
+                metrics=[
+                    Metric("pareto_size", float(len(self._pareto)), 0, max(numbers)),
+                    Metric("trials_finished", float(len(done)), 0, max(numbers)),
+                ],
+            )
+
+    def _log_artifacts(self, done: Sequence[FrozenTrial], front: set[int]) -> None:
+        from search._plot import plot_pareto
+
+        assert self.parent_id is not None
+        rows = pareto_rows(done, front, self.spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp)
+            (path / "pareto.json").write_text(json.dumps(rows, indent=2, default=str))
+            self.client.log_artifact(self.parent_id, str(path / "pareto.json"))
+            if any(t.state == TrialState.COMPLETE for t in done):
+                plot_pareto(done, front, self.spec, path / "pareto.png")
+                self.client.log_artifact(self.parent_id, str(path / "pareto.png"))
+
+
+def _metric_key(name: str) -> str:
+    return "".join(
+        ch if ch.isalnum() or ch in "_-. /" else "_"
+        for ch in name.replace("<=", "_le_").replace(">=", "_ge_")
+    )
+
+
+def pareto_rows(trials: Sequence[FrozenTrial], front: set[int], spec: StudySpec) -> list[dict[str, Any]]:
+    """The Pareto table: one row per Pareto trial with params, objective values and all metrics."""
+    from spaces import decode
+
+    out = []
+    for t in sorted((t for t in trials if t.number in front), key=lambda t: t.number):
+        out.append(
+            {
+                "number": t.number,
+                "params": decode(spec.params, t.params),
+                "values": {o.name: v for o, v in zip(spec.objectives, t.values, strict=True)},
+                "metrics": trial_metrics(t),
+                "constraints": dict(t.constraints),
+            }
+        )
+    return out
+
+
+class TrackerThread:
+    """Calls :meth:`MlflowTracker.sync` every ``interval`` seconds in the background, and once at stop."""
+
+    def __init__(self, tracker: MlflowTracker, study_name: str, storage_url: str, interval: float = 3.0):
+        self.tracker = tracker
+        self.study_name = study_name
+        self.storage_url = storage_url
+        self.interval = interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="frontier-mlflow", daemon=True)
+        self.errors: list[str] = []
+
+    def _study(self) -> optuna.Study:
+        from search._optuna import make_storage
+
+        return optuna.load_study(study_name=self.study_name, storage=make_storage(self.storage_url))
+
+    def _loop(self) -> None:
+        study = self._study()
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.tracker.sync(study)
+            except Exception as exc:  # tracking must never stop a study; the final sync retries
+                self.errors.append(repr(exc))
+                log.warning("MLflow sync failed (will retry): %r", exc)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        self.tracker.sync(self._study())

@@ -1,0 +1,148 @@
+"""Optuna adapter: storage, opening and resuming studies, telling results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search._pareto import ERROR_ATTR, METRICS_ATTR
+from spaces import StudySpec, spec_from_dict
+
+SPEC_ATTR = "frontier.spec"
+SAMPLER_ATTR = "frontier.sampler"
+INTERRUPTED = (
+    "interrupted: the process running this trial stopped before it finished (trial marked failed on resume)"
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def default_storage(run_dir: str | Path) -> str:
+    path = Path(run_dir).expanduser().resolve() / "frontier.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage; SQLite gets a generous lock timeout since workers and the tracker share the file."""
+    if url.startswith("sqlite:"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if url.startswith(("postgresql", "mysql")):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    raise ValueError(
+        f"storage must be an SQLAlchemy URL starting with sqlite:, postgresql or mysql, but got {url!r}"
+    )
+
+
+def _shape(spec_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """What must not change when a study is resumed: its space, objectives and constraints."""
+    return {k: spec_dict.get(k) for k in ("space", "objectives", "constraints", "evaluator")}
+
+
+def open_study(spec: StudySpec, storage_url: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """Create the study, or load it to resume. Trials left RUNNING by a dead process are marked failed.
+
+    Raises:
+        ValueError: the stored study of this name has another space, objectives or evaluator.
+    """
+    storage = make_storage(storage_url)
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        directions=list(spec.directions),
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is not None and _shape(stored) != _shape(spec.to_dict()):
+        raise ValueError(
+            f"study '{spec.name}' already exists in {storage_url} with a different space, objectives, "
+            "constraints or evaluator; resuming needs the same ones. Give the study a new name "
+            "(--set name=...) or use another storage."
+        )
+    if [d.name.lower() for d in study.directions] != spec.directions:
+        raise ValueError(
+            f"study '{spec.name}' in {storage_url} has directions "
+            f"{[d.name.lower() for d in study.directions]}, but the spec asks for {spec.directions}"
+        )
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    fail_interrupted(study)
+    return study
+
+
+def load_study(name: str, storage_url: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=make_storage(storage_url))
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(make_storage(storage_url))]
+        raise ValueError(f"Unknown study '{name}' in {storage_url}. Available: {sorted(names)}") from None
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    data = study.user_attrs.get(SPEC_ATTR)
+    if data is None:
+        raise ValueError(f"study '{study.study_name}' was not created by Frontier (it has no stored spec)")
+    return spec_from_dict(data)
+
+
+def fail_interrupted(study: optuna.Study) -> int:
+    """Mark RUNNING trials as FAIL (their process died); return how many."""
+    storage = study._storage
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, INTERRUPTED)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        n += 1
+    return n
+
+
+def n_done(study: optuna.Study) -> int:
+    """Trials that count against the budget: complete, failed and pruned."""
+    states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def tell_result(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    spec: StudySpec,
+    metrics: Mapping[str, float] | None,
+    *,
+    error: str | None = None,
+    pruned: bool = False,
+) -> FrozenTrial:
+    """Record one evaluation: objective values and constraints, or a failure with its reason.
+
+    A missing, NaN or infinite objective fails the trial (with the reason) rather than reaching the sampler.
+    """
+    clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float)}
+    storable = {k: v for k, v in clean.items() if math.isfinite(v)}
+    if storable:
+        trial.set_user_attr(METRICS_ATTR, storable)
+    if error is None and not pruned:
+        for o in spec.objectives:
+            if o.name not in clean:
+                error = f"objective '{o.name}' missing from the evaluator's metrics {sorted(clean)}"
+                break
+            if not math.isfinite(clean[o.name]):
+                error = f"objective '{o.name}' is {clean[o.name]}, not a finite number"
+                break
+    if error is None and not pruned:
+        for c in spec.constraints:
+            value = clean.get(c.metric)
+            if value is None or not math.isfinite(value):
+                error = f"constraint metric '{c.metric}' missing or not finite in {sorted(clean)}"
+                break
+    if error is not None:
+        trial.set_user_attr(ERROR_ATTR, error[:4000])
+        return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    if pruned:
+        return study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+    for c in spec.constraints:
+        trial.set_constraint(f"{c.metric}{c.op}{c.value:g}", c.violation(clean[c.metric]))
+    return study.tell(trial, [clean[o.name] for o in spec.objectives], skip_if_finished=True)

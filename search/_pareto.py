@@ -1,0 +1,89 @@
+"""Pareto sets and hypervolume over Optuna trials, using Optuna's own code.
+
+Optuna exposes these only privately (``optuna.study._multi_objective`` and ``optuna._hypervolume``); this
+module is the one place that touches them, so an Optuna upgrade that moves them changes one file
+(pinned optuna>=5,<6; tests/search/test_pareto.py checks the results against hand-computed cases).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials, _is_pareto_front
+from optuna.trial import FrozenTrial, TrialState
+
+METRICS_ATTR = "frontier.metrics"
+ERROR_ATTR = "frontier.error"
+BASELINE_ATTR = "frontier.baseline"
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0.0 for v in trial.constraints.values())
+
+
+def pareto_trials(trials: Sequence[FrozenTrial], directions: Sequence[Any]) -> list[FrozenTrial]:
+    """Complete, feasible, non-dominated trials, in trial-number order."""
+    dirs = [_direction(d) for d in directions]
+    front = _get_pareto_front_trials_by_trials(list(trials), dirs, consider_constraint=True)
+    return sorted(front, key=lambda t: t.number)
+
+
+def _direction(d: Any) -> optuna.study.StudyDirection:
+    if isinstance(d, optuna.study.StudyDirection):
+        return d
+    return (
+        optuna.study.StudyDirection.MAXIMIZE
+        if str(d).lower() == "maximize"
+        else (optuna.study.StudyDirection.MINIMIZE)
+    )
+
+
+def to_loss(values: np.ndarray, directions: Sequence[Any]) -> np.ndarray:
+    """Flip maximised objectives so that every column is minimised."""
+    signs = np.array(
+        [-1.0 if _direction(d) == optuna.study.StudyDirection.MAXIMIZE else 1.0 for d in directions]
+    )
+    return np.asarray(values, dtype=float) * signs
+
+
+def pareto_mask(loss: np.ndarray) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of a minimisation matrix (duplicates all kept)."""
+    loss = np.asarray(loss, dtype=float)
+    if len(loss) == 0:
+        return np.zeros(0, dtype=bool)
+    return _is_pareto_front(loss, assume_unique_lexsorted=False)
+
+
+def hypervolume(loss: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume dominated by the rows of ``loss`` (minimised) and bounded by ``reference``."""
+    loss = np.asarray(loss, dtype=float)
+    reference = np.asarray(reference, dtype=float)
+    if len(loss) == 0:
+        return 0.0
+    inside = loss[np.all(loss < reference, axis=1)]
+    if len(inside) == 0:
+        return 0.0
+    front = inside[pareto_mask(inside)]
+    return float(compute_hypervolume(front, reference, assume_pareto=False))
+
+
+def default_reference(loss: np.ndarray) -> np.ndarray:
+    """Nadir of ``loss`` pushed out by 10 % of each objective's range (or of its magnitude)."""
+    worst, best = loss.max(axis=0), loss.min(axis=0)
+    span = worst - best
+    pad = np.where(span > 0, 0.1 * span, np.maximum(0.1 * np.abs(worst), 1e-9))
+    return worst + pad
+
+
+def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)]
+
+
+def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
+    metrics = trial.user_attrs.get(METRICS_ATTR) or {}
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}

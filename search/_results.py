@@ -1,0 +1,211 @@
+"""Reading studies back: trial tables, Pareto sets, selection and export."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search._optuna import SAMPLER_ATTR, load_study, make_storage, stored_spec
+from search._pareto import BASELINE_ATTR, ERROR_ATTR, is_feasible, pareto_trials, trial_metrics
+from spaces import StudySpec, decode
+
+STATE_ATTR = "frontier.state"
+EXPORT_VERSION = 1
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    params: dict[str, Any]
+    values: dict[str, float]
+    metrics: dict[str, float]
+    constraints: dict[str, float]
+    feasible: bool
+    pareto: bool
+    error: str | None = None
+    duration_s: float | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[TrialRow]:
+    """Every trial of the study in order, with decoded params, metrics, constraints and the Pareto flag."""
+    spec = spec or stored_spec(study)
+    trials = study.get_trials(deepcopy=False)
+    front = {t.number for t in pareto_trials(trials, spec.directions)}
+    rows = []
+    for t in trials:
+        values = (
+            {o.name: v for o, v in zip(spec.objectives, t.values, strict=True)}
+            if t.state == TrialState.COMPLETE and t.values
+            else {}
+        )
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        tags = {
+            k.removeprefix("frontier.tag."): str(v)
+            for k, v in t.user_attrs.items()
+            if k.startswith("frontier.tag.")
+        }
+        if t.user_attrs.get(BASELINE_ATTR):
+            tags["baseline"] = str(t.user_attrs[BASELINE_ATTR])
+        rows.append(
+            TrialRow(
+                number=t.number,
+                state=t.state.name.lower(),
+                params=decode(spec.params, t.params),
+                values=values,
+                metrics=trial_metrics(t),
+                constraints=dict(t.constraints),
+                feasible=is_feasible(t),
+                pareto=t.number in front,
+                error=t.user_attrs.get(ERROR_ATTR),
+                duration_s=duration,
+                tags=tags,
+            )
+        )
+    return rows
+
+
+@dataclass
+class StudySummary:
+    name: str
+    state: str
+    trials: int
+    complete: int
+    failed: int
+    pruned: int
+    running: int
+    n_trials: int | None
+    pareto: int
+    started: str | None
+
+
+def list_studies(storage_url: str) -> list[StudySummary]:
+    storage = make_storage(storage_url)
+    out = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        counts = {st: sum(1 for t in trials if t.state == st) for st in TrialState}
+        try:
+            spec: StudySpec | None = stored_spec(study)
+        except ValueError:
+            spec = None
+        front = pareto_trials(trials, spec.directions) if spec else []
+        out.append(
+            StudySummary(
+                name=s.study_name,
+                state=str(study.user_attrs.get(STATE_ATTR, "unknown")),
+                trials=len(trials),
+                complete=counts[TrialState.COMPLETE],
+                failed=counts[TrialState.FAIL],
+                pruned=counts[TrialState.PRUNED],
+                running=counts[TrialState.RUNNING],
+                n_trials=spec.search.n_trials if spec else None,
+                pareto=len(front),
+                started=s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else None,
+            )
+        )
+    return out
+
+
+_CLAUSE = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.\-]*)\s*(?P<op><=|>=|==|<|>)\s*(?P<value>[-+0-9.eE]+)\s*$")
+_PICK = re.compile(r"^\s*(?P<how>max|min)\s*\(\s*(?P<metric>[A-Za-z_][\w.\-]*)\s*\)\s*$")
+_TRIAL = re.compile(r"^\s*trial\s*=\s*(?P<n>\d+)\s*$")
+
+
+def select(rows: list[TrialRow], expr: str | None, spec: StudySpec) -> TrialRow:
+    """Pick one Pareto trial.
+
+    ``expr`` is a comma-separated list of filters ``METRIC OP NUMBER`` (OP one of <=, >=, <, >, ==) and at
+    most one preference ``max(METRIC)`` or ``min(METRIC)`` (default: the best on the first objective), or
+    ``trial=N``. Example: ``"latency_ms<=2, max(accuracy)"``.
+    """
+    front = [r for r in rows if r.pareto]
+    if not front:
+        raise ValueError("the study has no feasible complete trial, so there is no Pareto point to select")
+    first = spec.objectives[0]
+    how, key = ("max" if first.direction == "maximize" else "min"), first.name
+    filters: list[tuple[str, str, float]] = []
+    for raw in (expr or "").split(","):
+        if not raw.strip():
+            continue
+        if m := _TRIAL.match(raw):
+            n = int(m["n"])
+            match = [r for r in front if r.number == n]
+            if not match:
+                raise ValueError(
+                    f"trial {n} is not on the Pareto set; Pareto trials: {[r.number for r in front]}"
+                )
+            return match[0]
+        if m := _PICK.match(raw):
+            how, key = m["how"], m["metric"]
+        elif m := _CLAUSE.match(raw):
+            try:
+                filters.append((m["metric"], m["op"], float(m["value"])))
+            except ValueError:
+                raise ValueError(f"--select: {m['value']!r} in {raw.strip()!r} is not a number") from None
+        else:
+            raise ValueError(
+                f"--select: cannot read {raw.strip()!r}. Use filters like 'latency_ms<=2', a preference "
+                "'max(accuracy)' or 'min(size_mb)', or 'trial=N', separated by commas"
+            )
+    ops = {"<=": float.__le__, ">=": float.__ge__, "<": float.__lt__, ">": float.__gt__, "==": float.__eq__}
+    known = set().union(*(r.metrics.keys() | r.values.keys() for r in front))
+    for metric, _, _ in [*filters, (key, "", 0.0)]:
+        if metric not in known:
+            raise ValueError(f"--select: unknown metric '{metric}'. Available: {sorted(known)}")
+    chosen = front
+    for metric, op, value in filters:
+        kept = [r for r in chosen if ops[op](_get(r, metric), value)]
+        if not kept:
+            vals = [_get(r, metric) for r in chosen]
+            raise ValueError(
+                f"no Pareto point has {metric} {op} {value:g}; on the remaining front {metric} ranges "
+                f"from {min(vals):g} to {max(vals):g}"
+            )
+        chosen = kept
+    best = (max if how == "max" else min)(chosen, key=lambda r: _get(r, key))
+    return best
+
+
+def _get(row: TrialRow, metric: str) -> float:
+    v = row.values.get(metric, row.metrics.get(metric, math.nan))
+    return float(v)
+
+
+def export_point(
+    study_name: str, storage_url: str, expr: str | None, tracking_uri: str | None = None
+) -> dict:
+    """The export document for one Pareto point: params, metrics and provenance (see ``frontier export``)."""
+    study = load_study(study_name, storage_url)
+    spec = stored_spec(study)
+    rows = trial_rows(study, spec)
+    row = select(rows, expr, spec)
+    return {
+        "frontier_export": EXPORT_VERSION,
+        "study": study_name,
+        "trial": row.number,
+        "evaluator": {"kind": spec.evaluator.kind, "options": dict(spec.evaluator.options)},
+        "params": row.params,
+        "objectives": row.values,
+        "metrics": row.metrics,
+        "constraints": row.constraints,
+        "provenance": {
+            "storage": storage_url,
+            "tracking_uri": tracking_uri,
+            "selected_by": expr or f"best {spec.objectives[0].name}",
+            "sampler": study.user_attrs.get(SAMPLER_ATTR),
+            "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "spec": spec.to_dict(),
+        },
+    }

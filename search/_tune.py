@@ -1,0 +1,315 @@
+"""Ray Tune adapter: our Optuna ask/tell Searcher and the trainable that runs an evaluator.
+
+Ray Tune's own ``OptunaSearch`` keeps its study in memory by default and never passes constraint values
+to Optuna, so Frontier drives Optuna itself through this Searcher (persistent storage, constraints,
+failures with their reasons) and lets Ray Tune do what it is good at: placing trials on workers, reusing
+actors, and (multi-fidelity) stopping them through a trial scheduler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from search._optuna import tell_result
+from spaces import StudySpec, spec_from_dict, suggest
+
+# Tune's per-trial JSON/CSV/TensorBoard loggers write several files per trial; Frontier records trials in
+# Optuna and MLflow, so they only cost time.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
+
+from ray import tune
+from ray.tune.search import Searcher
+
+ERROR_KEY = "frontier_error"
+DONE_KEY = "frontier_done"
+STEP_KEY = "frontier_step"
+
+_EVALUATORS: dict[str, Any] = {}
+
+
+def trial_seed(study_seed: int | None, number: int) -> int:
+    digest = hashlib.sha256(f"{study_seed or 0}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _worker_evaluator(spec_json: str) -> Any:
+    """One evaluator per worker process and spec, set up once and reused across trials (actor reuse)."""
+    key = hashlib.sha256(spec_json.encode()).hexdigest()
+    ev = _EVALUATORS.get(key)
+    if ev is None:
+        from evaluators import make_evaluator
+
+        spec = spec_from_dict(json.loads(spec_json))
+        ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+        ev.check_params({p.name for p in spec.params})
+        _EVALUATORS.clear()
+        _EVALUATORS[key] = ev
+    ev.ensure_setup()
+    return ev
+
+
+def _raise_in_thread(thread: threading.Thread, exc: type[BaseException]) -> None:
+    # Python cannot kill a thread; this asks the interpreter to raise ``exc`` in it at its next bytecode.
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
+
+
+class _TrialTimeout(Exception):
+    pass
+
+
+def evaluate_in_worker(
+    config: dict[str, Any], spec_json: str, report: Callable[[dict[str, Any]], None]
+) -> None:
+    """Run one evaluation; every outcome (metrics, error, timeout) is sent through ``report``.
+
+    The evaluation runs in a thread so that intermediate reports and the per-trial timeout are handled
+    here, on the trainable's own thread, where Ray Tune expects ``tune.report`` to be called.
+    """
+    from evaluators import EvalContext, TrialStopped
+    from spaces import Candidate
+
+    timeout = config.get("timeout_s")
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    proceed: queue.Queue[bool] = queue.Queue()
+
+    def reporter(step: int, metrics: Any) -> bool:
+        events.put(("step", {**metrics, STEP_KEY: step}))
+        return proceed.get()
+
+    def body() -> None:
+        try:
+            ev = _worker_evaluator(spec_json)
+            ctx = EvalContext(
+                trial_number=config["number"],
+                seed=config["seed"],
+                threads=config["threads"],
+                device=config.get("device", "cpu"),
+                reporter=reporter,
+            )
+            metrics = ev.evaluate(Candidate(config["params"], number=config["number"]), ctx)
+            events.put(("done", metrics))
+        except TrialStopped:
+            events.put(("stopped", None))
+        except _TrialTimeout:
+            pass
+        except BaseException as exc:  # any evaluator error becomes a failed trial with its reason
+            tb = traceback.format_exc(limit=6)
+            events.put(("error", f"{type(exc).__name__}: {exc}\n{tb}"))
+
+    thread = threading.Thread(target=body, name=f"frontier-trial-{config['number']}", daemon=True)
+    thread.start()
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    while True:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            kind, payload = events.get(timeout=wait)
+        except queue.Empty:
+            _raise_in_thread(thread, _TrialTimeout)
+            proceed.put(False)
+            thread.join(5.0)
+            report({ERROR_KEY: f"TimeoutError: the trial ran longer than search.trial_timeout_s={timeout}"})
+            return
+        if kind == "step":
+            report(payload)
+            proceed.put(True)
+        elif kind == "done":
+            clean = {k: v for k, v in payload.items() if isinstance(v, int | float)}
+            report({**clean, DONE_KEY: 1})
+            return
+        elif kind == "error":
+            report({ERROR_KEY: payload})
+            return
+        else:  # stopped
+            return
+
+
+def _trainable(config: dict[str, Any], spec_json: str = "") -> None:
+    evaluate_in_worker(config, spec_json, tune.report)
+
+
+class AskTellSearcher(Searcher):
+    """A Ray Tune Searcher that asks a persistent Optuna study for candidates and tells it the results.
+
+    Args:
+        study: the Optuna study (persistent storage).
+        spec: the study spec (parameters, objectives, constraints).
+        budget: how many trials to start in this run (the stored ones already count).
+        deadline: ``time.monotonic()`` after which no trial starts.
+        on_finished: called with each finished FrozenTrial (progress, tracking).
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        spec: StudySpec,
+        *,
+        budget: int,
+        deadline: float | None = None,
+        on_finished: Callable[[FrozenTrial], None] | None = None,
+    ) -> None:
+        super().__init__(metric=None, mode=None)
+        self.study = study
+        self.spec = spec
+        self.params = spec.params
+        self.budget = budget
+        self.deadline = deadline
+        self.on_finished = on_finished
+        self.issued = 0
+        self.live: dict[str, optuna.Trial] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self.threads = max(1, int(spec.resources.cpu))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its searcher for experiment restore; Frontier restores from Optuna instead, so the
+        # live study, callbacks and trials are left out.
+        state = self.__dict__.copy()
+        for key in ("study", "on_finished", "live"):
+            state[key] = None if key != "live" else {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the Optuna storage is the searcher's state."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: :func:`search.run_study` reopens the Optuna storage."""
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.issued >= self.budget or (self.deadline is not None and time.monotonic() >= self.deadline):
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel string
+        trial = self.study.ask()
+        candidate = suggest(trial, self.params)
+        self.live[trial_id] = trial
+        self.issued += 1
+        return {
+            "params": dict(candidate.params),
+            "number": trial.number,
+            "seed": trial_seed(self.spec.search.seed, trial.number),
+            "threads": self.threads,
+            "timeout_s": self.spec.search.trial_timeout_s,
+            "device": "cuda" if self.spec.resources.gpu > 0 else "cpu",
+        }
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.last[trial_id] = result
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = self.live.pop(trial_id, None)
+        last = self.last.pop(trial_id, None)
+        if trial is None:
+            return
+        result = result or last or {}
+        metrics = _strip(
+            {k: v for k, v in result.items() if isinstance(v, int | float) and not k.startswith("frontier")}
+        )
+        if ERROR_KEY in result:
+            frozen = tell_result(self.study, trial, self.spec, metrics, error=str(result[ERROR_KEY]))
+        elif error:
+            frozen = tell_result(
+                self.study,
+                trial,
+                self.spec,
+                metrics,
+                error="the Ray worker running this trial died (see Ray logs)",
+            )
+        elif DONE_KEY not in result:
+            frozen = tell_result(self.study, trial, self.spec, metrics, pruned=True)
+        else:
+            frozen = tell_result(self.study, trial, self.spec, metrics)
+        if self.on_finished is not None:
+            self.on_finished(frozen)
+
+    def abandon_live(self, reason: str) -> None:
+        """Fail trials Tune never completed (e.g. the study's time budget ran out while they ran)."""
+        for trial_id in list(self.live):
+            trial = self.live.pop(trial_id)
+            frozen = tell_result(self.study, trial, self.spec, None, error=reason)
+            if self.on_finished is not None:
+                self.on_finished(frozen)
+
+
+_TUNE_KEYS = {
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    "pid",
+    "time_since_restore",
+    "iterations_since_restore",
+    "done",
+    "date",
+    "hostname",
+    "node_ip",
+    "trial_id",
+    "experiment_tag",
+    "checkpoint_dir_name",
+    "should_checkpoint",
+}
+
+
+def _strip(metrics: dict[str, Any]) -> dict[str, float]:
+    """The evaluator's metrics, without what Ray Tune adds to every result (its timers, the config)."""
+    return {k: float(v) for k, v in metrics.items() if k not in _TUNE_KEYS and not k.startswith("config/")}
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial-{trial.config.get('number', trial.trial_id)}"
+
+
+def run_trials(
+    searcher: AskTellSearcher,
+    spec: StudySpec,
+    *,
+    run_dir: Path,
+    time_budget_s: float | None,
+    scheduler: Any = None,
+) -> None:
+    """Run the searcher's trials on Ray Tune workers (``concurrency`` at once, reused actors)."""
+    spec_json = json.dumps(spec.to_dict())
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, spec_json=spec_json), resources)
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=-1,
+            max_concurrent_trials=spec.search.concurrency,
+            reuse_actors=True,
+            time_budget_s=time_budget_s,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{int(time.time())}",
+            storage_path=str(run_dir / "ray_results"),
+            verbose=0,
+            log_to_file=True,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    tuner.fit()

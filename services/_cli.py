@@ -1,0 +1,398 @@
+"""The ``frontier`` command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from services._settings import get_settings
+
+app = typer.Typer(
+    name="frontier",
+    help="Search neural architectures and compression configs for the accuracy-latency Pareto set.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class TrialFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class ParetoFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+RunDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--run-dir", help="Default home of storage and MLflow store [env FRONTIER_RUN_DIR, default ./runs]."
+    ),
+]
+Storage = Annotated[
+    str | None, typer.Option("--storage", help="Optuna storage URL [default: RUN_DIR/frontier.db].")
+]
+TrackingUri = Annotated[
+    str | None, typer.Option("--tracking-uri", help="MLflow tracking URI [default: RUN_DIR/mlflow.db].")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _locations(run_dir: Path | None, storage: str | None, tracking_uri: str | None) -> tuple[Path, str, str]:
+    from search import default_storage, default_tracking_uri
+
+    settings = get_settings()
+    rd = run_dir or settings.run_dir
+    return (
+        rd,
+        storage or settings.storage or default_storage(rd),
+        tracking_uri or settings.tracking_uri or default_tracking_uri(rd),
+    )
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+@app.command()
+def run(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec (YAML or JSON).")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a spec field: key.path=value (repeatable).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Existing Ray cluster address [env FRONTIER_RAY_ADDRESS].")
+    ] = None,
+    run_dir: RunDir = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+    no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
+) -> None:
+    """Run a study (or resume it: same name and storage) and print its Pareto set."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from search import run_study
+    from spaces import SpecError, load_spec, parse_overrides
+
+    try:
+        spec = load_spec(spec_path, parse_overrides(set_ or []))
+    except SpecError as exc:
+        raise _fail(str(exc)) from None
+    rd, storage_url, tracking = _locations(
+        run_dir, storage or spec.storage, tracking_uri or spec.tracking.uri
+    )
+    spec = spec.model_copy(
+        update={"storage": storage_url, "tracking": spec.tracking.model_copy(update={"uri": tracking})}
+    )
+    console.print(f"[bold]study[/] {spec.name}  [dim]storage[/] {storage_url}")
+    bar = Progress(
+        TextColumn("[bold blue]trials"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
+    task = bar.add_task("trials", total=spec.search.n_trials, info="starting Ray workers...")
+
+    def on_progress(p: Any) -> None:
+        best = "  ".join(f"{k}={_fmt(v)}" for k, v in p.best.items())
+        info = f"failed {p.failed}  pruned {p.pruned}  pareto {p.pareto}  best: {best}"
+        bar.update(task, completed=p.done, info=info)
+
+    try:
+        with bar:
+            outcome = run_study(
+                spec,
+                run_dir=rd,
+                address=address or get_settings().ray_address,
+                on_progress=on_progress,
+                track=not no_track,
+            )
+    except SpecError as exc:
+        raise _fail(str(exc)) from None
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    done = sum(1 for r in outcome.trials if r.state in ("complete", "fail", "pruned"))
+    console.print(
+        f"[bold]{outcome.state}[/]: {done}/{spec.search.n_trials} trials "
+        f"({outcome.count('complete')} complete, {outcome.count('fail')} failed, "
+        f"{outcome.count('pruned')} pruned) "
+        f"· sampler {outcome.sampler}"
+    )
+    _pareto_table(outcome.pareto, [o.name for o in spec.objectives], title=f"Pareto set of {spec.name}")
+    if outcome.tracking_uri:
+        console.print(
+            f"MLflow: parent run {outcome.parent_run_id}. Open the UI with:\n"
+            f"  frontier ui --tracking-uri {outcome.tracking_uri}"
+        )
+    console.print(
+        f"Export a point with:\n  frontier export {spec.name} --storage {storage_url} --select "
+        f"'max({spec.objectives[0].name})' -o {spec.name}.yaml"
+    )
+
+
+def _pareto_table(rows: list[Any], objectives: list[str], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("trial", justify="right")
+    for name in objectives:
+        table.add_column(name, justify="right")
+    table.add_column("params")
+    for r in sorted(rows, key=lambda r: r.number):
+        table.add_row(
+            str(r.number),
+            *(_fmt(r.values.get(n)) for n in objectives),
+            ", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items()),
+        )
+    console.print(table)
+
+
+@app.command()
+def studies(run_dir: RunDir = None, storage: Storage = None) -> None:
+    """List the studies in a storage with their state and trial counts."""
+    from search import list_studies
+
+    _, storage_url, _ = _locations(run_dir, storage, None)
+    try:
+        found = list_studies(storage_url)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"studies in {storage_url}", title_justify="left")
+    for col in (
+        "name",
+        "state",
+        "done/budget",
+        "complete",
+        "failed",
+        "pruned",
+        "running",
+        "pareto",
+        "started",
+    ):
+        table.add_column(col)
+    for s in found:
+        done = s.complete + s.failed + s.pruned
+        table.add_row(
+            s.name,
+            s.state,
+            f"{done}/{s.n_trials or '?'}",
+            str(s.complete),
+            str(s.failed),
+            str(s.pruned),
+            str(s.running),
+            str(s.pareto),
+            s.started or "-",
+        )
+    console.print(table)
+
+
+def _rows(study: str, storage_url: str) -> tuple[Any, list[Any]]:
+    from search import load_study, stored_spec, trial_rows
+
+    try:
+        st = load_study(study, storage_url)
+        spec = stored_spec(st)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    return spec, trial_rows(st, spec)
+
+
+@app.command()
+def trials(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    format: Annotated[TrialFormat, typer.Option("--format", "-f")] = TrialFormat.table,
+    run_dir: RunDir = None,
+    storage: Storage = None,
+) -> None:
+    """Every trial in order: number, state, params, metrics, constraints, Pareto flag."""
+    _, storage_url, _ = _locations(run_dir, storage, None)
+    spec, rows = _rows(study, storage_url)
+    if format is TrialFormat.json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2, default=str) + "\n")
+        return
+    if format is TrialFormat.csv:
+        params = sorted({k for r in rows for k in r.params})
+        metrics = sorted({k for r in rows for k in r.metrics})
+        constraints = sorted({k for r in rows for k in r.constraints})
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(
+            [
+                "number",
+                "state",
+                "feasible",
+                "pareto",
+                *params,
+                *metrics,
+                *(f"constraint:{c}" for c in constraints),
+                "error",
+            ]
+        )
+        for r in rows:
+            w.writerow(
+                [
+                    r.number,
+                    r.state,
+                    r.feasible,
+                    r.pareto,
+                    *(r.params.get(p, "") for p in params),
+                    *(r.metrics.get(m, "") for m in metrics),
+                    *(r.constraints.get(c, "") for c in constraints),
+                    (r.error or "").splitlines()[0] if r.error else "",
+                ]
+            )
+        sys.stdout.write(buf.getvalue())
+        return
+    objectives = [o.name for o in spec.objectives]
+    table = Table(title=f"trials of {study}", title_justify="left")
+    for col in ("#", "state", *objectives, "feasible", "pareto", "params / error"):
+        table.add_column(col)
+    for r in rows:
+        detail = ", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items())
+        if r.error:
+            detail = f"[red]{r.error.splitlines()[0][:100]}[/]"
+        table.add_row(
+            str(r.number),
+            r.state,
+            *(_fmt(r.values.get(n, r.metrics.get(n, "-"))) for n in objectives),
+            "yes" if r.feasible else "[yellow]no[/]",
+            "[bold green]*[/]" if r.pareto else "",
+            detail,
+        )
+    console.print(table)
+
+
+@app.command()
+def pareto(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    format: Annotated[ParetoFormat, typer.Option("--format", "-f")] = ParetoFormat.table,
+    run_dir: RunDir = None,
+    storage: Storage = None,
+) -> None:
+    """The Pareto set: complete, feasible, non-dominated trials."""
+    _, storage_url, _ = _locations(run_dir, storage, None)
+    spec, rows = _rows(study, storage_url)
+    front = [r for r in rows if r.pareto]
+    if format is ParetoFormat.json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in front], indent=2, default=str) + "\n")
+        return
+    _pareto_table(
+        front, [o.name for o in spec.objectives], title=f"Pareto set of {study} ({len(front)} trials)"
+    )
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    select: Annotated[
+        str | None,
+        typer.Option(
+            "--select", help="Pick a Pareto point, e.g. 'latency_ms<=2, max(accuracy)' or 'trial=12'."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the YAML here (default stdout).")
+    ] = None,
+    run_dir: RunDir = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Export one Pareto point as YAML: its params, metrics and provenance."""
+    from search import export_point
+
+    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
+    try:
+        doc = export_point(study, storage_url, select, tracking)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    text = yaml.safe_dump(doc, sort_keys=False)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        console.print(f"wrote trial {doc['trial']} of {study} to {output}")
+
+
+@app.command()
+def validate(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC")],
+    set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+) -> None:
+    """Check a spec without running it."""
+    from search import auto_choice, check_spec
+    from spaces import SpecError, load_spec, parse_overrides
+
+    try:
+        spec = load_spec(spec_path, parse_overrides(set_ or []))
+        check_spec(spec)
+    except SpecError as exc:
+        raise _fail(str(exc)) from None
+    extra = f" (auto -> {auto_choice(spec).sampler})" if spec.search.sampler == "auto" else ""
+    console.print(
+        f"[green]ok[/]: {spec.name}: {len(spec.params)} parameters, sampler {spec.search.sampler}{extra}"
+    )
+
+
+@app.command()
+def ui(
+    run_dir: RunDir = None,
+    tracking_uri: TrackingUri = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 5000,
+    detach: Annotated[bool, typer.Option("--detach", help="Start the server and return.")] = False,
+) -> None:
+    """Start the MLflow UI on the study's tracking store and print its URL."""
+    rd, _, tracking = _locations(run_dir, None, tracking_uri)
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if mlflow_bin is None:
+        raise _fail("the mlflow command is not installed in this environment")
+    cmd = [mlflow_bin, "ui", "--backend-store-uri", tracking, "--host", host, "--port", str(port)]
+    artifacts = Path(rd).resolve() / "mlartifacts"
+    if tracking.startswith("sqlite") and artifacts.exists():
+        cmd += ["--default-artifact-root", artifacts.as_uri()]
+    proc = subprocess.Popen(cmd, start_new_session=detach)
+    url = f"http://{host}:{port}"
+    console.print(f"MLflow UI for {tracking}\n  {url}  (experiment 'frontier': one parent run per study)")
+    if detach:
+        console.print(f"  server pid {proc.pid}; stop it with: kill {proc.pid}")
+        return
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    app()
+
+
+if __name__ == "__main__":
+    main()

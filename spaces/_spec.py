@@ -1,0 +1,212 @@
+"""The study spec: what a user submits. Frozen pydantic models that reject unknown fields."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spaces._errors import SpecError, format_validation_error
+from spaces._params import IntParam, Param
+
+SamplerName = Literal["auto", "tpe", "nsga2", "nsga3", "gp", "random"]
+SAMPLER_NAMES: tuple[str, ...] = ("auto", "tpe", "nsga2", "nsga3", "gp", "random")
+Direction = Literal["minimize", "maximize"]
+ConstraintOp = Literal["<=", ">="]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EvaluatorSpec(_Frozen):
+    """Which registered evaluator scores candidates, and its options (checked by the evaluator)."""
+
+    kind: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Objective(_Frozen):
+    """A metric to minimise or maximise. ``reference`` fixes the hypervolume reference point for it."""
+
+    name: str = Field(min_length=1)
+    direction: Direction
+    reference: float | None = None
+
+
+class Constraint(_Frozen):
+    """``metric op value``; a trial is feasible when every constraint holds."""
+
+    metric: str = Field(min_length=1)
+    op: ConstraintOp
+    value: float
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"value must be a finite number, but got {v}")
+        return v
+
+    def violation(self, observed: float) -> float:
+        """Optuna's convention: <= 0 means satisfied, the size of a positive value is the violation."""
+        return observed - self.value if self.op == "<=" else self.value - observed
+
+
+class SearchConfig(_Frozen):
+    sampler: SamplerName = "auto"
+    n_trials: int = Field(default=30, ge=1, le=1_000_000)
+    timeout_s: float | None = Field(default=None, gt=0)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    concurrency: int = Field(default=1, ge=1, le=1024)
+    trial_timeout_s: float | None = Field(default=None, gt=0)
+
+
+class Resources(_Frozen):
+    cpu: float = Field(default=1.0, gt=0, le=1024)
+    gpu: float = Field(default=0.0, ge=0, le=64)
+
+
+class Tracking(_Frozen):
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class StudySpec(_Frozen):
+    """A search study. See ``configs/quickstart.yaml`` for a complete example."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    evaluator: EvaluatorSpec
+    space: tuple[Param, ...] = Field(min_length=1)
+    objectives: tuple[Objective, ...] = Field(min_length=1, max_length=4)
+    constraints: tuple[Constraint, ...] = ()
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: Resources = Field(default_factory=Resources)
+    storage: str | None = None
+    tracking: Tracking = Field(default_factory=Tracking)
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySpec:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective names must be unique, but got {names}")
+        expand_space(self.space)  # raises on bad references or duplicate names
+        return self
+
+    @property
+    def params(self) -> tuple[Param, ...]:
+        """The space with every ``per`` parameter expanded, in sampling order."""
+        return expand_space(self.space)
+
+    @property
+    def directions(self) -> list[Direction]:
+        return [o.direction for o in self.objectives]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def expand_space(space: tuple[Param, ...]) -> tuple[Param, ...]:
+    """Expand ``per: DEPTH`` parameters into per-layer copies and check references point backwards."""
+    out: list[Param] = []
+    seen: dict[str, Param] = {}
+    for p in space:
+        if p.when is not None and p.when.param not in seen:
+            raise ValueError(
+                f"parameter '{p.name}': when.param must name an earlier parameter; got '{p.when.param}' "
+                f"(earlier: {list(seen)})"
+            )
+        if p.per is None:
+            copies: list[Param] = [p]
+        else:
+            depth = seen.get(p.per)
+            if not isinstance(depth, IntParam) or depth.low < 0:
+                raise ValueError(
+                    f"parameter '{p.name}': per must name an earlier int parameter with low >= 0; "
+                    f"got '{p.per}'"
+                )
+            if p.when is not None:
+                raise ValueError(f"parameter '{p.name}': use either per or when, not both")
+            copies = []
+            for i in range(1, depth.high + 1):
+                when = None if i <= depth.low else {"param": p.per, "ge": i}
+                copies.append(p.model_copy(update={"name": f"{p.name}_{i}", "per": None, "when": when}))
+                if when is not None:
+                    # model_copy does not validate nested dicts: rebuild the condition properly.
+                    copies[-1] = type(p).model_validate(
+                        {**copies[-1].model_dump(by_alias=True, exclude={"when"}), "when": when}
+                    )
+        for c in copies:
+            if c.name in seen:
+                raise ValueError(f"parameter names must be unique, but '{c.name}' appears twice")
+            seen[c.name] = c
+            out.append(c)
+    return tuple(out)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise SpecError(f"--set {dotted}: '{key}' is not an index of a list of {len(node)} items")
+            idx = int(key)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise SpecError(f"--set {dotted}: '{'.'.join(keys[:i])}' is a value, not a mapping or list")
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Parse ``key.path=value`` strings; values are read as YAML scalars (``3``, ``true``, ``[1, 2]``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SpecError(f"--set expects KEY.PATH=VALUE, but got {pair!r}")
+        key, raw = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def spec_from_dict(data: Any, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Validate a plain mapping into a :class:`StudySpec`, raising :class:`SpecError` on bad input."""
+    if not isinstance(data, dict):
+        raise SpecError(f"a study spec must be a mapping at the top level, but got {type(data).__name__}")
+    data = json.loads(json.dumps(data, default=str))  # deep copy; normalises YAML dates etc.
+    for key, value in (overrides or {}).items():
+        _set_path(data, key, value)
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, StudySpec)) from None
+
+
+def load_spec(source: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Load a spec from a YAML or JSON file path, or from YAML/JSON text."""
+    text: str
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and len(source) < 4096):
+        path = Path(source)
+        if not path.exists():
+            raise SpecError(f"spec file not found: {path}")
+        text = path.read_text()
+    else:
+        text = str(source)
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML; safe_load refuses arbitrary tags
+    except yaml.YAMLError as exc:
+        raise SpecError(f"the spec is not valid YAML or JSON: {exc}") from None
+    return spec_from_dict(data, overrides)
