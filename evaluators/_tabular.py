@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from spaces import Candidate
 class TabularOptions(EvaluatorOptions):
     table: str = Field(min_length=1, description="Path to a .csv or .parquet file.")
     metrics: dict[str, str] = Field(min_length=1, description="metric name -> column of the table")
+    delay_s: float = Field(
+        default=0.0, ge=0, le=3600, description="Sleep this long per evaluation (to simulate costly trials)."
+    )
     seed_column: str | None = Field(
         default=None,
         description="When rows repeat a key once per seed, the column that tells the seeds apart: each "
@@ -101,4 +105,6 @@ class TabularEvaluator(Evaluator):
             raise LookupError(f"candidate {params} is not in the table {self.options.table}")
         row = rows[0] if len(rows) == 1 else random.Random(context.seed).choice(rows)
         record = self._frame.iloc[row]
+        if self.options.delay_s:
+            time.sleep(self.options.delay_s)
         return {name: float(record[col]) for name, col in self.options.metrics.items()}

@@ -1,0 +1,45 @@
+# `make demo` and `make test` each create .venv if missing, install, and run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+RUN_DIR ?= runs/demo
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test lint test-fast bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to 2.13.0: on this platform that is the local CPU build; any other spec pulls CUDA wheels.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/frontier run configs/quickstart.yaml --run-dir $(RUN_DIR)
+	@echo
+	@echo "Open the MLflow UI:  $(BIN)/frontier ui --run-dir $(RUN_DIR)   (then http://127.0.0.1:5000)"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow and not integration"
+
+bench: install
+	$(BIN)/python benchmarks/bench_overhead.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

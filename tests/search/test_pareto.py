@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from search import hypervolume, pareto_mask, pareto_trials
+from search._pareto import default_reference, to_loss
+
+
+def test_hypervolume_hand_checked_2d():
+    # points (1,3), (2,2), (3,1) with reference (4,4): staircase area = 3 + 2 + 1 = 6
+    pts = np.array([[1, 3], [2, 2], [3, 1], [3, 3]])
+    assert hypervolume(pts, np.array([4.0, 4.0])) == pytest.approx(6.0)
+    # a point outside the reference box adds nothing
+    assert hypervolume(np.vstack([pts, [5, 0]]), np.array([4.0, 4.0])) == pytest.approx(6.0)
+    assert hypervolume(np.empty((0, 2)), np.array([1.0, 1.0])) == 0.0
+
+
+def test_hypervolume_hand_checked_3d():
+    # unit cube corner at origin with ref (1,1,1) -> 1; adding (0.5,0.5,0.5) changes nothing
+    assert hypervolume(np.array([[0, 0, 0], [0.5, 0.5, 0.5]]), np.ones(3)) == pytest.approx(1.0)
+    # two boxes overlapping: [0,1]x[0,.5]x[0,1] u [0,.5]x[0,1]x[0,1] = .5 + .5 - .25
+    assert hypervolume(np.array([[0, 0.5, 0], [0.5, 0, 0]]), np.ones(3)) == pytest.approx(0.75)
+
+
+def test_pareto_mask_and_maximize_flip():
+    loss = to_loss(np.array([[0.9, 1.0], [0.8, 0.5], [0.7, 0.6], [0.95, 2.0]]), ["maximize", "minimize"])
+    assert pareto_mask(loss).tolist() == [True, True, False, True]
+
+
+def test_default_reference_pads_the_nadir():
+    ref = default_reference(np.array([[0.0, 10.0], [1.0, 20.0]]))
+    assert ref.tolist() == pytest.approx([1.1, 21.0])
+
+
+def test_infeasible_trials_are_never_on_the_front():
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for values, violation in [((0, 0), 1.0), ((1, 1), 0.0), ((2, 0.5), -1.0), ((0.5, 2), 0.0)]:
+        t = study.ask()
+        t.set_constraint("c", violation)
+        study.tell(t, values)
+    front = pareto_trials(study.trials, study.directions)
+    assert [t.number for t in front] == [1, 2, 3]  # (0, 0) dominates all but is infeasible

@@ -1,0 +1,166 @@
+"""The ``frontier`` CLI on a real study (real Ray, Optuna storage and MLflow store)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import time
+import urllib.request
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from services._cli import app
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def _write(tmp, make_table, make_spec, **over):
+    table = make_table(tmp / "t.csv")
+    spec_path = tmp / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(make_spec(table, **over)))
+    return spec_path
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, ray_session, make_table, make_spec):
+    tmp = tmp_path_factory.mktemp("cli")
+    spec_path = _write(tmp, make_table, make_spec, **{"search.n_trials": 12, "search.sampler": "nsga2"})
+    result = runner.invoke(
+        app, ["run", str(spec_path), "--run-dir", str(tmp / "run"), "--set", "search.seed=1"]
+    )
+    assert result.exit_code == 0, result.output
+    return tmp, result.output
+
+
+def test_run_prints_progress_summary_and_pareto(ran):
+    _, output = ran
+    assert "finished: 12/12 trials" in output
+    assert "Pareto set of toy" in output
+    assert "frontier ui --tracking-uri sqlite:///" in output
+
+
+def test_studies_lists_state_and_counts(ran):
+    tmp, _ = ran
+    out = runner.invoke(app, ["studies", "--run-dir", str(tmp / "run")])
+    assert out.exit_code == 0, out.output
+    assert "toy" in out.output and "finished" in out.output and "12/12" in out.output
+
+
+def test_trials_in_three_formats(ran):
+    tmp, _ = ran
+    as_json = runner.invoke(app, ["trials", "toy", "--run-dir", str(tmp / "run"), "--format", "json"])
+    rows = json.loads(as_json.output)
+    assert [r["number"] for r in rows] == list(range(12))
+    assert {"number", "state", "params", "metrics", "constraints", "pareto", "feasible"} <= set(rows[0])
+    as_csv = runner.invoke(app, ["trials", "toy", "--run-dir", str(tmp / "run"), "--format", "csv"])
+    parsed = list(csv.DictReader(io.StringIO(as_csv.output)))
+    assert len(parsed) == 12 and {"x", "kind", "f1", "constraint:cost<=70", "pareto"} <= set(parsed[0])
+    table = runner.invoke(app, ["trials", "toy", "--run-dir", str(tmp / "run")])
+    assert table.exit_code == 0 and "trials of toy" in table.output
+
+
+def test_pareto_json_matches_trials(ran):
+    tmp, _ = ran
+    rows = json.loads(
+        runner.invoke(app, ["trials", "toy", "--run-dir", str(tmp / "run"), "-f", "json"]).output
+    )
+    front = json.loads(
+        runner.invoke(app, ["pareto", "toy", "--run-dir", str(tmp / "run"), "-f", "json"]).output
+    )
+    assert [r["number"] for r in front] == [r["number"] for r in rows if r["pareto"]]
+    assert all(r["feasible"] and r["state"] == "complete" for r in front)
+
+
+def test_export_selects_and_writes_yaml(ran):
+    tmp, _ = ran
+    out_file = tmp / "point.yaml"
+    res = runner.invoke(
+        app,
+        ["export", "toy", "--run-dir", str(tmp / "run"), "--select", "f2<=0.5, min(f1)", "-o", str(out_file)],
+    )
+    assert res.exit_code == 0, res.output
+    doc = yaml.safe_load(out_file.read_text())
+    assert doc["frontier_export"] == 1 and doc["study"] == "toy"
+    assert doc["objectives"]["f2"] <= 0.5
+    front = json.loads(
+        runner.invoke(app, ["pareto", "toy", "--run-dir", str(tmp / "run"), "-f", "json"]).output
+    )
+    eligible = [r for r in front if r["values"]["f2"] <= 0.5]
+    assert doc["objectives"]["f1"] == min(r["values"]["f1"] for r in eligible)
+    assert set(doc["params"]) == {"x", "kind"} and doc["provenance"]["spec"]["name"] == "toy"
+
+
+@pytest.mark.parametrize(
+    ("select", "match"),
+    [
+        ("f1<=-5", "no Pareto point has f1 <= -5"),
+        ("speed<=1", r"unknown metric 'speed'. Available"),
+        ("f1 ~ 3", "cannot read 'f1 ~ 3'"),
+        ("trial=999", "trial 999 is not on the Pareto set"),
+    ],
+)
+def test_export_errors(ran, select, match):
+    tmp, _ = ran
+    res = runner.invoke(app, ["export", "toy", "--run-dir", str(tmp / "run"), "--select", select])
+    assert res.exit_code == 2
+    assert match.split("(")[0].replace("\\", "") in " ".join(res.output.split())
+
+
+def test_unknown_study_and_bad_spec_errors(ran, tmp_path):
+    tmp, _ = ran
+    res = runner.invoke(app, ["trials", "nope", "--run-dir", str(tmp / "run")])
+    assert res.exit_code == 2 and "Unknown study 'nope'" in res.output and "Available: ['toy']" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nevaluator: {kind: tabular}\nspace: []\nobjectives: [{name: a, direction: up}]\n")
+    res = runner.invoke(app, ["run", str(bad), "--run-dir", str(tmp_path)])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "objectives[0].direction: Input should be 'minimize' or 'maximize' (got 'up')" in text
+    assert not (tmp_path / "frontier.db").exists()
+
+
+def test_validate(tmp_path):
+    from pathlib import Path
+
+    res = runner.invoke(
+        app, ["validate", str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")]
+    )
+    assert res.exit_code == 0 and "ok" in res.output and "auto ->" in res.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_serves_the_tracking_store(ran):
+    tmp, _ = ran
+    port = _free_port()
+    res = runner.invoke(app, ["ui", "--run-dir", str(tmp / "run"), "--port", str(port), "--detach"])
+    assert res.exit_code == 0, res.output
+    assert f"http://127.0.0.1:{port}" in res.output
+    pid = int(res.output.split("server pid ")[1].split(";")[0])
+    try:
+        deadline = time.monotonic() + 90
+        body = b""
+        while time.monotonic() < deadline:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=frontier"
+                )
+                body = urllib.request.urlopen(req, timeout=5).read()
+                break
+            except OSError:
+                time.sleep(1)
+        assert b'"name": "frontier"' in body or b'"name":"frontier"' in body
+    finally:
+        os.killpg(pid, signal.SIGTERM)
