@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -61,9 +63,9 @@ def test_study_end_to_end_with_failures_constraints_and_tracking(
     artifacts = {a.path for a in client.list_artifacts(out.parent_run_id)}
     assert {"pareto.json", "pareto.png", "spec.json"} <= artifacts
     hv = client.get_metric_history(out.parent_run_id, "hypervolume")
-    assert len(hv) == 30 and all(b.value >= a.value for a, b in zip(hv, hv[1:], strict=False))
+    assert len(hv) == 30 and all(b.value >= a.value for a, b in itertools.pairwise(hv))
     path = client.download_artifacts(out.parent_run_id, "pareto.json", str(tmp_path))
-    rows = json.loads(open(path).read())
+    rows = json.loads(Path(path).read_text())
     assert sorted(r["number"] for r in rows) == sorted(r.number for r in out.pareto)
 
 
@@ -128,7 +130,7 @@ def test_resuming_with_another_space_is_refused(ray_session, tmp_path, table, ma
     run_study(spec, run_dir=tmp_path, track=False)
     raw = make_spec(table, **{"search.n_trials": 4})
     raw["space"][0]["high"] = 5
-    with pytest.raises(ValueError, match="already exists .* with a different space"):
+    with pytest.raises(ValueError, match=r"already exists .* with a different space"):
         run_study(spec_from_dict(raw), run_dir=tmp_path, track=False)
     study = load_study("toy", f"sqlite:///{tmp_path / 'frontier.db'}")
     assert len(trial_rows(study)) == 2

@@ -86,7 +86,8 @@ def test_minimal_spec_has_defaults():
         (
             "search.sampler",
             "cmaes",
-            r"search.sampler: Input should be 'auto', 'tpe', 'nsga2', 'nsga3', 'gp' or 'random' \(got 'cmaes'\)",
+            r"search.sampler: Input should be 'auto', 'tpe', 'nsga2', 'nsga3', 'gp' or 'random' "
+            r"\(got 'cmaes'\)",
         ),
         ("search.n_trials", 0, r"search.n_trials: Input should be greater than or equal to 1 \(got 0\)"),
         ("search.timeout_s", -1, r"search.timeout_s: Input should be greater than 0 \(got -1\)"),
@@ -208,7 +209,7 @@ def test_overrides_and_json_round_trip():
     assert spec.search.n_trials == 7 and spec.space[0].high == 5 and spec.search.sampler == "nsga2"
     again = StudySpec.model_validate_json(json.dumps(spec.to_dict()))
     assert again == spec
-    with pytest.raises(SpecError, match="--set expects KEY.PATH=VALUE"):
+    with pytest.raises(SpecError, match=r"--set expects KEY\.PATH=VALUE"):
         parse_overrides(["search.n_trials"])
     with pytest.raises(SpecError, match="'9' is not an index of a list of 1 items"):
         spec_from_dict(BASE, parse_overrides(["space.9.high=2"]))
@@ -229,6 +230,9 @@ def test_every_config_loads_and_checks(path):
 
 
 def test_import_spaces_pulls_in_neither_torch_nor_ray():
-    code = "import sys, spaces, evaluators; print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
+    code = (
+        "import sys, spaces, evaluators, search._samplers; "
+        "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -1,0 +1,159 @@
+"""Per-trial orchestration overhead of the full stack against a plain in-process Optuna loop.
+
+Both search the same recorded table with the same sampler and seed. The full stack is
+``search.run_study``: Optuna on an SQLite storage, candidates evaluated by Ray Tune workers
+(``concurrency`` at once, actors reused), MLflow tracking on a SQLite store. The baseline is
+``study.optimize`` on an in-memory study with the lookup as objective, and the same loop on an
+SQLite storage (to separate storage cost from orchestration cost).
+
+    python benchmarks/bench_overhead.py            # 200 trials, concurrency 2, 3 repeats
+    python benchmarks/bench_overhead.py --quick    # 60 trials, 1 repeat
+
+Overhead per trial = (stack wall time - baseline wall time) / trials, both measured in this run;
+the "steady" figure excludes Ray/MLflow start-up (from the first finished trial to the last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_table(path: Path) -> Path:
+    rows = []
+    for x, y, kind in itertools.product(range(20), range(20), "abc"):
+        shift = {"a": 0.0, "b": 0.2, "c": 0.4}[kind]
+        rows.append(
+            {
+                "x": x,
+                "y": y,
+                "kind": kind,
+                "f1": x / 19 + shift + 0.01 * y,
+                "f2": (1 - x / 19) ** 2 + shift + 0.01 * (19 - y),
+            }
+        )
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def spec_dict(table: Path, n: int, concurrency: int, name: str) -> dict:
+    return {
+        "name": name,
+        "evaluator": {
+            "kind": "tabular",
+            "options": {"table": str(table), "metrics": {"f1": "f1", "f2": "f2"}},
+        },
+        "space": [
+            {"name": "x", "kind": "int", "low": 0, "high": 19},
+            {"name": "y", "kind": "int", "low": 0, "high": 19},
+            {"name": "kind", "kind": "categorical", "choices": ["a", "b", "c"]},
+        ],
+        "objectives": [{"name": "f1", "direction": "minimize"}, {"name": "f2", "direction": "minimize"}],
+        "search": {"sampler": "tpe", "n_trials": n, "seed": 0, "concurrency": concurrency},
+    }
+
+
+def plain_loop(table: Path, n: int, storage: str | None) -> float:
+    frame = pd.read_csv(table)
+    lookup = {(r.x, r.y, r.kind): (r.f1, r.f2) for r in frame.itertuples()}
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        key = (
+            trial.suggest_int("x", 0, 19),
+            trial.suggest_int("y", 0, 19),
+            trial.suggest_categorical("kind", list("abc")),
+        )
+        return lookup[key]
+
+    study = optuna.create_study(
+        directions=["minimize", "minimize"], sampler=optuna.samplers.TPESampler(seed=0), storage=storage
+    )
+    t0 = time.perf_counter()
+    study.optimize(objective, n_trials=n)
+    return time.perf_counter() - t0
+
+
+def full_stack(table: Path, n: int, concurrency: int, run_dir: Path, name: str) -> tuple[float, float]:
+    from search import run_study
+    from spaces import spec_from_dict
+
+    stamps: list[float] = []
+    spec = spec_from_dict(spec_dict(table, n, concurrency, name))
+    t0 = time.perf_counter()
+    out = run_study(spec, run_dir=run_dir, on_progress=lambda p: stamps.append(time.perf_counter()))
+    total = time.perf_counter() - t0
+    assert len(out.trials) == n and out.count("complete") == n, (out.count("complete"), n)
+    steady = (stamps[-1] - stamps[0]) / (n - 1)
+    return total / n, steady
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.trials, args.repeats = 60, 1
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from search._engine import init_ray
+
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        table = make_table(tmp / "table.csv")
+        init_ray(None)  # started once, outside the timings, as a long-running service would have it
+        rows = []
+        for rep in range(args.repeats):
+            mem = plain_loop(table, args.trials, None) / args.trials
+            sql = plain_loop(table, args.trials, f"sqlite:///{tmp / f'plain{rep}.db'}") / args.trials
+            total, steady = full_stack(
+                table, args.trials, args.concurrency, tmp / f"run{rep}", f"overhead-{rep}"
+            )
+            rows.append(
+                {
+                    "plain_memory_s": mem,
+                    "plain_sqlite_s": sql,
+                    "stack_total_s": total,
+                    "stack_steady_s": steady,
+                }
+            )
+            print(
+                f"repeat {rep}: per trial  plain(in-memory) {mem * 1e3:6.1f} ms  "
+                f"plain(sqlite) {sql * 1e3:6.1f} ms  "
+                f"stack {total * 1e3:6.1f} ms (steady {steady * 1e3:6.1f} ms)",
+                flush=True,
+            )
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    result = {
+        "trials": args.trials,
+        "concurrency": args.concurrency,
+        "repeats": args.repeats,
+        "median_per_trial_ms": {k.removesuffix("_s"): round(v * 1e3, 2) for k, v in med.items()},
+        "overhead_vs_plain_memory_ms": round((med["stack_total_s"] - med["plain_memory_s"]) * 1e3, 2),
+        "overhead_vs_plain_memory_steady_ms": round((med["stack_steady_s"] - med["plain_memory_s"]) * 1e3, 2),
+        "overhead_vs_plain_sqlite_ms": round((med["stack_total_s"] - med["plain_sqlite_s"]) * 1e3, 2),
+        "ratio_stack_to_plain_memory": round(med["stack_total_s"] / med["plain_memory_s"], 2),
+        "goal_ms": 25.0,
+        "runs": rows,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
