@@ -289,6 +289,21 @@ def pareto_rows(trials: Sequence[FrozenTrial], front: set[int], spec: StudySpec)
     return out
 
 
+def find_parent_run(study: str, storage_url: str, tracking_uri: str) -> str | None:
+    """The MLflow parent run of a study, or None when the tracking store does not have it."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    if not exps:
+        return None
+    query = f"tags.`{STUDY_TAG}` = '{study}' and tags.`{STORAGE_TAG}` = '{storage_url}'"
+    runs = client.search_runs(exps, filter_string=query, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
 class TrackerThread:
     """Calls :meth:`MlflowTracker.sync` every ``interval`` seconds in the background, and once at stop."""
 

@@ -174,11 +174,11 @@ def _pareto_table(rows: list[Any], objectives: list[str], title: str) -> None:
 
 
 @app.command()
-def studies(run_dir: RunDir = None, storage: Storage = None) -> None:
+def studies(run_dir: RunDir = None, storage: Storage = None, tracking_uri: TrackingUri = None) -> None:
     """List the studies in a storage with their state and trial counts."""
     from search import list_studies
 
-    _, storage_url, _ = _locations(run_dir, storage, None)
+    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
     try:
         found = list_studies(storage_url)
     except ValueError as exc:
@@ -210,6 +210,7 @@ def studies(run_dir: RunDir = None, storage: Storage = None) -> None:
             s.started or "-",
         )
     console.print(table)
+    console.print(f"[dim]MLflow tracking store: {tracking}[/]")
 
 
 def _rows(study: str, storage_url: str) -> tuple[Any, list[Any]]:
@@ -229,9 +230,10 @@ def trials(
     format: Annotated[TrialFormat, typer.Option("--format", "-f")] = TrialFormat.table,
     run_dir: RunDir = None,
     storage: Storage = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Every trial in order: number, state, params, metrics, constraints, Pareto flag."""
-    _, storage_url, _ = _locations(run_dir, storage, None)
+    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
     spec, rows = _rows(study, storage_url)
     if format is TrialFormat.json:
         sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2, default=str) + "\n")
@@ -286,6 +288,7 @@ def trials(
             detail,
         )
     console.print(table)
+    _mlflow_hint(study, storage_url, tracking)
 
 
 @app.command()
@@ -294,9 +297,10 @@ def pareto(
     format: Annotated[ParetoFormat, typer.Option("--format", "-f")] = ParetoFormat.table,
     run_dir: RunDir = None,
     storage: Storage = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """The Pareto set: complete, feasible, non-dominated trials."""
-    _, storage_url, _ = _locations(run_dir, storage, None)
+    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
     spec, rows = _rows(study, storage_url)
     front = [r for r in rows if r.pareto]
     if format is ParetoFormat.json:
@@ -305,6 +309,18 @@ def pareto(
     _pareto_table(
         front, [o.name for o in spec.objectives], title=f"Pareto set of {study} ({len(front)} trials)"
     )
+    _mlflow_hint(study, storage_url, tracking)
+
+
+def _mlflow_hint(study: str, storage_url: str, tracking: str) -> None:
+    """Name the study's MLflow parent run, when the tracking store has it."""
+    from search import find_parent_run
+
+    run_id = find_parent_run(study, storage_url, tracking)
+    if run_id:
+        console.print(
+            f"[dim]MLflow parent run {run_id} in {tracking} (frontier ui --tracking-uri {tracking})[/]"
+        )
 
 
 @app.command()
