@@ -5,13 +5,15 @@
 
 from spaces._candidate import Candidate, active, decode, distribution, encode, suggest
 from spaces._errors import SpecError
-from spaces._params import CategoricalParam, Condition, FloatParam, IntParam, OrdinalParam, Param
+from spaces._families import available_families, register_family
+from spaces._params import CategoricalParam, Condition, FamilyParam, FloatParam, IntParam, OrdinalParam, Param
 from spaces._spec import (
     SAMPLER_NAMES,
     Constraint,
     EvaluatorSpec,
     Objective,
     Resources,
+    SchedulerConfig,
     SearchConfig,
     StudySpec,
     Tracking,
@@ -28,23 +30,27 @@ __all__ = [
     "Condition",
     "Constraint",
     "EvaluatorSpec",
+    "FamilyParam",
     "FloatParam",
     "IntParam",
     "Objective",
     "OrdinalParam",
     "Param",
     "Resources",
+    "SchedulerConfig",
     "SearchConfig",
     "SpecError",
     "StudySpec",
     "Tracking",
     "active",
+    "available_families",
     "decode",
     "distribution",
     "encode",
     "expand_space",
     "load_spec",
     "parse_overrides",
+    "register_family",
     "spec_from_dict",
     "suggest",
 ]

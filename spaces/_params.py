@@ -124,5 +124,20 @@ class OrdinalParam(_ParamBase):
         return self
 
 
+class FamilyParam(_Frozen):
+    """A named family of parameters (e.g. ``moe``), expanded by its registered expander.
+
+    The expanded parameters are named ``NAME.<param>`` (or as the family documents).
+    """
+
+    kind: Literal["family"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    family: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 Param = Annotated[IntParam | FloatParam | CategoricalParam | OrdinalParam, Field(discriminator="kind")]
-PARAM_KINDS = ("int", "float", "categorical", "ordinal")
+SpaceItem = Annotated[
+    IntParam | FloatParam | CategoricalParam | OrdinalParam | FamilyParam, Field(discriminator="kind")
+]
+PARAM_KINDS = ("int", "float", "categorical", "ordinal", "family")

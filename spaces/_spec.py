@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spaces._errors import SpecError, format_validation_error
-from spaces._params import IntParam, Param
+from spaces._params import FamilyParam, IntParam, Param, SpaceItem
 
 SamplerName = Literal["auto", "tpe", "nsga2", "nsga3", "gp", "random"]
 SAMPLER_NAMES: tuple[str, ...] = ("auto", "tpe", "nsga2", "nsga3", "gp", "random")
@@ -57,6 +57,16 @@ class Constraint(_Frozen):
         return observed - self.value if self.op == "<=" else self.value - observed
 
 
+class SchedulerConfig(_Frozen):
+    """When to stop trials early. ``moasha``: multi-objective asynchronous successive halving over the
+    evaluator's fidelity steps (``EvalContext.report``), by non-dominated sorting across all objectives."""
+
+    kind: Literal["fifo", "moasha"] = "fifo"
+    grace_period: int = Field(default=1, ge=1)
+    max_t: int = Field(default=100, ge=1)
+    reduction_factor: float = Field(default=3.0, gt=1)
+
+
 class SearchConfig(_Frozen):
     sampler: SamplerName = "auto"
     n_trials: int = Field(default=30, ge=1, le=1_000_000)
@@ -64,6 +74,7 @@ class SearchConfig(_Frozen):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     concurrency: int = Field(default=1, ge=1, le=1024)
     trial_timeout_s: float | None = Field(default=None, gt=0)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
 
 
 class Resources(_Frozen):
@@ -81,7 +92,7 @@ class StudySpec(_Frozen):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
     evaluator: EvaluatorSpec
-    space: tuple[Param, ...] = Field(min_length=1)
+    space: tuple[SpaceItem, ...] = Field(min_length=1)
     objectives: tuple[Objective, ...] = Field(min_length=1, max_length=4)
     constraints: tuple[Constraint, ...] = ()
     search: SearchConfig = Field(default_factory=SearchConfig)
@@ -90,13 +101,19 @@ class StudySpec(_Frozen):
     tracking: Tracking = Field(default_factory=Tracking)
     address: str | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> StudySpec:
-        names = [o.name for o in self.objectives]
+    @field_validator("space")
+    @classmethod
+    def _expandable(cls, space: tuple[SpaceItem, ...]) -> tuple[SpaceItem, ...]:
+        expand_space(space)  # raises on unknown families, bad references or duplicate names
+        return space
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique(cls, objectives: tuple[Objective, ...]) -> tuple[Objective, ...]:
+        names = [o.name for o in objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objective names must be unique, but got {names}")
-        expand_space(self.space)  # raises on bad references or duplicate names
-        return self
+        return objectives
 
     @property
     def params(self) -> tuple[Param, ...]:
@@ -111,11 +128,30 @@ class StudySpec(_Frozen):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def expand_space(space: tuple[Param, ...]) -> tuple[Param, ...]:
-    """Expand ``per: DEPTH`` parameters into per-layer copies and check references point backwards."""
+def _expand_families(space: tuple[SpaceItem, ...]) -> list[Param]:
+    from pydantic import TypeAdapter
+
+    from spaces._families import expand_family
+
+    adapter: TypeAdapter[Param] = TypeAdapter(Param)
+    out: list[Param] = []
+    for item in space:
+        if not isinstance(item, FamilyParam):
+            out.append(item)
+            continue
+        try:
+            raw = expand_family(item.family, item.name, item.options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"family '{item.name}' ({item.family}): {exc}") from None
+        out.extend(adapter.validate_python(r) for r in raw)
+    return out
+
+
+def expand_space(space: tuple[SpaceItem, ...]) -> tuple[Param, ...]:
+    """Expand families and ``per: DEPTH`` parameters; check that references point backwards."""
     out: list[Param] = []
     seen: dict[str, Param] = {}
-    for p in space:
+    for p in _expand_families(space):
         if p.when is not None and p.when.param not in seen:
             raise ValueError(
                 f"parameter '{p.name}': when.param must name an earlier parameter; got '{p.when.param}' "
