@@ -21,6 +21,12 @@ class TabularOptions(EvaluatorOptions):
     delay_s: float = Field(
         default=0.0, ge=0, le=3600, description="Sleep this long per evaluation (to simulate costly trials)."
     )
+    step_column: str | None = Field(
+        default=None,
+        description="When rows repeat a key once per training step (a learning curve), the column with the "
+        "step: each evaluation reports every step's metrics in order through context.report (so schedulers "
+        "can stop it early) and returns the last step's.",
+    )
     seed_column: str | None = Field(
         default=None,
         description="When rows repeat a key once per seed, the column that tells the seeds apart: each "
@@ -83,7 +89,7 @@ class TabularEvaluator(Evaluator):
         unknown = [k for k in params if k not in frame.columns]
         if unknown:
             raise KeyError(f"tabular evaluator: parameters {unknown} are not columns of {self.options.table}")
-        reserved = {*self.options.metrics.values(), self.options.seed_column}
+        reserved = {*self.options.metrics.values(), self.options.seed_column, self.options.step_column}
         keys = tuple(c for c in frame.columns if c in params or (c not in reserved and c in self._space_cols))
         index = self._index.get(keys)
         if index is None:
@@ -103,8 +109,25 @@ class TabularEvaluator(Evaluator):
         rows = self._rows_for(params)
         if not rows:
             raise LookupError(f"candidate {params} is not in the table {self.options.table}")
-        row = rows[0] if len(rows) == 1 else random.Random(context.seed).choice(rows)
+        step_col = self.options.step_column
+        if step_col is None:
+            row = rows[0] if len(rows) == 1 else random.Random(context.seed).choice(rows)
+            if self.options.delay_s:
+                time.sleep(self.options.delay_s)
+            return self._metrics_of(row)
+        if self.options.seed_column is not None:
+            seeds = sorted({self._frame.iloc[r][self.options.seed_column] for r in rows})
+            chosen = random.Random(context.seed).choice(seeds)
+            rows = [r for r in rows if self._frame.iloc[r][self.options.seed_column] == chosen]
+        curve = sorted(rows, key=lambda r: float(self._frame.iloc[r][step_col]))
+        out: dict[str, float] = {}
+        for r in curve:
+            if self.options.delay_s:
+                time.sleep(self.options.delay_s)
+            out = self._metrics_of(r)
+            context.report(int(self._frame.iloc[r][step_col]), out)
+        return out
+
+    def _metrics_of(self, row: int) -> dict[str, float]:
         record = self._frame.iloc[row]
-        if self.options.delay_s:
-            time.sleep(self.options.delay_s)
         return {name: float(record[col]) for name, col in self.options.metrics.items()}

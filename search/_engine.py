@@ -112,6 +112,27 @@ def sampler_description(spec: StudySpec) -> str:
     return spec.search.sampler
 
 
+def make_scheduler(spec: StudySpec) -> Any:
+    """The Ray Tune trial scheduler a spec asks for (``search.scheduler``); None means FIFO."""
+    cfg = spec.search.scheduler
+    if cfg.kind == "fifo":
+        return None
+    from search._moasha import MOASHAScheduler
+    from search._tune import STEP_KEY
+
+    return MOASHAScheduler(
+        [o.name for o in spec.objectives],
+        ["max" if o.direction == "maximize" else "min" for o in spec.objectives],
+        time_attr=STEP_KEY,
+        grace_period=cfg.grace_period,
+        max_t=cfg.max_t,
+        reduction_factor=cfg.reduction_factor,
+        # A trial that reaches max_t still has to return its final metrics: let it finish by itself.
+        stop_last_trials=False,
+        seed=spec.search.seed,
+    )
+
+
 def init_ray(address: str | None) -> None:
     import ray
 
@@ -220,6 +241,8 @@ def _run(
         if on_progress is not None:
             on_progress(snapshot)
 
+    if scheduler is None:
+        scheduler = make_scheduler(spec)
     deadline = time.monotonic() + spec.search.timeout_s if spec.search.timeout_s else None
     searcher = AskTellSearcher(study, spec, budget=budget, deadline=deadline, on_finished=finished)
     if thread is not None:

@@ -127,7 +127,14 @@ def evaluate_in_worker(
             report({ERROR_KEY: f"TimeoutError: the trial ran longer than search.trial_timeout_s={timeout}"})
             return
         if kind == "step":
-            report(payload)
+            try:
+                report(payload)
+            except BaseException:
+                # Tune stops a trial (scheduler decision, end of study) by raising SystemExit from
+                # ``tune.report``: stop the evaluation thread too, so it frees its model, then let it rise.
+                proceed.put(False)
+                thread.join(10.0)
+                raise
             proceed.put(True)
         elif kind == "done":
             clean = {k: v for k, v in payload.items() if isinstance(v, int | float)}
