@@ -179,9 +179,10 @@ def run_study(
     spec = _absolute_paths(spec, Path.cwd())
     storage = spec.storage or default_storage(run_path)
     tracking_uri = (spec.tracking.uri or default_tracking_uri(run_path)) if track else None
-    study = open_study(spec, storage, make_sampler(spec))
-    sampler = sampler_description(spec)
-    study.set_user_attr(SAMPLER_ATTR, sampler)
+    sampler = make_sampler(spec)
+    study = open_study(spec, storage, sampler)
+    description = sampler_description(spec)
+    study.set_user_attr(SAMPLER_ATTR, description)
 
     tracker = None
     if tracking_uri is not None:
@@ -193,7 +194,7 @@ def run_study(
             artifact_root=run_path / "mlartifacts" if tracking_uri.startswith("sqlite") else None,
         )
         tracker.start()
-        tracker.set_tags({"frontier.sampler": sampler})
+        tracker.set_tags({"frontier.sampler": description})
         tracker.sync(study)
 
     budget = spec.search.n_trials - n_done(study)
@@ -201,7 +202,17 @@ def run_study(
     if budget > 0:
         study.set_user_attr(STATE_ATTR, "running")
         state = _run(
-            spec, study, budget, run_path, address, on_progress, tracker, storage, scheduler, sync_interval_s
+            spec,
+            study,
+            sampler=sampler,
+            budget=budget,
+            run_path=run_path,
+            address=address,
+            on_progress=on_progress,
+            tracker=tracker,
+            storage=storage,
+            scheduler=scheduler,
+            sync_interval_s=sync_interval_s,
         )
     study.set_user_attr(STATE_ATTR, state)
     if tracker is not None:
@@ -212,7 +223,7 @@ def run_study(
         storage=storage,
         tracking_uri=tracking_uri,
         parent_run_id=tracker.parent_id if tracker else None,
-        sampler=sampler,
+        sampler=description,
         state=state,
         trials=trial_rows(study, spec),
     )
@@ -221,6 +232,8 @@ def run_study(
 def _run(
     spec: StudySpec,
     study: Any,
+    *,
+    sampler: Any,
     budget: int,
     run_path: Path,
     address: str | None,
@@ -244,7 +257,9 @@ def _run(
     if scheduler is None:
         scheduler = make_scheduler(spec)
     deadline = time.monotonic() + spec.search.timeout_s if spec.search.timeout_s else None
-    searcher = AskTellSearcher(study, spec, budget=budget, deadline=deadline, on_finished=finished)
+    searcher = AskTellSearcher(
+        study, spec, sampler=sampler, budget=budget, deadline=deadline, on_finished=finished
+    )
     if thread is not None:
         thread.start()
     state = "finished"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +162,77 @@ def tell_result(
     for c in spec.constraints:
         trial.set_constraint(f"{c.metric}{c.op}{c.value:g}", c.violation(clean[c.metric]))
     return study.tell(trial, [clean[o.name] for o in spec.objectives], skip_if_finished=True)
+
+
+@dataclass
+class LiveTrial:
+    """A trial being evaluated: the in-memory trial the sampler sees, and its persisted twin."""
+
+    trial: optuna.Trial
+    trial_id: int
+    number: int
+
+
+class WriteThroughStudy:
+    """Ask/tell where the sampler reads an in-memory copy of the study and every write goes to storage.
+
+    Optuna's samplers re-read all trials several times per suggestion; on an RDB storage that costs tens of
+    milliseconds per trial and grows with the study. Frontier runs one driver per study, so it keeps the
+    sampler's view in memory (loaded from storage on start, so resume works) and writes through to the
+    persistent storage: the trial is created there (RUNNING, with its params) before it is evaluated, and its
+    attributes, constraints, values and state are written the moment it finishes. A crash therefore loses
+    nothing that finished, and leaves the running trials RUNNING, to be marked failed on resume.
+
+    Trial numbers users see are the persistent ones; the in-memory numbering is private to the sampler.
+    """
+
+    def __init__(self, study: optuna.Study, sampler: optuna.samplers.BaseSampler) -> None:
+        self.persistent = study
+        self.storage = study._storage
+        self.study_id = study._study_id
+        self.memory = optuna.create_study(directions=study.directions, sampler=sampler)
+        trials = study.get_trials(deepcopy=False)
+        self.memory.add_trials([t for t in trials if t.state.is_finished()])
+        self._waiting = [t for t in trials if t.state == TrialState.WAITING]
+
+    def ask(self, params: Any) -> tuple[LiveTrial, Any]:
+        """Ask the sampler for a candidate over ``params`` and create its persistent RUNNING trial."""
+        from spaces import suggest
+
+        if self._waiting:  # trials enqueued in storage (warm starts) go first, in order
+            queued = self._waiting.pop(0)
+            self.memory.enqueue_trial(
+                queued.system_attrs.get("fixed_params", {}), user_attrs=queued.user_attrs
+            )
+            trial = self.memory.ask()
+            candidate = suggest(trial, params)
+            self.storage.set_trial_state_values(queued._trial_id, TrialState.RUNNING)
+            for name, value in trial.params.items():
+                self.storage.set_trial_param(
+                    queued._trial_id,
+                    name,
+                    trial.distributions[name].to_internal_repr(value),
+                    trial.distributions[name],
+                )
+            return LiveTrial(trial, queued._trial_id, queued.number), candidate
+        trial = self.memory.ask()
+        candidate = suggest(trial, params)
+        template = optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=trial.params, distributions=trial.distributions
+        )
+        trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
+        return LiveTrial(trial, trial_id, self.storage.get_trial_number_from_id(trial_id)), candidate
+
+    def persist(self, live: LiveTrial, finished: FrozenTrial) -> FrozenTrial:
+        """Write a finished in-memory trial to storage; return it with its persistent number."""
+        for key, value in finished.user_attrs.items():
+            self.storage.set_trial_user_attr(live.trial_id, key, value)
+        for key, value in finished.system_attrs.items():
+            self.storage.set_trial_system_attr(live.trial_id, key, value)
+        for step, value in finished.intermediate_values.items():
+            self.storage.set_trial_intermediate_value(live.trial_id, step, value)
+        self.storage.set_trial_state_values(live.trial_id, finished.state, finished.values)
+        out = copy.copy(finished)
+        out.number = live.number
+        out._trial_id = live.trial_id
+        return out

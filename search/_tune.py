@@ -24,8 +24,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search._optuna import tell_result
-from spaces import StudySpec, spec_from_dict, suggest
+from search._optuna import LiveTrial, WriteThroughStudy, tell_result
+from spaces import StudySpec, spec_from_dict
 
 # Tune's per-trial JSON/CSV/TensorBoard loggers write several files per trial; Frontier records trials in
 # Optuna and MLflow, so they only cost time.
@@ -155,7 +155,9 @@ class AskTellSearcher(Searcher):
     """A Ray Tune Searcher that asks a persistent Optuna study for candidates and tells it the results.
 
     Args:
-        study: the Optuna study (persistent storage).
+        study: the Optuna study on its persistent storage; the sampler works on an in-memory copy that
+            writes through to it (:class:`search._optuna.WriteThroughStudy`).
+        sampler: the Optuna sampler.
         spec: the study spec (parameters, objectives, constraints).
         budget: how many trials to start in this run (the stored ones already count).
         deadline: ``time.monotonic()`` after which no trial starts.
@@ -167,19 +169,20 @@ class AskTellSearcher(Searcher):
         study: optuna.Study,
         spec: StudySpec,
         *,
+        sampler: optuna.samplers.BaseSampler,
         budget: int,
         deadline: float | None = None,
         on_finished: Callable[[FrozenTrial], None] | None = None,
     ) -> None:
         super().__init__(metric=None, mode=None)
-        self.study = study
+        self.study = WriteThroughStudy(study, sampler)
         self.spec = spec
         self.params = spec.params
         self.budget = budget
         self.deadline = deadline
         self.on_finished = on_finished
         self.issued = 0
-        self.live: dict[str, optuna.Trial] = {}
+        self.live: dict[str, LiveTrial] = {}
         self.last: dict[str, dict[str, Any]] = {}
         self.threads = max(1, int(spec.resources.cpu))
 
@@ -206,14 +209,13 @@ class AskTellSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.issued >= self.budget or (self.deadline is not None and time.monotonic() >= self.deadline):
             return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel string
-        trial = self.study.ask()
-        candidate = suggest(trial, self.params)
-        self.live[trial_id] = trial
+        live, candidate = self.study.ask(self.params)
+        self.live[trial_id] = live
         self.issued += 1
         return {
             "params": dict(candidate.params),
-            "number": trial.number,
-            "seed": trial_seed(self.spec.search.seed, trial.number),
+            "number": live.number,
+            "seed": trial_seed(self.spec.search.seed, live.number),
             "threads": self.threads,
             "timeout_s": self.spec.search.trial_timeout_s,
             "device": "cuda" if self.spec.resources.gpu > 0 else "cpu",
@@ -223,36 +225,39 @@ class AskTellSearcher(Searcher):
         self.last[trial_id] = result
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        trial = self.live.pop(trial_id, None)
+        live = self.live.pop(trial_id, None)
         last = self.last.pop(trial_id, None)
-        if trial is None:
+        if live is None:
             return
+        memory, trial = self.study.memory, live.trial
         result = result or last or {}
         metrics = _strip(
             {k: v for k, v in result.items() if isinstance(v, int | float) and not k.startswith("frontier")}
         )
         if ERROR_KEY in result:
-            frozen = tell_result(self.study, trial, self.spec, metrics, error=str(result[ERROR_KEY]))
+            frozen = tell_result(memory, trial, self.spec, metrics, error=str(result[ERROR_KEY]))
         elif error:
             frozen = tell_result(
-                self.study,
+                memory,
                 trial,
                 self.spec,
                 metrics,
                 error="the Ray worker running this trial died (see Ray logs)",
             )
         elif DONE_KEY not in result:
-            frozen = tell_result(self.study, trial, self.spec, metrics, pruned=True)
+            frozen = tell_result(memory, trial, self.spec, metrics, pruned=True)
         else:
-            frozen = tell_result(self.study, trial, self.spec, metrics)
+            frozen = tell_result(memory, trial, self.spec, metrics)
+        frozen = self.study.persist(live, frozen)
         if self.on_finished is not None:
             self.on_finished(frozen)
 
     def abandon_live(self, reason: str) -> None:
         """Fail trials Tune never completed (e.g. the study's time budget ran out while they ran)."""
         for trial_id in list(self.live):
-            trial = self.live.pop(trial_id)
-            frozen = tell_result(self.study, trial, self.spec, None, error=reason)
+            live = self.live.pop(trial_id)
+            frozen = tell_result(self.study.memory, live.trial, self.spec, None, error=reason)
+            frozen = self.study.persist(live, frozen)
             if self.on_finished is not None:
                 self.on_finished(frozen)
 
