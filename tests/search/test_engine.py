@@ -134,3 +134,61 @@ def test_resuming_with_another_space_is_refused(ray_session, tmp_path, table, ma
         run_study(spec_from_dict(raw), run_dir=tmp_path, track=False)
     study = load_study("toy", f"sqlite:///{tmp_path / 'frontier.db'}")
     assert len(trial_rows(study)) == 2
+
+
+def test_moasha_prunes_dominated_trials_and_records_them(ray_session, tmp_path):
+    import itertools
+
+    import pandas as pd
+
+    rows = []
+    for x, kind in itertools.product(range(10), "abc"):
+        shift = {"a": 0.0, "b": 0.3, "c": 0.6}[kind]
+        for step in range(1, 10):
+            rows.append(
+                {
+                    "x": x,
+                    "kind": kind,
+                    "step": step,
+                    "f1": x / 9 + shift + 1 / step,
+                    "f2": (1 - x / 9) ** 2 + shift,
+                }
+            )
+    pd.DataFrame(rows).to_csv(tmp_path / "curves.csv", index=False)
+    options = {
+        "table": str(tmp_path / "curves.csv"),
+        "metrics": {"f1": "f1", "f2": "f2"},
+        "step_column": "step",
+    }
+    spec = spec_from_dict(
+        {
+            "name": "curves",
+            "evaluator": {"kind": "tabular", "options": {**options, "delay_s": 0.02}},
+            "space": [
+                {"name": "x", "kind": "int", "low": 0, "high": 9},
+                {"name": "kind", "kind": "categorical", "choices": ["a", "b", "c"]},
+            ],
+            "objectives": [{"name": "f1", "direction": "minimize"}, {"name": "f2", "direction": "minimize"}],
+            "search": {
+                "sampler": "random",
+                "n_trials": 15,
+                "seed": 0,
+                "concurrency": 2,
+                "scheduler": {"kind": "moasha", "grace_period": 1, "max_t": 9, "reduction_factor": 3},
+            },
+        }
+    )
+    out = run_study(spec, run_dir=tmp_path / "run")
+    states = [r.state for r in out.trials]
+    assert len(states) == 15 and "pruned" in states and "complete" in states
+    for r in out.trials:
+        if r.state == "pruned":
+            assert not r.pareto
+            assert set(r.metrics) == {"f1", "f2"}  # its last reported values are kept
+            assert r.metrics["f1"] > r.metrics["f2"] - 10  # numbers, not placeholders
+        if r.state == "complete":  # ran to the last step: f1 includes 1/9
+            x, shift = r.params["x"], {"a": 0.0, "b": 0.3, "c": 0.6}[r.params["kind"]]
+            assert r.values["f1"] == pytest.approx(x / 9 + shift + 1 / 9)
+    _, _, children = runs_of(out.tracking_uri)
+    killed = {int(c.data.tags["frontier.trial"]) for c in children if c.info.status == "KILLED"}
+    assert killed == {r.number for r in out.trials if r.state == "pruned"}
