@@ -47,6 +47,7 @@ class StudyOutcome:
     sampler: str
     state: str
     trials: list[TrialRow] = field(default_factory=list)
+    ray_address: str | None = None
 
     @property
     def pareto(self) -> list[TrialRow]:
@@ -140,8 +141,14 @@ def init_ray(address: str | None) -> None:
         return
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    extra: dict[str, Any] = {}
+    if address and address.split(":")[0] in ("127.0.0.1", "localhost"):
+        # A cluster started on the loopback address: join it as a loopback node too, else Ray looks for
+        # a local raylet under the machine's network address and does not find it.
+        extra["_node_ip_address"] = "127.0.0.1"
     ray.init(
         address=address,
+        **extra,
         include_dashboard=False,
         configure_logging=True,
         logging_level=logging.WARNING,
@@ -226,7 +233,18 @@ def run_study(
         sampler=description,
         state=state,
         trials=trial_rows(study, spec),
+        ray_address=_ray_address(),
     )
+
+
+def _ray_address() -> str | None:
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return ray.get_runtime_context().gcs_address if ray.is_initialized() else None
 
 
 def _run(

@@ -146,6 +146,8 @@ def run(
         f"{outcome.count('pruned')} pruned) "
         f"· sampler {outcome.sampler}"
     )
+    if outcome.ray_address:
+        console.print(f"[dim]Ray cluster: {outcome.ray_address}[/]")
     _pareto_table(outcome.pareto, [o.name for o in spec.objectives], title=f"Pareto set of {spec.name}")
     if outcome.tracking_uri:
         console.print(
@@ -403,6 +405,192 @@ def ui(
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(10)
+
+
+# The study service and its client ------------------------------------------------------------------------
+
+Server = Annotated[
+    str | None,
+    typer.Option("--server", help="Service URL [env FRONTIER_SERVER, default http://127.0.0.1:8765]."),
+]
+Token = Annotated[str | None, typer.Option("--token", help="Bearer token [env FRONTIER_TOKEN].")]
+DEFAULT_SERVER = "http://127.0.0.1:8765"
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="[env FRONTIER_HOST, default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="[env FRONTIER_PORT, default 8765]")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Existing Ray cluster [env FRONTIER_RAY_ADDRESS].")
+    ] = None,
+    run_dir: RunDir = None,
+) -> None:
+    """Run the study service (HTTP API; OpenAPI at /docs) until interrupted."""
+    import uvicorn
+
+    from services._api import create_app
+
+    settings = get_settings()
+    update: dict[str, Any] = {}
+    if ray_address:
+        update["ray_address"] = ray_address
+    if run_dir:
+        update["run_dir"] = run_dir
+    settings = settings.model_copy(update=update)
+    if not settings.tokens and not settings.admin_tokens:
+        raise _fail(
+            'no tokens configured: set FRONTIER_TOKENS=\'{"TOKEN": "OWNER"}\' and/or '
+            "FRONTIER_ADMIN_TOKENS='[\"TOKEN\"]' (every request needs a bearer token)"
+        )
+    h, p = host or settings.host, port or settings.port
+    err.print(
+        f"frontier service on http://{h}:{p}  registry {settings.database()}  "
+        f"storage {settings.storage_url()}"
+    )
+    uvicorn.run(create_app(settings), host=h, port=p, log_level="warning")
+
+
+def _client(server: str | None, token: str | None) -> Any:
+    import httpx
+
+    url = server or os.environ.get("FRONTIER_SERVER") or DEFAULT_SERVER
+    tok = token or os.environ.get("FRONTIER_TOKEN")
+    if not tok:
+        raise _fail("no token: pass --token or set FRONTIER_TOKEN")
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tok}"}, timeout=30)
+
+
+def _call(client: Any, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        r = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {client.base_url}: {exc}") from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        raise _fail(f"{r.status_code}: {detail}")
+    return r
+
+
+def _study_line(s: dict[str, Any]) -> str:
+    t = s["trials"]
+    hv = f"  hv {s['hypervolume']:.4g}" if s.get("hypervolume") is not None else ""
+    return (
+        f"{s['id']}  {s['owner']}/{s['name']}  {s['state']}  {t['done']}/{t['budget']} trials "
+        f"({t['failed']} failed, {t['pruned']} pruned){hv}"
+    )
+
+
+@app.command()
+def submit(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Study spec (YAML or JSON).")],
+    server: Server = None,
+    token: Token = None,
+) -> None:
+    """Submit a spec to the service and print the study id."""
+    if not spec_path.exists():
+        raise _fail(f"spec file not found: {spec_path}")
+    body = spec_path.read_bytes()
+    ctype = "application/json" if spec_path.suffix.lower() == ".json" else "application/yaml"
+    with _client(server, token) as c:
+        r = _call(c, "POST", "/studies", content=body, headers={"Content-Type": ctype})
+    s = r.json()
+    verb = "submitted" if r.status_code == 201 else "already submitted"
+    console.print(f"{verb}: {_study_line(s)}", highlight=False)
+    sys.stdout.write(s["id"] + "\n")
+
+
+@app.command()
+def status(
+    study_id: Annotated[
+        str | None, typer.Argument(metavar="ID", help="A study id; all when omitted.")
+    ] = None,
+    server: Server = None,
+    token: Token = None,
+) -> None:
+    """Show one study, or list the studies you can see."""
+    with _client(server, token) as c:
+        if study_id:
+            s = _call(c, "GET", f"/studies/{study_id}").json()
+            console.print(_study_line(s), highlight=False)
+            for key in ("created_at", "started_at", "finished_at", "elapsed_s", "mlflow_run_url", "error"):
+                if s.get(key) is not None:
+                    console.print(f"  {key}: {s[key]}", highlight=False)
+            return
+        found = _call(c, "GET", "/studies").json()["studies"]
+    table = Table(title=f"{len(found)} studies", title_justify="left")
+    for col in ("id", "owner", "name", "state", "done/budget", "failed", "pruned", "hypervolume"):
+        table.add_column(col)
+    for s in found:
+        t = s["trials"]
+        hv = s.get("hypervolume")
+        table.add_row(
+            s["id"], s["owner"], s["name"], s["state"], f"{t['done']}/{t['budget']}",
+            str(t["failed"]), str(t["pruned"]), "-" if hv is None else f"{hv:.4g}",
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def cancel(
+    study_id: Annotated[str, typer.Argument(metavar="ID")],
+    server: Server = None,
+    token: Token = None,
+) -> None:
+    """Cancel a queued or running study."""
+    with _client(server, token) as c:
+        s = _call(c, "POST", f"/studies/{study_id}/cancel").json()
+    console.print(_study_line(s), highlight=False)
+
+
+@app.command()
+def watch(
+    study_id: Annotated[str, typer.Argument(metavar="ID")],
+    server: Server = None,
+    token: Token = None,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls.")] = 1.0,
+) -> None:
+    """Follow a study's progress until it succeeds, fails or is cancelled."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    final = ("succeeded", "failed", "cancelled")
+    with _client(server, token) as c:
+        s = _call(c, "GET", f"/studies/{study_id}").json()
+        bar = Progress(
+            TextColumn("[bold blue]{task.fields[state]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+        )
+        with bar:
+            task = bar.add_task("trials", total=s["trials"]["budget"], state=s["state"], info="")
+            while True:
+                t = s["trials"]
+                hv = f"  hv {s['hypervolume']:.4g}" if s.get("hypervolume") is not None else ""
+                bar.update(
+                    task,
+                    completed=t["done"],
+                    state=s["state"],
+                    info=f"failed {t['failed']}  pruned {t['pruned']}{hv}",
+                )
+                if s["state"] in final:
+                    break
+                time.sleep(interval)
+                s = _call(c, "GET", f"/studies/{study_id}").json()
+    console.print(_study_line(s), highlight=False)
+    if s.get("mlflow_run_url"):
+        console.print(f"MLflow: {s['mlflow_run_url']}", highlight=False)
+    if s["state"] != "succeeded":
+        raise _fail(f"study {study_id} {s['state']}: {s.get('error') or ''}", code=1)
 
 
 def main() -> None:
