@@ -8,6 +8,7 @@ from evaluators._base import EvalContext, Evaluator, EvaluatorOptions, TrialStop
 from evaluators._registry import available_evaluators, get_evaluator_class, make_evaluator, register_evaluator
 
 __all__ = [
+    "DeviceTransferPredictor",
     "EvalContext",
     "Evaluator",
     "EvaluatorOptions",
@@ -18,3 +19,12 @@ __all__ = [
     "make_evaluator",
     "register_evaluator",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Latency predictors need pandas/scikit-learn: imported on first use, so `import evaluators` stays light.
+    if name == "DeviceTransferPredictor":
+        from evaluators.latency import DeviceTransferPredictor
+
+        return DeviceTransferPredictor
+    raise AttributeError(f"module 'evaluators' has no attribute {name!r}")
