@@ -3,7 +3,7 @@
 ``import evaluators`` stays light; each evaluator imports torch or pandas only when it runs.
 """
 
-from evaluators import _digits, _tabular  # noqa: F401  (registration)
+from evaluators import _digits, _lm_train, _tabular  # noqa: F401  (registration)
 from evaluators._base import EvalContext, Evaluator, EvaluatorOptions, TrialStopped, check_metrics
 from evaluators._registry import available_evaluators, get_evaluator_class, make_evaluator, register_evaluator
 
