@@ -147,7 +147,9 @@ def init_ray(address: str | None) -> None:
         # a local raylet under the machine's network address and does not find it.
         extra["_node_ip_address"] = "127.0.0.1"
     ray.init(
-        address=address,
+        # "local" always starts a fresh local Ray: a plain ray.init() would join whatever cluster
+        # `ray start` last left in /tmp/ray (someone else's, or a dead one) and could hang there.
+        address=address or "local",
         **extra,
         include_dashboard=False,
         configure_logging=True,

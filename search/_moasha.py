@@ -316,8 +316,10 @@ class MOASHAScheduler(FIFOScheduler):
         if parsed is None:
             return TrialScheduler.CONTINUE
         t, values = parsed
-        if self._stop_last_trials and t >= self._max_t:
-            return TrialScheduler.STOP
+        if t >= self._max_t:
+            # A trial at the full budget has nothing left to save: stop it (stop_last_trials) or let it
+            # finish and return its final result, but never judge it as if it were still a candidate.
+            return TrialScheduler.STOP if self._stop_last_trials else TrialScheduler.CONTINUE
         if trial.trial_id not in self._trial_bracket:
             self.on_trial_add(tune_controller, trial)  # e.g. a trial resumed after restore()
         bracket = self._brackets[self._trial_bracket[trial.trial_id]]

@@ -390,3 +390,11 @@ def _metrics(result: Any) -> dict[str, Any]:
 def _idx(config: dict[str, Any] | None) -> int:
     assert config is not None
     return int(config["idx"])
+
+
+def test_trials_at_max_t_are_never_judged_when_left_to_finish() -> None:
+    s = _sched(stop_last_trials=False)
+    for name, loss in (("a", 1.0), ("b", 2.0), ("c", 3.0), ("d", 4.0)):
+        s.on_trial_add(None, fake_trial(name))
+        # a dominated trial that reached the full budget finishes: it is not stopped at the max_t rung
+        assert _report(s, name, 9, loss, 0.0) == CONTINUE
