@@ -554,6 +554,9 @@ def watch(
     server: Server = None,
     token: Token = None,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between polls.")] = 1.0,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Give up (exit 3) after this many seconds.")
+    ] = None,
 ) -> None:
     """Follow a study's progress until it succeeds, fails or is cancelled."""
     import time
@@ -561,6 +564,7 @@ def watch(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     final = ("succeeded", "failed", "cancelled")
+    deadline = None if timeout is None else time.monotonic() + timeout
     with _client(server, token) as c:
         s = _call(c, "GET", f"/studies/{study_id}").json()
         bar = Progress(
@@ -584,6 +588,8 @@ def watch(
                 )
                 if s["state"] in final:
                     break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _fail(f"study {study_id} is still {s['state']} after {timeout:g} s", code=3)
                 time.sleep(interval)
                 s = _call(c, "GET", f"/studies/{study_id}").json()
     console.print(_study_line(s), highlight=False)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
 
 
 class Settings(BaseSettings):
@@ -16,6 +20,16 @@ class Settings(BaseSettings):
         storage: Optuna storage URL; default ``sqlite:///RUN_DIR/frontier.db``.
         tracking_uri: MLflow tracking URI; default ``sqlite:///RUN_DIR/mlflow.db``.
         ray_address: an existing Ray cluster; default a local Ray started on demand.
+        database_url: the study service's registry (SQLAlchemy URL); default ``sqlite:///RUN_DIR/service.db``.
+        tokens: bearer token -> owner name, e.g. ``FRONTIER_TOKENS='{"t0k3n": "alice"}'``.
+        admin_tokens: bearer tokens that see and cancel every owner's studies (owner ``admin``).
+        allowed_roots: directories that evaluator options may name files under.
+        max_concurrent_studies: studies run at once; the rest wait in a FIFO queue (0 pauses the queue).
+        max_trials_per_study: the largest ``search.n_trials`` the service accepts.
+        max_body_bytes: the largest request body the service accepts (larger gets 413).
+        mlflow_ui_url: base URL of the MLflow UI, used to build each study's run link.
+        host, port: where ``frontier serve`` listens.
+        poll_interval_s: how often the scheduler reaps finished studies and starts queued ones.
     """
 
     model_config = SettingsConfigDict(env_prefix="FRONTIER_", extra="ignore")
@@ -24,6 +38,30 @@ class Settings(BaseSettings):
     storage: str | None = None
     tracking_uri: str | None = None
     ray_address: str | None = None
+    database_url: str | None = None
+    tokens: dict[str, str] = Field(default_factory=dict)
+    admin_tokens: list[str] = Field(default_factory=list)
+    allowed_roots: list[Path] = Field(default_factory=lambda: [Path("data")])
+    max_concurrent_studies: int = Field(default=2, ge=0, le=256)
+    max_trials_per_study: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    poll_interval_s: float = Field(default=0.5, gt=0, le=60)
+
+    @field_validator("tokens")
+    @classmethod
+    def _owners(cls, v: dict[str, str]) -> dict[str, str]:
+        for token, owner in v.items():
+            if not OWNER_PATTERN.match(owner):
+                raise ValueError(
+                    f"tokens: owner {owner!r} must match {OWNER_PATTERN.pattern} (letters, digits, '_' and "
+                    "'.'; no '-', which separates owner and study name in the Optuna storage)"
+                )
+            if len(token) < 8:
+                raise ValueError(f"tokens: the token of owner {owner!r} must have at least 8 characters")
+        return v
 
     def storage_url(self) -> str:
         from search import default_storage
@@ -34,6 +72,13 @@ class Settings(BaseSettings):
         from search import default_tracking_uri
 
         return self.tracking_uri or default_tracking_uri(self.run_dir)
+
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        path = Path(self.run_dir).expanduser().resolve() / "service.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
 
 
 @functools.cache
