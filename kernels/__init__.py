@@ -1,0 +1,53 @@
+"""Compression and MoE compute. This module: quantization, sparsity and structured pruning applied as
+``apply_(model, config)``; Mixture-of-Experts layers live in :mod:`kernels.moe`.
+
+Configs are small frozen, versioned dataclasses; a :class:`CompressionRecipe` maps module targets to
+configs and applies in one call; a compressed model saves and reloads with its recipe. ``import kernels``
+imports torch (this is the compute package) but never ray, mlflow or optuna; numba and Triton are imported
+only when a quantized layer first runs on CPU or CUDA.
+"""
+
+from kernels import _prune, _sparsity  # noqa: F401  (handler registration)
+from kernels._apply import CompressionRecipe, apply_
+from kernels._calibrate import calibrate
+from kernels._config import ApplyContext, CompressionConfig, Stage, available_configs, register_handler
+from kernels._io import load_compressed, load_recipe, save_compressed
+from kernels._linear_kernels import LinearKernel, available_linear_kernels, register_linear_kernel
+from kernels._masks import reapply_masks
+from kernels._prune import StructuredPruneConfig
+from kernels._qlinear import QuantizedLinear
+from kernels._quant import WeightOnlyQuantConfig
+from kernels._select import select_modules
+from kernels._size import ModuleSize, avg_bits, mask_ratio, model_size_bytes, size_breakdown, sparsity
+from kernels._sparsity import MagnitudeSparsityConfig, NMSparsityConfig, WandaSparsityConfig
+
+__all__ = [
+    "ApplyContext",
+    "CompressionConfig",
+    "CompressionRecipe",
+    "LinearKernel",
+    "MagnitudeSparsityConfig",
+    "ModuleSize",
+    "NMSparsityConfig",
+    "QuantizedLinear",
+    "Stage",
+    "StructuredPruneConfig",
+    "WandaSparsityConfig",
+    "WeightOnlyQuantConfig",
+    "apply_",
+    "available_configs",
+    "available_linear_kernels",
+    "avg_bits",
+    "calibrate",
+    "load_compressed",
+    "load_recipe",
+    "mask_ratio",
+    "model_size_bytes",
+    "reapply_masks",
+    "register_handler",
+    "register_linear_kernel",
+    "save_compressed",
+    "select_modules",
+    "size_breakdown",
+    "sparsity",
+]
