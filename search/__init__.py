@@ -1,7 +1,7 @@
 """The study engine: Optuna search on Ray Tune workers, tracked in MLflow, with Pareto logic."""
 
 from search._engine import Progress, StudyOutcome, check_spec, run_study
-from search._mlflow import MlflowTracker, default_tracking_uri, find_parent_run
+from search._mlflow import MlflowTracker, default_tracking_uri, find_parent_run, register_export
 from search._optuna import default_storage, load_study, stored_spec
 from search._pareto import hypervolume, pareto_mask, pareto_trials
 from search._results import StudySummary, TrialRow, export_point, list_studies, select, trial_rows
@@ -27,6 +27,7 @@ __all__ = [
     "make_sampler",
     "pareto_mask",
     "pareto_trials",
+    "register_export",
     "register_sampler",
     "run_study",
     "select",

@@ -7,6 +7,7 @@ every finished trial not yet in MLflow, so a crash never leaves MLflow behind fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -302,6 +303,54 @@ def find_parent_run(study: str, storage_url: str, tracking_uri: str) -> str | No
     query = f"tags.`{STUDY_TAG}` = '{study}' and tags.`{STORAGE_TAG}` = '{storage_url}'"
     runs = client.search_runs(exps, filter_string=query, max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def register_export(doc: dict[str, Any], *, name: str, storage_url: str, tracking_uri: str) -> str:
+    """Register an exported Pareto point in the MLflow Model Registry; return the new version.
+
+    The export YAML is logged as the artifact ``export/point.yaml`` of the trial's child run, and a model
+    version of ``name`` points at it, tagged with the study, trial, objective values and spec, so that
+    production can fetch it by name and version (``models:/NAME/VERSION``).
+    """
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    study, number = doc["study"], int(doc["trial"])
+    parent = find_parent_run(study, storage_url, tracking_uri)
+    if parent is None:
+        raise ValueError(
+            f"study '{study}' has no MLflow run in {tracking_uri}; run it with tracking on (or pass the "
+            "--tracking-uri it was tracked in) before registering"
+        )
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp_id = client.get_run(parent).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{TRIAL_TAG}` = '{number}'"
+    children = client.search_runs([exp_id], filter_string=query, max_results=1)
+    if not children:
+        raise ValueError(
+            f"trial {number} of study '{study}' has no MLflow run yet; run `frontier run` to sync"
+        )
+    run_id = children[0].info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "point.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        client.log_artifact(run_id, str(path), artifact_path="export")
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):  # already registered: add a version to it
+        client.create_registered_model(name, description="Pareto points exported from Frontier studies")
+    tags = {
+        "frontier.study": study,
+        "frontier.trial": str(number),
+        "frontier.storage": storage_url,
+        "frontier.selected_by": str(doc["provenance"]["selected_by"]),
+        "frontier.spec": json.dumps(doc["provenance"]["spec"], sort_keys=True)[:5000],
+        **{f"objective.{k}": f"{v:.6g}" for k, v in doc["objectives"].items()},
+    }
+    version = client.create_model_version(
+        name, source=f"{children[0].info.artifact_uri}/export", run_id=run_id, tags=tags
+    )
+    return str(version.version)
 
 
 class TrackerThread:

@@ -340,9 +340,13 @@ def export(
     run_dir: RunDir = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
+    register: Annotated[
+        str | None,
+        typer.Option("--register", help="Also register the point in the MLflow Model Registry under NAME."),
+    ] = None,
 ) -> None:
     """Export one Pareto point as YAML: its params, metrics and provenance."""
-    from search import export_point
+    from search import export_point, register_export
 
     _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
     try:
@@ -355,6 +359,12 @@ def export(
     else:
         output.write_text(text)
         console.print(f"wrote trial {doc['trial']} of {study} to {output}")
+    if register:
+        try:
+            version = register_export(doc, name=register, storage_url=storage_url, tracking_uri=tracking)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        err.print(f"registered '{register}' version {version} in the MLflow Model Registry of {tracking}")
 
 
 @app.command()

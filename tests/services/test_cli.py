@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -164,3 +165,23 @@ def test_ui_serves_the_tracking_store(ran):
         assert b'"name": "frontier"' in body or b'"name":"frontier"' in body
     finally:
         os.killpg(pid, signal.SIGTERM)
+
+
+def test_export_register_creates_a_model_version(ran):
+    from mlflow.tracking import MlflowClient
+
+    tmp, _ = ran
+    run_dir = str(tmp / "run")
+    front = json.loads(runner.invoke(app, ["pareto", "toy", "--run-dir", run_dir, "-f", "json"]).output)
+    number = front[0]["number"]
+    res = runner.invoke(
+        app, ["export", "toy", "--run-dir", run_dir, "--select", f"trial={number}", "--register", "toy-point"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "registered 'toy-point' version 1" in res.output
+    client = MlflowClient(f"sqlite:///{(tmp / 'run' / 'mlflow.db').resolve()}")
+    (version,) = client.search_model_versions("name='toy-point'")
+    assert version.tags["frontier.study"] == "toy" and version.tags["frontier.trial"] == str(number)
+    assert float(version.tags["objective.f1"]) == pytest.approx(front[0]["values"]["f1"], rel=1e-5)
+    local = client.download_artifacts(version.run_id, "export/point.yaml", str(tmp))
+    assert yaml.safe_load(Path(local).read_text())["trial"] == number
