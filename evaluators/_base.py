@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from spaces import Candidate, SpecError
 from spaces._errors import format_validation_error
+
+if TYPE_CHECKING:
+    from evaluators.latency import LatencyCache, LatencyStats, MeasurementLane
 
 
 class EvaluatorOptions(BaseModel):
@@ -35,6 +39,15 @@ class EvalContext:
         workdir: a scratch directory for this trial's files.
         threads: CPU threads the trial may use (its ``resources.cpu``).
         device: ``"cpu"`` or ``"cuda"``.
+        lane: the node's exclusive measurement lane (:class:`~evaluators.latency.MeasurementLane`); None
+            outside a study. Evaluators wrap training work in :meth:`training` and time with
+            :meth:`measure_latency`, which takes the lane exclusively.
+        latency_cache: persistent latency figures (:class:`~evaluators.latency.LatencyCache`), or None.
+        skip_latency: ``latency.mode`` is ``predicted`` or ``hybrid``: ``evaluate`` leaves the latency
+            metrics out, the study predicts them or asks for them through :meth:`Evaluator.latency`.
+        latency_batch_size, latency_input: the spec's ``latency.batch_size`` and ``seq_len``/``input_shape``
+            (None: the evaluator's default).
+        latency_log: one entry per :meth:`measure_latency` call (``cached``, ``waited_s``, ``median_ms``).
     """
 
     trial_number: int = -1
@@ -44,6 +57,57 @@ class EvalContext:
     device: str = "cpu"
     reporter: Callable[[int, Mapping[str, float]], bool] | None = None
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    lane: MeasurementLane | None = None
+    latency_cache: LatencyCache | None = None
+    skip_latency: bool = False
+    latency_batch_size: int | None = None
+    latency_input: tuple[int, ...] | None = None
+    latency_log: list[dict[str, Any]] = field(default_factory=list)
+
+    def training(self) -> AbstractContextManager[Any]:
+        """Hold the measurement lane shared around training work (a step or an epoch), so no latency
+        measurement on this node runs meanwhile; a no-op without a lane."""
+        return self.lane.training() if self.lane is not None else nullcontext()
+
+    def measure_latency(
+        self,
+        fn: Callable[[], Any],
+        *,
+        signature: Mapping[str, Any],
+        input_shape: Sequence[int],
+        sync: Callable[[], None] | None = None,
+        refresh: bool = False,
+        dtype: str = "float32",
+        **protocol: Any,
+    ) -> LatencyStats:
+        """Time ``fn`` (:func:`~evaluators.latency.measure_latency`) in the exclusive lane, via the cache.
+
+        Args:
+            fn: one inference call.
+            signature: what determines the computation (architecture parameters, model-shaping options),
+                JSON-serialisable; with ``input_shape`` and the device fingerprint it keys the cache.
+            input_shape: the shape ``fn`` runs on.
+            sync: e.g. ``torch.cuda.synchronize`` for asynchronous devices.
+            refresh: measure even on a cache hit (and replace the stored figure).
+            protocol: ``warmup``, ``min_repeats``, ``rel_ci``, ``time_cap_s``... of ``measure_latency``.
+        """
+        from evaluators.latency import device_fingerprint, measure_latency
+
+        fingerprint = device_fingerprint(device=self.device, threads=self.threads, dtype=dtype)
+        key = {"signature": dict(signature), "input_shape": list(input_shape), "fingerprint": fingerprint}
+        if self.latency_cache is not None and not refresh:
+            hit = self.latency_cache.get(signature, input_shape=input_shape, fingerprint=fingerprint)
+            if hit is not None:
+                self.latency_log.append({"cached": True, "waited_s": 0.0, "median_ms": hit.median_ms})
+                return hit
+        lane = self.lane.measuring() if self.lane is not None else nullcontext()
+        with lane as wait:
+            stats = measure_latency(fn, sync=sync, **protocol)
+        if self.latency_cache is not None:
+            self.latency_cache.put(**key, stats=stats)  # type: ignore[arg-type]
+        waited = float(getattr(wait, "waited_s", 0.0))
+        self.latency_log.append({"cached": False, "waited_s": waited, "median_ms": stats.median_ms})
+        return stats
 
     def report(self, step: int, metrics: Mapping[str, float]) -> None:
         """Report intermediate metrics at fidelity ``step`` (e.g. an epoch or a training step count).
@@ -90,6 +154,27 @@ class Evaluator(abc.ABC):
     def metrics(self) -> tuple[str, ...]:
         """Names of the metrics ``evaluate`` returns; objectives and constraints must come from these."""
         return ()
+
+    def latency(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
+        """Measure only the candidate's latency metrics (``latency_ms`` and its companions).
+
+        Optional: needed for ``latency.mode`` ``predicted`` (to calibrate a device) and ``hybrid`` (to
+        measure the candidates that could enter the Pareto set). Latency does not depend on trained weights,
+        so an implementation builds the untrained model and times it with ``context.measure_latency``.
+        """
+        raise NotImplementedError(f"evaluator '{self.name}' cannot measure latency on its own")
+
+    def latency_signature(self, candidate: Candidate) -> dict[str, Any]:
+        """The candidate's architecture as far as latency is concerned (predictors learn from these columns).
+
+        Default: all of its parameters. Evaluators drop training-only ones (learning rate, dropout).
+        """
+        return dict(candidate.params)
+
+    @classmethod
+    def measures_latency_alone(cls) -> bool:
+        """Whether :meth:`latency` is implemented (``latency.mode`` ``predicted``/``hybrid`` need it)."""
+        return cls.latency is not Evaluator.latency
 
     def check_params(self, names: set[str]) -> None:  # noqa: B027 - optional hook
         """Raise ValueError if the space has parameters this evaluator cannot use."""

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     import torch
 
 _KNOWN = ("arch", "depth", "width", "kernel", "activation", "dropout", "lr", "batch_size")
+# Parameters that change the inference computation; the rest (lr, dropout, batch_size) only change training.
+_ARCHITECTURE = ("arch", "depth", "width", "kernel", "activation")
 
 
 class DigitsOptions(EvaluatorOptions):
@@ -38,8 +40,9 @@ class DigitsClassifier(Evaluator):
     Parameters it understands (each may be per layer as ``NAME_i``): ``arch`` (mlp|cnn), ``depth``,
     ``width``, ``kernel`` (cnn), ``activation`` (relu|gelu|tanh|silu), ``dropout``, ``lr``, ``batch_size``.
 
-    Metrics: ``accuracy`` (held-out split), ``latency_ms`` (batch-1 inference, median after warm-up),
-    ``latency_ci_ms`` (half-width of its 95 % CI), ``params``, ``flops`` (multiply-adds x 2).
+    Metrics: ``accuracy`` (held-out split), ``latency_ms`` (inference at batch ``context.latency_batch_size``,
+    default 1, median after warm-up, measured in the node's exclusive lane and through the latency cache),
+    ``latency_ci_ms`` (half-width of its 95 % CI), ``latency_cv``, ``params``, ``flops`` (multiply-adds x 2).
     """
 
     Options = DigitsOptions
@@ -55,6 +58,37 @@ class DigitsClassifier(Evaluator):
                 f"digits-classifier does not use parameters {unknown}. It understands {list(_KNOWN)} "
                 "(optionally per layer as NAME_i)"
             )
+
+    def latency_signature(self, candidate: Candidate) -> dict[str, Any]:
+        params = {k: v for k, v in candidate.params.items() if k.rsplit("_", 1)[0] in _ARCHITECTURE}
+        params.setdefault("arch", self.options.default_arch)
+        return params
+
+    def latency(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
+        import torch
+
+        from evaluators.latency import fixed_threads
+
+        if context.latency_input is not None and tuple(context.latency_input) != (64,):
+            raise ValueError(
+                "digits-classifier: latency.input_shape must be [64] (an 8x8 digit), or left out. "
+                f"Got {list(context.latency_input)} instead."
+            )
+        batch = context.latency_batch_size or 1
+        model = self.build(candidate).eval()
+        sample = torch.from_numpy(self._data[1][:batch])
+        with fixed_threads(context.threads), torch.inference_mode():
+            stats = context.measure_latency(
+                lambda: model(sample),
+                signature={"evaluator": self.name, "params": self.latency_signature(candidate)},
+                input_shape=tuple(sample.shape),
+                time_cap_s=self.options.latency_time_cap_s,
+            )
+        return {
+            "latency_ms": stats.median_ms,
+            "latency_ci_ms": (stats.ci_high_ms - stats.ci_low_ms) / 2,
+            "latency_cv": stats.cv,
+        }
 
     def setup(self) -> None:
         import numpy as np
@@ -104,7 +138,7 @@ class DigitsClassifier(Evaluator):
     def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
         import torch
 
-        from evaluators.latency import fixed_threads, measure_latency
+        from evaluators.latency import fixed_threads
 
         x_tr, x_te, y_tr, y_te = self._data
         torch.manual_seed(context.seed)
@@ -118,29 +152,23 @@ class DigitsClassifier(Evaluator):
         accuracy = 0.0
         with fixed_threads(context.threads):
             for epoch in range(1, self.options.epochs + 1):
-                model.train()
-                for idx in torch.randperm(len(xt), generator=gen).split(batch):
-                    opt.zero_grad()
-                    loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-                    loss.backward()
-                    opt.step()
-                model.eval()
-                with torch.no_grad():
-                    accuracy = float((model(xv).argmax(1) == yv).float().mean())
+                with context.training():  # no latency measurement on this node meanwhile
+                    model.train()
+                    for idx in torch.randperm(len(xt), generator=gen).split(batch):
+                        opt.zero_grad()
+                        loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+                        loss.backward()
+                        opt.step()
+                    model.eval()
+                    with torch.no_grad():
+                        accuracy = float((model(xv).argmax(1) == yv).float().mean())
                 context.report(epoch, {"accuracy": accuracy})
             params = sum(p.numel() for p in model.parameters())
             flops = _count_flops(model, xv[:1])
-            sample = xv[:1]
-            with torch.inference_mode():
-                stats = measure_latency(lambda: model(sample), time_cap_s=self.options.latency_time_cap_s)
-        return {
-            "accuracy": accuracy,
-            "latency_ms": stats.median_ms,
-            "latency_ci_ms": (stats.ci_high_ms - stats.ci_low_ms) / 2,
-            "latency_cv": stats.cv,
-            "params": float(params),
-            "flops": float(flops),
-        }
+        metrics = {"accuracy": accuracy, "params": float(params), "flops": float(flops)}
+        if not context.skip_latency:
+            metrics.update(self.latency(candidate, context))
+        return metrics
 
 
 def _count_flops(model: torch.nn.Module, sample: torch.Tensor) -> int:

@@ -676,7 +676,11 @@ class LMTrain(Evaluator):
             return memory.growth_mb()
 
         model.eval()
-        fixed = self._measure(runner, device=device, cuda=cuda, time_cap_s=0.01 if warm_up else None)
+        # The warm-up run (setup) is not a figure anyone reads: no lane, no cache.
+        measure_ctx = EvalContext(threads=context.threads, device=device) if warm_up else context
+        fixed = self._measure(
+            runner, measure_ctx, arch=arch, hf=hf, cuda=cuda, time_cap_s=0.01 if warm_up else None
+        )
         fixed.update(
             total_params=float(total),
             active_params=float(active),
@@ -701,7 +705,8 @@ class LMTrain(Evaluator):
         high = train.numel() - o.seq_len - 1
         offsets = torch.arange(o.seq_len + 1)
         metrics: dict[str, float] = {}
-        for step in range(1, steps + 1):
+
+        def train_step(step: int) -> float | None:
             model.train()
             starts = torch.randint(0, high + 1, (o.batch_size,), generator=gen)
             batch = train[starts[:, None] + offsets].to(device)
@@ -720,7 +725,13 @@ class LMTrain(Evaluator):
             opt.step()
             sched.step()
             if step % o.eval_every == 0 or step == steps:
-                val_loss = self._validate(runner, device=device)
+                return self._validate(runner, device=device)
+            return None
+
+        for step in range(1, steps + 1):
+            with context.training():  # no latency measurement on this node during the step
+                val_loss = train_step(step)
+            if val_loss is not None:
                 metrics = {
                     "perplexity": math.exp(min(val_loss, 700.0)),
                     "val_loss": val_loss,
@@ -752,12 +763,20 @@ class LMTrain(Evaluator):
         return total / count
 
     def _measure(
-        self, runner: _Runner, *, device: str, cuda: bool, time_cap_s: float | None = None
+        self,
+        runner: _Runner,
+        context: EvalContext,
+        *,
+        arch: LMArch,
+        hf: bool,
+        cuda: bool,
+        time_cap_s: float | None = None,
     ) -> dict[str, float]:
+        import dataclasses
+
         import torch
 
-        from evaluators.latency import measure_latency
-
+        device = context.device
         o = self.options
         sync = torch.cuda.synchronize if cuda else None
         cap = o.latency_time_cap_s if time_cap_s is None else time_cap_s
@@ -766,9 +785,22 @@ class LMTrain(Evaluator):
         context_ids = torch.randint(0, vocab, (1, o.latency_context + 1), generator=gen).to(device)
         prefill_ids = torch.randint(0, vocab, (o.prefill_batch, o.prefill_seq), generator=gen).to(device)
         step = runner.decode_step(context_ids[:, :-1], context_ids[:, -1:])
+        signature = {"evaluator": self.name, "arch": dataclasses.asdict(arch), "transformers": hf}
         with torch.inference_mode():
-            decode = measure_latency(step, time_cap_s=cap, sync=sync)
-            prefill = measure_latency(lambda: runner.logits(prefill_ids), time_cap_s=cap, sync=sync)
+            decode = context.measure_latency(
+                step,
+                signature={**signature, "what": "decode"},
+                input_shape=tuple(context_ids.shape),
+                time_cap_s=cap,
+                sync=sync,
+            )
+            prefill = context.measure_latency(
+                lambda: runner.logits(prefill_ids),
+                signature={**signature, "what": "prefill"},
+                input_shape=tuple(prefill_ids.shape),
+                time_cap_s=cap,
+                sync=sync,
+            )
         return {
             "latency_ms": decode.median_ms,
             "latency_ci_ms": (decode.ci_high_ms - decode.ci_low_ms) / 2,

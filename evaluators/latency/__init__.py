@@ -2,7 +2,9 @@
 
 from evaluators.latency import _device_transfer, _lookup_table, _regressor, _source_mix  # noqa: F401  (registration)
 from evaluators.latency._base import LatencyPredictor, TransferPredictor
+from evaluators.latency._cache import LatencyCache
 from evaluators.latency._device_transfer import DeviceTransferPredictor
+from evaluators.latency._lane import LaneTimeout, LaneWait, MeasurementLane
 from evaluators.latency._lookup_table import LookupTablePredictor
 from evaluators.latency._measure import (
     LatencyStats,
@@ -23,9 +25,13 @@ from evaluators.latency._source_mix import SourceMixPredictor
 
 __all__ = [
     "DeviceTransferPredictor",
+    "LaneTimeout",
+    "LaneWait",
+    "LatencyCache",
     "LatencyPredictor",
     "LatencyStats",
     "LookupTablePredictor",
+    "MeasurementLane",
     "RegressorPredictor",
     "SourceMixPredictor",
     "TransferPredictor",
