@@ -351,24 +351,20 @@ def _trainable(config: dict[str, Any]) -> None:
 
 
 @pytest.mark.integration
-def test_ray_tune_run_stops_dominated_trials_early(tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray")
+def test_ray_tune_run_stops_dominated_trials_early(tmp_path: Path, ray_session: Any) -> None:
     from ray import tune
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        scheduler = MOASHAScheduler(
-            ["loss", "acc"], ["min", "max"], grace_period=1, max_t=_MAX_T, reduction_factor=3
-        )
-        tuner = tune.Tuner(
-            _trainable,
-            param_space={"idx": tune.grid_search(list(range(12)))},
-            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=2, reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=str(tmp_path), name="moasha", verbose=0),
-        )
-        results = tuner.fit()
-    finally:
-        ray.shutdown()
+    # The session's local Ray (tests/conftest.py): a second ray.init here would be refused.
+    scheduler = MOASHAScheduler(
+        ["loss", "acc"], ["min", "max"], grace_period=1, max_t=_MAX_T, reduction_factor=3
+    )
+    tuner = tune.Tuner(
+        _trainable,
+        param_space={"idx": tune.grid_search(list(range(12)))},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=2, reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="moasha", verbose=0),
+    )
+    results = tuner.fit()
     assert not results.errors
     runs = [results[i] for i in range(len(results))]
     final_iter = {_idx(r.config): _metrics(r)["training_iteration"] for r in runs}
