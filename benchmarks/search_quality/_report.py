@@ -1,0 +1,189 @@
+"""Markdown table and plot of a harness run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from benchmarks.search_quality._harness import Results, at_budget, summarise
+
+
+def _fmt(stats: dict[str, Any] | None, key: str = "hv_ratio") -> str:
+    if stats is None:
+        return "-"
+    s = stats[key]
+    if not math.isfinite(s["median"]):
+        return "inf"
+    return f"{s['median']:.3f} [{s['q25']:.2f}-{s['q75']:.2f}]"
+
+
+def _wall(results: Results) -> str:
+    parts = results.config.get("wall_seconds_per_part")
+    if parts:
+        return " + ".join(f"{s / 60:.1f} min" for s in parts) + " (separate processes, run side by side)"
+    return f"{results.seconds / 60:.1f} min"
+
+
+def markdown(results: Results) -> str:
+    cfg = results.config
+    summary = summarise(results)
+    top = max(cfg["budgets"])
+    goal_n = int(cfg["goal"].split("@")[1].split()[0])
+    auto_cols = [n for n in cfg["auto_budgets"]]
+    lines = [
+        "# Search quality: `auto` vs the baselines",
+        "",
+        f"Engine: {cfg['engine']}. Seeds: {len(cfg['seeds'])} ({cfg['seeds'][0]}..{cfg['seeds'][-1]}). "
+        f"Wall time: {_wall(results)}.",
+        "",
+        "HV ratio = hypervolume of the feasible candidates found / that of the table's true front, "
+        "objectives min-max normalised over the table, reference point at the median candidate in each "
+        "objective. Cells: median [25th-75th percentile] over seeds. Noisy tables: the searcher observes "
+        "one seed's row, the score uses the mean over seeds. IGD+ is measured to the whole true front.",
+        "",
+        f"Goal: {cfg['goal']}.",
+        "",
+    ]
+    for heldout in (False, True):
+        names = [n for n in cfg["problems"] if results.problems[n]["heldout"] == heldout]
+        if not names:
+            continue
+        lines += [f"## {'Held-out' if heldout else 'Development'} problems", ""]
+        head = [f"{s}@{top}" for s in cfg["baselines"]] + [f"auto@{n}" for n in auto_cols]
+        lines.append(
+            "| problem | " + " | ".join(head) + f" | best baseline@{top} | auto@{goal_n} | goal met |"
+        )
+        lines.append("|---" * (len(head) + 4) + "|")
+        met = 0
+        for name in names:
+            s = summary[name]
+            cells = [_fmt(s["samplers"].get(h)) for h in head]
+            goal = s.get("goal")
+            if goal is None:
+                lines.append(f"| {name} | " + " | ".join(cells) + " | - | - | - |")
+                continue
+            met += goal["met"]
+            lines.append(
+                f"| {name} | "
+                + " | ".join(cells)
+                + f" | {goal['best_baseline']} {goal['best_baseline_median']:.3f}"
+                + f" | {goal['auto_median']:.3f} | "
+                + ("yes" if goal["met"] else "**no**")
+                + " |"
+            )
+        lines += [
+            "",
+            f"Goal met on {met} of {len(names)} {'held-out' if heldout else 'development'} problems.",
+            "",
+        ]
+        lines += ["IGD+ (normalised; lower is better), median [IQR]:", ""]
+        lines.append("| problem | " + " | ".join(head) + " |")
+        lines.append("|---" * (len(head) + 1) + "|")
+        for name in names:
+            s = summary[name]
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(s["samplers"].get(h), "igd_plus") for h in head) + " |"
+            )
+        lines.append("")
+    lines += [
+        "## Problems",
+        "",
+        "| problem | set | objectives | constraints | candidates | true front in box | note |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|")
+    for name, p in results.problems.items():
+        lines.append(
+            f"| {name} | {'held-out' if p['heldout'] else 'dev'} | {', '.join(p['objectives'])} | "
+            f"{', '.join(p['constraints']) or '-'} | {p['n_candidates']} ({p['n_feasible']} feasible) | "
+            f"{p['front_in_box']} | {p['note']} |"
+        )
+    if results.overhead:
+        n = results.config.get("overhead_trials", "N")
+        lines += [
+            "",
+            "## `auto` sampler overhead",
+            "",
+            f"Time of one ask (suggestion of all parameters) in a {n}-trial in-process study on SQLite "
+            "storage, seed 0, on the 2 shared cores.",
+            "",
+        ]
+        lines += [
+            f"| problem | ask at trial {n} (ms) | max of the last 10 (ms) | mean (ms) |",
+            "|---|---|---|---|",
+        ]
+        for name, o in results.overhead.items():
+            lines.append(
+                f"| {name} | {o['ask_s_at_last_trial'] * 1000:.0f} | {o['ask_s_max_last_10'] * 1000:.0f} | "
+                f"{o['ask_s_mean'] * 1000:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Results, path: Path) -> None:
+    """Median HV ratio vs evaluations per problem (baselines as curves, ``auto`` per budget with IQR)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cfg = results.config
+    names = cfg["problems"]
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    top = max(cfg["budgets"])
+    colours = {"random": "tab:gray", "tpe": "tab:blue", "nsga2": "tab:green", "auto": "tab:red"}
+    styles = {"nsga2": "-.", "random": ":"}  # NSGA-II's first generation is random: the curves overlap
+    for ax, name in zip(axes.flat, names, strict=False):
+        for sampler in cfg["baselines"]:
+            runs = [
+                r
+                for r in results.runs
+                if r["problem"] == name and r["sampler"] == sampler and r["n_trials"] == top
+            ]
+            if not runs:
+                continue
+            curves = np.asarray([r["hv_ratio"] for r in runs])
+            ax.plot(
+                runs[0]["points"],
+                np.median(curves, axis=0),
+                label=sampler,
+                color=colours.get(sampler),
+                ls=styles.get(sampler, "-"),
+            )
+        auto_top = [
+            r
+            for r in results.runs
+            if r["problem"] == name and r["sampler"] == "auto" and r["n_trials"] == top
+        ]
+        if auto_top:
+            curves = np.asarray([r["hv_ratio"] for r in auto_top])
+            ax.plot(auto_top[0]["points"], np.median(curves, axis=0), color="tab:red", alpha=0.4, ls="--")
+        for n in cfg["auto_budgets"]:
+            hv = at_budget(results, name, "auto", n)
+            if hv:
+                med, lo, hi = np.median(hv), np.quantile(hv, 0.25), np.quantile(hv, 0.75)
+                ax.errorbar(
+                    [n],
+                    [med],
+                    yerr=[[med - lo], [hi - med]],
+                    fmt="o",
+                    color="tab:red",
+                    capsize=3,
+                    label="auto (run at N)" if n == cfg["auto_budgets"][0] else None,
+                )
+        tag = " (held-out)" if results.problems[name]["heldout"] else ""
+        ax.set_title(name + tag, fontsize=9)
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel("HV ratio (median over seeds)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
