@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from spaces._errors import SpecError, format_validation_error
 from spaces._params import FamilyParam, IntParam, Param, SpaceItem
@@ -82,6 +90,71 @@ class Resources(_Frozen):
     gpu: float = Field(default=0.0, ge=0, le=64)
 
 
+LatencyMode = Literal["measured", "predicted", "hybrid"]
+
+
+class LatencyConfig(_Frozen):
+    """How the latency objective is obtained (``latency:`` in a spec).
+
+    Attributes:
+        mode: ``measured`` (every trial is timed, in the node's exclusive lane, through the cache),
+            ``predicted`` (every trial's latency comes from a predictor fitted on the ``device`` profile
+            written by ``frontier latency calibrate``), or ``hybrid`` (every trial is predicted; the ones
+            that could enter the Pareto set and a calibration sample are measured, the predictor is refitted
+            as measurements arrive, and the final Pareto set is re-measured).
+        device: the device profile's name (``frontier latency calibrate --device NAME``); ``predicted``
+            needs one, ``hybrid`` starts from it when given.
+        batch_size: batch of the timed input (default: the evaluator's, usually 1).
+        seq_len, input_shape: the timed input's sequence length or per-example shape (one of them).
+        predictor: a registered latency predictor (``evaluators.latency.available_predictors()``).
+        metric: the objective that is the latency.
+        lane: time in the node's exclusive measurement lane (and train in it, shared).
+        cache: the persistent latency cache: true (``RUN_DIR/latency_cache.db``), false, or a file path.
+        calibration: ``hybrid``: the first trials that are always measured.
+        calibration_every: ``hybrid``: also measure every N-th trial after them (0: never).
+        margin: ``hybrid``: the smallest relative prediction error assumed when deciding whether a trial
+            could enter the Pareto set (the observed error is used when larger).
+    """
+
+    mode: LatencyMode = "measured"
+    device: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    batch_size: int | None = Field(default=None, ge=1, le=65_536)
+    seq_len: int | None = Field(default=None, ge=1, le=1_048_576)
+    input_shape: tuple[int, ...] | None = Field(default=None, min_length=1, max_length=8)
+    predictor: str = Field(default="linear", min_length=1)
+    metric: str = Field(default="latency_ms", min_length=1)
+    lane: bool = True
+    cache: bool | str = True
+    calibration: int = Field(default=5, ge=2, le=10_000)
+    calibration_every: int = Field(default=10, ge=0)
+    margin: float = Field(default=0.15, ge=0, le=1)
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive(cls, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if shape is not None and any(d < 1 for d in shape):
+            raise ValueError(f"every dimension must be >= 1, but got {list(shape)}")
+        return shape
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LatencyConfig:
+        if self.seq_len is not None and self.input_shape is not None:
+            raise ValueError(
+                f"give either seq_len or input_shape, not both (got seq_len={self.seq_len}, "
+                f"input_shape={list(self.input_shape)})"
+            )
+        if self.mode == "predicted" and self.device is None:
+            raise ValueError(
+                "mode 'predicted' needs a device profile: set latency.device to a name calibrated with "
+                "`frontier latency calibrate --device NAME`, or use mode 'hybrid'"
+            )
+        return self
+
+    @property
+    def input(self) -> tuple[int, ...] | None:
+        return (self.seq_len,) if self.seq_len is not None else self.input_shape
+
+
 class Tracking(_Frozen):
     uri: str | None = None
     experiment: str | None = None
@@ -100,6 +173,7 @@ class StudySpec(_Frozen):
     storage: str | None = None
     tracking: Tracking = Field(default_factory=Tracking)
     address: str | None = None
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
 
     @field_validator("space")
     @classmethod
@@ -114,6 +188,17 @@ class StudySpec(_Frozen):
         if len(set(names)) != len(names):
             raise ValueError(f"objective names must be unique, but got {names}")
         return objectives
+
+    @field_validator("latency")
+    @classmethod
+    def _latency_objective(cls, latency: LatencyConfig, info: ValidationInfo) -> LatencyConfig:
+        names = [o.name for o in info.data.get("objectives", ())]
+        if latency.mode != "measured" and names and latency.metric not in names:
+            raise ValueError(
+                f"mode '{latency.mode}' predicts the objective named by latency.metric, but "
+                f"'{latency.metric}' is not an objective (objectives: {names}); set latency.metric"
+            )
+        return latency
 
     @property
     def params(self) -> tuple[Param, ...]:

@@ -1,10 +1,11 @@
 """Latency: the measurement protocol, device fingerprints and latency predictors."""
 
-from evaluators.latency import _device_transfer, _lookup_table, _regressor, _source_mix  # noqa: F401  (registration)
+from evaluators.latency import _device_transfer, _linear, _lookup_table, _regressor, _source_mix  # noqa: F401  (registration)
 from evaluators.latency._base import LatencyPredictor, TransferPredictor
 from evaluators.latency._cache import LatencyCache
 from evaluators.latency._device_transfer import DeviceTransferPredictor
 from evaluators.latency._lane import LaneTimeout, LaneWait, MeasurementLane
+from evaluators.latency._linear import LinearPredictor
 from evaluators.latency._lookup_table import LookupTablePredictor
 from evaluators.latency._measure import (
     LatencyStats,
@@ -30,6 +31,7 @@ __all__ = [
     "LatencyCache",
     "LatencyPredictor",
     "LatencyStats",
+    "LinearPredictor",
     "LookupTablePredictor",
     "MeasurementLane",
     "RegressorPredictor",

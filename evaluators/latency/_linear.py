@@ -1,0 +1,59 @@
+"""``linear``: ridge regression on one-hot choices and numeric sizes; the few-sample predictor of a study."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from evaluators.latency._base import LatencyPredictor, check_configs, check_latency
+from evaluators.latency._encoding import ConfigEncoding
+from evaluators.latency._registry import register_predictor
+
+
+@register_predictor("linear")
+class LinearPredictor(LatencyPredictor):
+    """Latency as a bias, one cost per categorical choice and one slope per numeric parameter.
+
+    ``latency ≈ bias + Σ_categorical cost[c, value] + Σ_numeric slope_c · value_c``, fitted by ridge
+    regression with the penalty chosen by efficient leave-one-out cross-validation (scikit-learn
+    ``RidgeCV``). Unlike :class:`~evaluators.latency.LookupTablePredictor`, a numeric parameter (a width,
+    a depth) gets one slope rather than one cost per value, so a study's first handful of measurements
+    already rank the rest: it is the default ``latency.predictor`` of ``hybrid`` studies.
+
+    Args:
+        seed: unused (the fit is deterministic); kept for the common constructor.
+        alphas: candidate ridge penalties (each > 0).
+    """
+
+    def __init__(self, *, seed: int = 0, alphas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)) -> None:
+        super().__init__(seed=seed)
+        if not alphas or not all(a > 0 for a in alphas):
+            raise ValueError(
+                "The 'alphas' parameter of LinearPredictor must be non-empty and > 0. "
+                f"Got {alphas!r} instead."
+            )
+        self.alphas = tuple(alphas)
+        self._encoding: ConfigEncoding | None = None
+        self._model: Any = None
+
+    def _features(self, enc: ConfigEncoding, configs: pd.DataFrame) -> np.ndarray:
+        return np.c_[enc.one_hot(configs), enc.numbers(configs)]
+
+    def fit(self, configs: pd.DataFrame, latency_ms: Any) -> Self:
+        from sklearn.linear_model import RidgeCV
+
+        configs = check_configs(configs, owner="LinearPredictor.fit")
+        y = check_latency(latency_ms, len(configs), owner="LinearPredictor.fit")
+        enc = ConfigEncoding.fit(configs)
+        self._model = RidgeCV(alphas=self.alphas).fit(self._features(enc, configs), y)
+        self._encoding = enc
+        return self
+
+    def predict(self, configs: pd.DataFrame) -> np.ndarray:
+        self._require_fitted(self._encoding is not None)
+        assert self._encoding is not None
+        configs = check_configs(configs, owner="LinearPredictor.predict")
+        self._encoding.check(configs, owner="LinearPredictor.predict")
+        return np.asarray(self._model.predict(self._features(self._encoding, configs)), dtype=float)
