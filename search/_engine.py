@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -14,12 +15,13 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
+from search._latency import MEASURED_KEY
 from search._mlflow import MlflowTracker, TrackerThread, default_tracking_uri
 from search._optuna import SAMPLER_ATTR, default_storage, n_done, open_study
-from search._pareto import is_feasible, pareto_mask, to_loss
+from search._pareto import is_feasible, pareto_mask, pareto_trials, to_loss, trial_metrics
 from search._results import STATE_ATTR, TrialRow, trial_rows
 from search._samplers import auto_choice, make_sampler
-from spaces import SpecError, StudySpec
+from spaces import SpecError, StudySpec, decode
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,35 @@ def check_spec(spec: StudySpec) -> None:
                     f"constraints[{i}].metric: '{c.metric}' is not a metric of evaluator "
                     f"'{spec.evaluator.kind}'. Available: {list(produced)}"
                 )
+    _check_latency(spec, type(evaluator))
+
+
+def _check_latency(spec: StudySpec, cls: type) -> None:
+    """``latency:`` against the evaluator and the predictor registry."""
+    cfg = spec.latency
+    if cfg.mode == "measured":
+        return
+    from evaluators.latency import TransferPredictor, available_predictors, get_predictor_class
+
+    if not cls.measures_latency_alone():  # type: ignore[attr-defined]
+        raise SpecError(
+            f"latency.mode: '{cfg.mode}' needs an evaluator that measures latency on its own "
+            f"(Evaluator.latency); '{spec.evaluator.kind}' does not. Use latency.mode 'measured'"
+        )
+    try:
+        predictor = get_predictor_class(cfg.predictor)
+    except ValueError:
+        raise SpecError(
+            f"latency.predictor: Unknown predictor '{cfg.predictor}'. Available: {available_predictors()}"
+        ) from None
+    if issubclass(predictor, TransferPredictor):
+        direct = [
+            n for n in available_predictors() if not issubclass(get_predictor_class(n), TransferPredictor)
+        ]
+        raise SpecError(
+            f"latency.predictor: '{cfg.predictor}' transfers from source-device tables, which a study does "
+            f"not have; use one fitted on measurements: {direct}"
+        )
 
 
 def _absolute_paths(spec: StudySpec, base: Path) -> StudySpec:
@@ -276,6 +307,7 @@ def _run(
 
     if scheduler is None:
         scheduler = make_scheduler(spec)
+    latency = _latency_runtime(spec, study, run_path)
     deadline = time.monotonic() + spec.search.timeout_s if spec.search.timeout_s else None
     searcher = AskTellSearcher(
         study, spec, sampler=sampler, budget=budget, deadline=deadline, on_finished=finished
@@ -284,7 +316,16 @@ def _run(
         thread.start()
     state = "finished"
     try:
-        run_trials(searcher, spec, run_dir=run_path, time_budget_s=spec.search.timeout_s, scheduler=scheduler)
+        run_trials(
+            searcher,
+            spec,
+            run_dir=run_path,
+            time_budget_s=spec.search.timeout_s,
+            scheduler=scheduler,
+            latency=latency,
+        )
+        if spec.latency.mode == "hybrid":
+            _remeasure_pareto(spec, study, latency, tracker)
     except KeyboardInterrupt:
         state = "interrupted"
         raise
@@ -295,6 +336,57 @@ def _run(
     if n_done(study) < spec.search.n_trials:
         state = "stopped"
     return state
+
+
+def _latency_runtime(spec: StudySpec, study: Any, run_path: Path) -> Any:
+    """The lane, cache and (predicted/hybrid) the study's latency policy, a Ray actor the workers call."""
+    from search._latency import LatencyPolicy, latency_runtime, load_profile
+
+    if spec.latency.mode == "measured":
+        return latency_runtime(spec, run_path)
+    import ray
+
+    from evaluators import make_evaluator
+    from spaces import Candidate
+
+    profile: dict[str, Any] = {"rows": []}
+    if spec.latency.device is not None:
+        profile = load_profile(run_path, spec.latency.device)
+    # Resume: the finished trials' metrics, and the measured ones as predictor rows.
+    evaluator = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+    history, rows = [], list(profile.get("rows", []))
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        metrics = trial_metrics(t)
+        history.append(metrics)
+        if metrics.get(MEASURED_KEY) and spec.latency.metric in metrics:
+            signature = evaluator.latency_signature(Candidate(decode(spec.params, t.params)))
+            rows.append({"signature": signature, "latency_ms": metrics[spec.latency.metric]})
+    actor = ray.remote(LatencyPolicy).options(num_cpus=0)  # type: ignore[attr-defined]
+    policy = actor.remote(json.dumps(spec.to_dict()), profile={**profile, "rows": rows}, history=history)
+    return latency_runtime(spec, run_path, policy)
+
+
+def _remeasure_pareto(spec: StudySpec, study: Any, latency: Any, tracker: MlflowTracker | None) -> None:
+    """Measure the final Pareto set's latency afresh before it is reported (hybrid mode)."""
+    import ray
+
+    from search._latency import FINAL_ATTR, FINAL_KEY, remeasure
+
+    front = pareto_trials(study.get_trials(deepcopy=False), spec.directions)
+    if not front:
+        return
+    params = [decode(spec.params, t.params) for t in front]
+    task = ray.remote(remeasure).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
+    device = "cuda" if spec.resources.gpu > 0 else "cpu"
+    threads = max(1, int(spec.resources.cpu))
+    results = ray.get(task.remote(json.dumps(spec.to_dict()), latency, params, threads, device))
+    final = dict(study.user_attrs.get(FINAL_ATTR, {}))
+    for t, measured in zip(front, results, strict=True):
+        final[str(t.number)] = float(measured[spec.latency.metric])
+    study.set_user_attr(FINAL_ATTR, final)
+    if tracker is not None:
+        tracker.sync(study, artifacts=False)  # the child runs exist before their new metric is logged
+        tracker.log_trial_metrics({int(k): {FINAL_KEY: v} for k, v in final.items()})
 
 
 class _Counts:

@@ -21,6 +21,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search._latency import SPEARMAN_KEY
 from search._pareto import (
     BASELINE_ATTR,
     ERROR_ATTR,
@@ -160,6 +161,11 @@ class MlflowTracker:
             new = [t for t in done if t.number not in self._child]
             for t in new:
                 self._log_trial(t)
+                rho = trial_metrics(t).get(SPEARMAN_KEY)
+                if (
+                    rho is not None and self.parent_id is not None
+                ):  # latency.mode hybrid: the predictor's running rank correlation
+                    self.client.log_metric(self.parent_id, SPEARMAN_KEY, rho, step=t.number)
             front = {t.number for t in pareto_trials(done, self.spec.directions)}
             for number in front ^ self._pareto:
                 if number in self._child:
@@ -172,6 +178,15 @@ class MlflowTracker:
                 self._log_hypervolume(done, ref)
             if artifacts and (new or not self._hv_steps):
                 self._log_artifacts(done, front)
+
+    def log_trial_metrics(self, metrics: dict[int, dict[str, float]]) -> None:
+        """Log metrics found after a trial finished (e.g. its re-measured latency) to its child run."""
+        with self._lock:
+            for number, values in metrics.items():
+                run_id = self._child.get(number)
+                if run_id is not None:
+                    for key, value in values.items():
+                        self.client.log_metric(run_id, key, value)
 
     def _log_trial(self, t: FrozenTrial) -> None:
         from mlflow.entities import Metric, Param, RunTag

@@ -42,6 +42,8 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[Trial
     spec = spec or stored_spec(study)
     trials = study.get_trials(deepcopy=False)
     front = {t.number for t in pareto_trials(trials, spec.directions)}
+    # latency.mode hybrid: the Pareto set's latency re-measured after the last trial.
+    final = study.user_attrs.get("frontier.latency_final", {})
     rows = []
     for t in trials:
         values = (
@@ -63,7 +65,10 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[Trial
                 state=t.state.name.lower(),
                 params=decode(spec.params, t.params),
                 values=values,
-                metrics=trial_metrics(t),
+                metrics={
+                    **trial_metrics(t),
+                    **({"latency_final_ms": final[str(t.number)]} if str(t.number) in final else {}),
+                },
                 constraints=dict(t.constraints),
                 feasible=is_feasible(t),
                 pareto=t.number in front,

@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from search._latency import MEASURED_KEY, SOURCE_ATTR, LatencyRuntime, resolve_latency
 from search._optuna import LiveTrial, WriteThroughStudy, tell_result
 from spaces import StudySpec, spec_from_dict
 
@@ -75,7 +76,10 @@ class _TrialTimeout(Exception):
 
 
 def evaluate_in_worker(
-    config: dict[str, Any], spec_json: str, report: Callable[[dict[str, Any]], None]
+    config: dict[str, Any],
+    spec_json: str,
+    report: Callable[[dict[str, Any]], None],
+    latency: LatencyRuntime | None = None,
 ) -> None:
     """Run one evaluation; every outcome (metrics, error, timeout) is sent through ``report``.
 
@@ -102,8 +106,12 @@ def evaluate_in_worker(
                 threads=config["threads"],
                 device=config.get("device", "cpu"),
                 reporter=reporter,
+                **(latency.context_kwargs() if latency is not None else {}),
             )
-            metrics = ev.evaluate(Candidate(config["params"], number=config["number"]), ctx)
+            candidate = Candidate(config["params"], number=config["number"])
+            metrics = ev.evaluate(candidate, ctx)
+            if latency is not None and latency.policy is not None:
+                metrics = resolve_latency(ev, candidate, ctx, metrics, latency.policy, latency.metric)
             events.put(("done", metrics))
         except TrialStopped:
             events.put(("stopped", None))
@@ -147,8 +155,8 @@ def evaluate_in_worker(
             return
 
 
-def _trainable(config: dict[str, Any], spec_json: str = "") -> None:
-    evaluate_in_worker(config, spec_json, tune.report)
+def _trainable(config: dict[str, Any], spec_json: str = "", latency: LatencyRuntime | None = None) -> None:
+    evaluate_in_worker(config, spec_json, tune.report, latency)
 
 
 class AskTellSearcher(Searcher):
@@ -247,6 +255,8 @@ class AskTellSearcher(Searcher):
         elif DONE_KEY not in result:
             frozen = tell_result(memory, trial, self.spec, metrics, pruned=True)
         else:
+            if MEASURED_KEY in metrics:  # latency.mode predicted/hybrid: an MLflow tag says which
+                trial.set_user_attr(SOURCE_ATTR, "measured" if metrics[MEASURED_KEY] else "predicted")
             frozen = tell_result(memory, trial, self.spec, metrics)
         frozen = self.study.persist(live, frozen)
         if self.on_finished is not None:
@@ -297,11 +307,14 @@ def run_trials(
     run_dir: Path,
     time_budget_s: float | None,
     scheduler: Any = None,
+    latency: LatencyRuntime | None = None,
 ) -> None:
     """Run the searcher's trials on Ray Tune workers (``concurrency`` at once, reused actors)."""
     spec_json = json.dumps(spec.to_dict())
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    trainable = tune.with_resources(tune.with_parameters(_trainable, spec_json=spec_json), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, spec_json=spec_json, latency=latency), resources
+    )
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner = tune.Tuner(
         trainable,

@@ -1,0 +1,357 @@
+"""Latency modes of a study (``latency.mode``): measured, predicted, hybrid.
+
+``measured`` is the evaluator timing every trial (in the node's exclusive lane, through the latency cache).
+``predicted`` and ``hybrid`` run the evaluator with ``skip_latency`` and ask a :class:`LatencyPolicy` —
+one per study, a Ray actor the workers call — whether to measure a trial's latency or predict it:
+
+* ``predicted``: always predict, with a predictor fitted on the device profile
+  (``frontier latency calibrate``).
+* ``hybrid``: measure the first ``calibration`` trials and every ``calibration_every``-th after them; measure
+  any other trial that *could enter the Pareto set*: one that no finished feasible trial dominates when
+  its latency is taken as ``predicted x (1 - e)``, ``e`` the larger of ``margin`` and the 90th percentile
+  of the predictor's relative error on the trials measured so far (each predicted before it was measured).
+  The rest keep their predicted latency. The predictor is refitted after each measurement.
+
+A trial told with a predicted latency was dominated when it was told; values never change afterwards, so
+it stays dominated: the Pareto set of a hybrid study holds measured trials only. After the last trial the
+engine re-measures the Pareto set (:func:`remeasure`) and reports the fresh figure as ``latency_final_ms``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search._pareto import to_loss
+from spaces import StudySpec, spec_from_dict
+
+MEASURED_KEY = "latency_measured"
+PREDICTED_KEY = "latency_predicted_ms"
+SPEARMAN_KEY = "latency_spearman"
+SOURCE_ATTR = "frontier.tag.latency_source"
+FINAL_ATTR = "frontier.latency_final"
+FINAL_KEY = "latency_final_ms"
+PROFILE_VERSION = 1
+
+
+def profile_path(run_dir: str | Path, device: str) -> Path:
+    """Where ``frontier latency calibrate --device NAME`` stores the device profile."""
+    return Path(run_dir) / "devices" / f"{device}.json"
+
+
+def load_profile(run_dir: str | Path, device: str) -> dict[str, Any]:
+    """The stored device profile ``device``.
+
+    Raises:
+        ValueError: there is none; says how to create it.
+    """
+    path = profile_path(run_dir, device)
+    if not path.exists():
+        raise ValueError(
+            f"latency.device: no device profile '{device}' at {path}. Create it with "
+            f"`frontier latency calibrate --device {device} --space SPEC -k K --run-dir {run_dir}`"
+        )
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def column_kinds(signatures: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
+    """Parameter name -> whether it is numeric (a column no signature has is numeric: all 0)."""
+    names = sorted({k for s in signatures for k in s})
+    kinds = {}
+    for name in names:
+        present = [s[name] for s in signatures if s.get(name) is not None]
+        kinds[name] = all(_is_number(v) for v in present)
+    return kinds
+
+
+def signature_frame(signatures: Sequence[Mapping[str, Any]], kinds: Mapping[str, bool] | None = None) -> Any:
+    """A predictor's configuration table: one row per signature, one column per parameter (``kinds``:
+    name -> numeric, from :func:`column_kinds`; default inferred from ``signatures``).
+
+    A parameter a candidate does not have (an inactive layer) is 0 in a numeric column and ``"none"`` in
+    a categorical one: an absent layer has no width.
+    """
+    import pandas as pd
+
+    kinds = column_kinds(signatures) if kinds is None else kinds
+    data: dict[str, list[Any]] = {}
+    for name, numeric in kinds.items():
+        values = [s.get(name) for s in signatures]
+        if numeric:
+            data[name] = [
+                float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0 for v in values
+            ]
+        else:
+            data[name] = ["none" if v is None else str(v) for v in values]
+    return pd.DataFrame(data, columns=list(kinds))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class LatencyDecision:
+    """Measure this trial's latency, or use ``predicted_ms``; ``reason`` says why."""
+
+    measure: bool
+    predicted_ms: float | None
+    reason: str
+
+
+class LatencyPolicy:
+    """Decides per trial whether its latency is measured or predicted, and keeps the predictor current.
+
+    Lifecycle: ``decide(signature, metrics)`` once the evaluator has returned the other metrics, then
+    ``observe(signature, metrics, measured=..., predicted_ms=...)`` with the latency filled in. Runs as a
+    Ray actor in a study (the calls are serialised); a plain object in tests.
+
+    Args:
+        spec: the study spec (objectives, constraints, ``latency``), or its JSON.
+        profile: a device profile (``frontier latency calibrate``) whose rows seed the predictor.
+        history: finished trials of an earlier run of the study (resume): their metrics.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec | str,
+        *,
+        profile: Mapping[str, Any] | None = None,
+        history: list[Mapping[str, float]] | None = None,
+    ) -> None:
+        self.spec = spec if isinstance(spec, StudySpec) else spec_from_dict(json.loads(spec))
+        self.cfg = self.spec.latency
+        self.metric = self.cfg.metric
+        self.profile_rows: list[tuple[dict[str, Any], float]] = [
+            (dict(r["signature"]), float(r["latency_ms"])) for r in (profile or {}).get("rows", [])
+        ]
+        self.measured: list[tuple[dict[str, Any], float]] = []
+        self.pairs: list[tuple[float, float]] = []  # (predicted before measuring, measured)
+        self.values: list[list[float]] = []  # loss vectors of finished feasible trials
+        self.seen = 0
+        self.n_measured = 0
+        self.n_predicted = 0
+        self.predictor: Any = None
+        self.kinds: dict[str, bool] = {}
+        for metrics in history or []:
+            self._record(metrics)
+        self._refit()
+        if self.cfg.mode == "predicted" and self.predictor is None:
+            raise ValueError(
+                f"latency.device: the device profile '{self.cfg.device}' has no measured rows to fit the "
+                f"'{self.cfg.predictor}' predictor on; calibrate it with -k 5 or more"
+            )
+
+    # -- what the workers call --------------------------------------------------------------------
+    def decide(self, signature: Mapping[str, Any], metrics: Mapping[str, float]) -> LatencyDecision:
+        self.seen += 1
+        predicted = self.predict(signature)
+        if self.cfg.mode == "predicted":
+            return LatencyDecision(False, predicted, "predicted mode")
+        if self.n_measured < self.cfg.calibration or predicted is None:
+            return LatencyDecision(True, predicted, "calibration")
+        every = self.cfg.calibration_every
+        if every and (self.seen - self.cfg.calibration) % every == 0:
+            return LatencyDecision(True, predicted, "calibration sample")
+        if not self._feasible(metrics, optimistic=predicted * (1 - self.error_bound())):
+            return LatencyDecision(False, predicted, "infeasible")
+        if self._could_enter_front(metrics, optimistic=predicted * (1 - self.error_bound())):
+            return LatencyDecision(True, predicted, "could enter the Pareto set")
+        return LatencyDecision(False, predicted, "dominated")
+
+    def observe(
+        self,
+        signature: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        *,
+        measured: bool,
+        predicted_ms: float | None = None,
+    ) -> float | None:
+        """Record a finished trial; refit on a measurement. Returns the running Spearman."""
+        self._record(metrics)
+        if measured:
+            self.n_measured += 1
+            value = float(metrics[self.metric])
+            self.measured.append((dict(signature), value))
+            if predicted_ms is not None:
+                self.pairs.append((float(predicted_ms), value))
+            self._refit()
+        else:
+            self.n_predicted += 1
+        return self.spearman()
+
+    # -- state ------------------------------------------------------------------------------------
+    def predict(self, signature: Mapping[str, Any]) -> float | None:
+        if self.predictor is None:
+            return None
+        frame = signature_frame([signature], self.kinds)
+        return max(float(self.predictor.predict(frame)[0]), 1e-6)
+
+    def spearman(self) -> float | None:
+        """Rank correlation of the predictions (made before measuring) with the measurements so far."""
+        if len(self.pairs) < 3:
+            return None
+        from scipy.stats import spearmanr
+
+        pred, meas = np.array(self.pairs).T
+        if np.ptp(pred) == 0 or np.ptp(meas) == 0:
+            return None
+        return float(spearmanr(pred, meas).statistic)
+
+    def error_bound(self) -> float:
+        errors = [abs(p / m - 1) for p, m in self.pairs[-30:] if m > 0]
+        observed = float(np.quantile(errors, 0.9)) if len(errors) >= 3 else 0.0
+        return min(max(self.cfg.margin, observed), 0.95)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "measured": self.n_measured,
+            "predicted": self.n_predicted,
+            "spearman": self.spearman(),
+            "error_bound": self.error_bound(),
+        }
+
+    # -- internals --------------------------------------------------------------------------------
+    def _record(self, metrics: Mapping[str, float]) -> None:
+        names = [o.name for o in self.spec.objectives]
+        if all(n in metrics and math.isfinite(float(metrics[n])) for n in names) and self._feasible(metrics):
+            row = [float(metrics[n]) for n in names]
+            self.values.append(list(to_loss(np.array([row]), self.spec.directions)[0]))
+
+    def _feasible(self, metrics: Mapping[str, float], optimistic: float | None = None) -> bool:
+        for c in self.spec.constraints:
+            value = (
+                optimistic if (c.metric == self.metric and optimistic is not None) else metrics.get(c.metric)
+            )
+            if value is None or c.violation(float(value)) > 0:
+                return False
+        return True
+
+    def _could_enter_front(self, metrics: Mapping[str, float], *, optimistic: float) -> bool:
+        if not self.values:
+            return True
+        row = [optimistic if o.name == self.metric else float(metrics[o.name]) for o in self.spec.objectives]
+        cand = to_loss(np.array([row]), self.spec.directions)[0]
+        done = np.asarray(self.values)
+        dominated = np.all(done <= cand, axis=1) & np.any(done < cand, axis=1)
+        return not bool(dominated.any())
+
+    def _refit(self) -> None:
+        from evaluators.latency import get_predictor
+
+        rows = self.profile_rows + self.measured
+        if len(rows) < 2:
+            return
+        signatures = [s for s, _ in rows]
+        self.kinds = column_kinds(signatures)
+        frame = signature_frame(signatures, self.kinds)
+        seed = self.spec.search.seed or 0
+        self.predictor = get_predictor(self.cfg.predictor, seed=seed).fit(
+            frame, np.array([v for _, v in rows])
+        )
+
+
+def resolve_latency(
+    evaluator: Any, candidate: Any, context: Any, metrics: dict[str, float], policy: Any, metric: str
+) -> dict[str, float]:
+    """In a worker, after ``evaluate`` with ``skip_latency``: measure or predict the latency, per ``policy``.
+
+    ``policy`` is a :class:`LatencyPolicy` or a Ray actor handle to one.
+    """
+    signature = evaluator.latency_signature(candidate)
+    decision: LatencyDecision = _call(policy, "decide", signature, metrics)
+    out = dict(metrics)
+    if decision.measure:
+        measured = evaluator.latency(candidate, context)
+        if metric not in measured:
+            raise ValueError(
+                f"latency.metric is '{metric}' but evaluator '{evaluator.name}' measures {sorted(measured)}"
+            )
+        out.update(measured)
+    else:
+        assert decision.predicted_ms is not None  # the policy only predicts once it is fitted
+        out[metric] = decision.predicted_ms
+    out[MEASURED_KEY] = 1.0 if decision.measure else 0.0
+    if decision.predicted_ms is not None:
+        out[PREDICTED_KEY] = decision.predicted_ms
+    rho = _call(
+        policy, "observe", signature, out, measured=decision.measure, predicted_ms=decision.predicted_ms
+    )
+    if rho is not None:
+        out[SPEARMAN_KEY] = rho
+    return out
+
+
+def _call(policy: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    if isinstance(policy, LatencyPolicy):
+        return getattr(policy, method)(*args, **kwargs)
+    import ray
+
+    return ray.get(getattr(policy, method).remote(*args, **kwargs))
+
+
+@dataclass(frozen=True)
+class LatencyRuntime:
+    """What a worker needs to handle latency: the lane, the cache, the mode's policy (picklable)."""
+
+    lane: str | None = "default"
+    lane_dir: str | None = None
+    cache_path: str | None = None
+    skip: bool = False
+    batch_size: int | None = None
+    input: tuple[int, ...] | None = None
+    metric: str = "latency_ms"
+    policy: Any = None
+
+    def context_kwargs(self, *, cache: bool = True) -> dict[str, Any]:
+        from evaluators.latency import LatencyCache, MeasurementLane
+
+        return {
+            "lane": MeasurementLane(self.lane, directory=self.lane_dir) if self.lane else None,
+            "latency_cache": LatencyCache(self.cache_path) if (self.cache_path and cache) else None,
+            "skip_latency": self.skip,
+            "latency_batch_size": self.batch_size,
+            "latency_input": self.input,
+        }
+
+
+def latency_runtime(spec: StudySpec, run_dir: Path, policy: Any = None) -> LatencyRuntime:
+    cfg = spec.latency
+    if cfg.cache is True:
+        cache: str | None = str(run_dir / "latency_cache.db")
+    elif cfg.cache is False:
+        cache = None
+    else:
+        cache = str(Path(cfg.cache).expanduser().resolve())
+    return LatencyRuntime(
+        lane="default" if cfg.lane else None,
+        cache_path=cache,
+        skip=cfg.mode != "measured",
+        batch_size=cfg.batch_size,
+        input=cfg.input,
+        metric=cfg.metric,
+        policy=policy,
+    )
+
+
+def remeasure(
+    spec_json: str, runtime: LatencyRuntime, params: list[dict[str, Any]], threads: int, device: str
+) -> list[dict[str, float]]:
+    """Measure the latency of each candidate afresh (never from the cache): the final Pareto set."""
+    from evaluators import EvalContext
+    from search._tune import _worker_evaluator
+    from spaces import Candidate
+
+    evaluator = _worker_evaluator(spec_json)
+    out = []
+    for p in params:
+        ctx = EvalContext(threads=threads, device=device, **runtime.context_kwargs(cache=False))
+        out.append(evaluator.latency(Candidate(p), ctx))
+    return out
