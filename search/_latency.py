@@ -355,3 +355,112 @@ def remeasure(
         ctx = EvalContext(threads=threads, device=device, **runtime.context_kwargs(cache=False))
         out.append(evaluator.latency(Candidate(p), ctx))
     return out
+
+
+def choose_candidates(
+    spec: StudySpec, signature: Any, *, k: int, seed: int = 0, pool: int = 500
+) -> list[Any]:
+    """``k`` distinct candidates of the spec's space, spread over it: the first drawn at random, each next
+    one the farthest (in standardised signature features) from those chosen (greedy farthest-point)."""
+    import optuna
+
+    from spaces import suggest
+
+    sampler = optuna.samplers.RandomSampler(seed=seed)
+    study = optuna.create_study(sampler=sampler)
+    seen: dict[str, Any] = {}
+    for _ in range(pool):
+        trial = study.ask()
+        c = suggest(trial, spec.params)
+        study.tell(trial, 0.0)
+        seen.setdefault(json.dumps(signature(c), sort_keys=True, default=str), c)
+    candidates = list(seen.values())
+    if len(candidates) <= k:
+        return candidates
+    sigs = [signature(c) for c in candidates]
+    frame = signature_frame(sigs)
+    x = np.asarray(__import__("pandas").get_dummies(frame, dtype=float).to_numpy(dtype=float), dtype=float)
+    x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    chosen = [0]
+    dist = np.linalg.norm(x - x[0], axis=1)
+    while len(chosen) < k:
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
+    return [candidates[i] for i in chosen]
+
+
+def calibrate(
+    spec: StudySpec,
+    *,
+    device: str,
+    k: int,
+    run_dir: str | Path,
+    seed: int = 0,
+    threads: int | None = None,
+    on_row: Any = None,
+) -> dict[str, Any]:
+    """Measure ``k`` chosen candidates of the spec's space on this machine and store the device profile
+    ``RUN_DIR/devices/DEVICE.json`` that ``latency: {mode: predicted | hybrid, device: DEVICE}`` reads.
+
+    Candidates are spread over the space (:func:`choose_candidates`); each is timed by the evaluator's
+    :meth:`~evaluators.Evaluator.latency` in the exclusive lane and through the run's latency cache, with
+    the spec's ``latency.batch_size``/``input_shape`` and ``resources.cpu`` threads.
+
+    Raises:
+        ValueError: ``k`` < 2 or ``device`` is not a plain name.
+        SpecError: the evaluator cannot measure latency on its own.
+    """
+    from evaluators import EvalContext, make_evaluator
+    from evaluators.latency import device_fingerprint
+    from spaces import LatencyConfig, SpecError
+
+    if k < 2:
+        raise ValueError(f"-k must be >= 2 (a predictor needs at least two measurements). Got {k}.")
+    try:
+        LatencyConfig(device=device)
+    except Exception:
+        raise ValueError(
+            f"--device must be a plain name (letters, digits, '_', '.', '-'). Got {device!r}."
+        ) from None
+    evaluator = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+    if not type(evaluator).measures_latency_alone():
+        raise SpecError(
+            f"evaluator '{spec.evaluator.kind}' cannot measure latency on its own (Evaluator.latency), so it "
+            "cannot calibrate a device"
+        )
+    evaluator.ensure_setup()
+    run_path = Path(run_dir).expanduser().resolve()
+    runtime = latency_runtime(spec, run_path)
+    n_threads = threads or max(1, int(spec.resources.cpu))
+    dev = "cuda" if spec.resources.gpu > 0 else "cpu"
+    rows = []
+    for c in choose_candidates(spec, evaluator.latency_signature, k=k, seed=seed):
+        ctx = EvalContext(
+            threads=n_threads, device=dev, **{**runtime.context_kwargs(), "skip_latency": False}
+        )
+        measured = evaluator.latency(c, ctx)
+        row = {
+            "signature": evaluator.latency_signature(c),
+            "params": dict(c.params),
+            "latency_ms": measured[spec.latency.metric],
+            "metrics": measured,
+            "cached": bool(ctx.latency_log and ctx.latency_log[-1]["cached"]),
+        }
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    profile = {
+        "version": PROFILE_VERSION,
+        "device": device,
+        "fingerprint": device_fingerprint(device=dev, threads=n_threads),
+        "evaluator": spec.evaluator.kind,
+        "metric": spec.latency.metric,
+        "batch_size": spec.latency.batch_size,
+        "input": list(spec.latency.input) if spec.latency.input else None,
+        "rows": rows,
+    }
+    path = profile_path(run_path, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile, indent=1, default=str))
+    return profile

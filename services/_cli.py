@@ -609,6 +609,49 @@ def watch(
         raise _fail(f"study {study_id} {s['state']}: {s.get('error') or ''}", code=1)
 
 
+latency_app = typer.Typer(
+    help="Latency: calibrate a device for predicted and hybrid studies.", no_args_is_help=True
+)
+app.add_typer(latency_app, name="latency")
+
+
+@latency_app.command("calibrate")
+def latency_calibrate(
+    device: Annotated[str, typer.Option("--device", help="Name of the device profile to write.")],
+    space: Annotated[
+        Path, typer.Option("--space", help="Study spec whose space and evaluator to calibrate.")
+    ],
+    k: Annotated[int, typer.Option("-k", help="Candidates to measure on this machine.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the candidate draw.")] = 0,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a spec field: key.path=value.")
+    ] = None,
+    run_dir: RunDir = None,
+) -> None:
+    """Measure K chosen candidates on this machine and store the device profile later studies use
+    (``latency: {mode: predicted | hybrid, device: NAME}``)."""
+    from search._latency import calibrate, profile_path
+    from spaces import SpecError, load_spec, parse_overrides
+
+    rd = run_dir or get_settings().run_dir
+    try:
+        spec = load_spec(space, parse_overrides(set_ or []))
+        console.print(f"[bold]calibrating[/] {device}: {k} candidates of {spec.name} ({spec.evaluator.kind})")
+
+        def on_row(row: dict[str, Any]) -> None:
+            params = " ".join(f"{n}={_fmt(v)}" for n, v in row["signature"].items())
+            note = " (cache)" if row["cached"] else ""
+            console.print(f"  {row['latency_ms']:.4g} ms  {params}{note}", highlight=False)
+
+        profile = calibrate(spec, device=device, k=k, run_dir=rd, seed=seed, on_row=on_row)
+    except (SpecError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"[green]wrote[/] {profile_path(Path(rd).expanduser().resolve(), device)} "
+        f"({len(profile['rows'])} rows, {profile['fingerprint']['hardware']})"
+    )
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     app()
