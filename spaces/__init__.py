@@ -6,6 +6,7 @@
 from spaces._candidate import Candidate, active, decode, distribution, encode, suggest
 from spaces._errors import SpecError
 from spaces._families import available_families, register_family
+from spaces._family_compress import compression_plan
 from spaces._params import CategoricalParam, Condition, FamilyParam, FloatParam, IntParam, OrdinalParam, Param
 from spaces._spec import (
     SAMPLER_NAMES,
@@ -46,6 +47,7 @@ __all__ = [
     "Tracking",
     "active",
     "available_families",
+    "compression_plan",
     "decode",
     "distribution",
     "encode",

@@ -179,6 +179,9 @@ class StudySpec(_Frozen):
     @classmethod
     def _expandable(cls, space: tuple[SpaceItem, ...]) -> tuple[SpaceItem, ...]:
         expand_space(space)  # raises on unknown families, bad references or duplicate names
+        from spaces._family_compress import check_allocations
+
+        check_allocations(space)  # no module gets two bit-widths or two sparsities
         return space
 
     @field_validator("objectives")

@@ -1,0 +1,362 @@
+"""Compression allocation families: ``bits`` (per-module weight bit-width) and ``sparsity`` (per-module
+pruning ratio), and :func:`compression_plan`, which turns a candidate of such a space into a per-module plan.
+
+A family item names the modules it allocates over and how they are grouped::
+
+    {kind: family, name: q, family: bits,
+     options: {num_layers: 6, choices: [2, 3, 4, 8], group_by: layer, group_size: 32,
+               targets: ["encoder.layer.*.attention.self.*", "re:.*(intermediate|output).dense"]}}
+
+**The model description.** ``spaces`` never imports torch, so the family cannot look at the model. It learns
+the qualified Linear names from the options instead: either ``modules`` (an explicit list, any
+architecture) or ``num_layers`` with a ``layout`` (``bert``:
+``encoder.layer.I.attention.self.query|key|value``,
+``encoder.layer.I.attention.output.dense``, ``encoder.layer.I.intermediate.dense``,
+``encoder.layer.I.output.dense``; ``llama``: ``model.layers.I.self_attn.q|k|v|o_proj``,
+``model.layers.I.mlp.gate|up|down_proj``). The evaluator checks at setup that every planned module exists
+in the real model and is a Linear, so a wrong description fails the first trial with the missing names.
+
+**Targets** select among those names by exact name, glob (``*``: one name segment, ``**``: any number) or
+``re:`` regex, with the same rules as :func:`kernels.select_modules`; each must match at least one module.
+
+**Grouping** (``group_by``) keeps the dimension manageable; one ordinal parameter per group:
+
+- ``none``: one per module, ``PREFIX.<module name>``;
+- ``layer``: one per layer index, ``PREFIX.layer_I`` (modules without a numeric segment get their own);
+- ``block``: per layer and sub-block, ``PREFIX.layer_I.attention`` / ``PREFIX.layer_I.ffn``;
+- ``module_type``: one per name after the layer index, shared by all layers (``PREFIX.attention.self.query``);
+- ``all``: one for every target (a uniform allocation).
+
+**Budgets** are not options: the evaluator reports ``avg_bits`` and ``sparsity`` over the planned modules,
+and a spec bounds them with ordinary constraints (``{metric: avg_bits, op: "<=", value: 4.5}``), which reach
+Optuna's constrained samplers; they are never folded into the objectives as penalties.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from spaces._families import register_family
+from spaces._params import FamilyParam
+
+LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bert": (
+        "encoder.layer.{i}.",
+        (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ),
+    ),
+    "llama": (
+        "model.layers.{i}.",
+        (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ),
+    ),
+}
+GROUP_BY = ("none", "layer", "block", "module_type", "all")
+SPARSITY_KINDS = ("magnitude", "wanda", "2:4")
+MAX_LAYERS = 1024
+_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
+_LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+_COMMON_KEYS = ("targets", "modules", "num_layers", "layout", "choices", "group_by")
+_BITS_KEYS = (*_COMMON_KEYS, "group_size", "symmetric")
+_SPARSITY_KEYS = (*_COMMON_KEYS, "kind")
+
+
+def _fail(family: str, option: str, rule: str, value: Any) -> ValueError:
+    return ValueError(f"The '{option}' option of family '{family}' {rule}. Got {value!r} instead.")
+
+
+@functools.lru_cache(maxsize=256)
+def compile_target(pattern: str) -> re.Pattern[str]:
+    """A target pattern as a regex: the rules of :func:`kernels.select_modules`, without importing torch."""
+    if pattern.startswith("re:"):
+        try:
+            return re.compile(pattern[3:])
+        except re.error as exc:
+            raise ValueError(f"The target {pattern!r} is not a valid regular expression: {exc}.") from None
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            if out and out[-1] == r"\." and pattern.startswith("**.", i):
+                out[-1] = r"(?:\.|\..*\.)"
+                i += 3
+                continue
+            out.append(".*")
+            i += 2
+            continue
+        ch = pattern[i]
+        out.append(r"[^.]*" if ch == "*" else r"[^.]" if ch == "?" else re.escape(ch))
+        i += 1
+    return re.compile("".join(out))
+
+
+def _strings(family: str, option: str, value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise _fail(family, option, "must be a non-empty list of strings", value)
+    if any(not isinstance(v, str) or not v for v in value):
+        raise _fail(family, option, "must be a non-empty list of strings", value)
+    return list(value)
+
+
+def _module_names(family: str, opts: Mapping[str, Any]) -> list[str]:
+    has_modules, has_layers = "modules" in opts, "num_layers" in opts
+    if has_modules == has_layers:
+        raise ValueError(
+            f"Family '{family}' needs a model description: give either 'modules' (the qualified Linear "
+            "names) or 'num_layers' (with 'layout', default 'bert'), not both and not neither. "
+            f"Got options {sorted(opts)} instead."
+        )
+    if has_modules:
+        if "layout" in opts:
+            raise _fail(
+                family, "layout", "only applies with 'num_layers', not with 'modules'", opts["layout"]
+            )
+        names = _strings(family, "modules", opts["modules"])
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise _fail(family, "modules", f"must not repeat a module (repeated: {dup})", opts["modules"])
+        return names
+    n = opts["num_layers"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_LAYERS:
+        raise _fail(family, "num_layers", f"must be an int in [1, {MAX_LAYERS}]", n)
+    layout = opts.get("layout", "bert")
+    if layout not in LAYOUTS:
+        raise _fail(family, "layout", f"must be one of {sorted(LAYOUTS)}", layout)
+    prefix, suffixes = LAYOUTS[layout]
+    return [prefix.format(i=i) + s for i in range(n) for s in suffixes]
+
+
+def _select(family: str, names: list[str], targets: list[str]) -> list[str]:
+    selected: set[str] = set()
+    for t in targets:
+        try:
+            regex = compile_target(t)
+        except ValueError as exc:
+            raise _fail(family, "targets", f"must hold valid patterns ({exc})", targets) from None
+        hits = [n for n in names if regex.fullmatch(n)]
+        if not hits:
+            raise _fail(
+                family,
+                "targets",
+                f"must each match at least one module; {t!r} matches none of {names[:4]}... "
+                f"({len(names)} modules). Use an exact name, a glob ('*' = one segment, '**' = any) or "
+                "'re:<regex>'",
+                targets,
+            )
+        selected.update(hits)
+    return [n for n in names if n in selected]
+
+
+def group_key(module: str, group_by: str) -> str:
+    """The group a module belongs to under ``group_by`` (the parameter name's suffix)."""
+    if group_by == "none":
+        return module
+    if group_by == "all":
+        return "all"
+    m = _LAYER.search(module)
+    if m is None:
+        return module  # no layer index (e.g. a pooler): a group of its own
+    layer, rest = m.group(1), module[m.end() :]
+    if group_by == "layer":
+        return f"layer_{layer}"
+    if group_by == "block":
+        return f"layer_{layer}." + ("attention" if _ATTENTION.search(rest) else "ffn")
+    return rest or module  # module_type
+
+
+def _choices(family: str, value: Any, *, ints: bool, low: float, high: float) -> list[Any]:
+    kind = "ints" if ints else "numbers"
+    rule = f"must be a non-empty list of distinct {kind} in [{low:g}, {high:g}]"
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise _fail(family, "choices", rule, value)
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int if ints else int | float):
+            raise _fail(family, "choices", rule, value)
+        if not low <= v <= high:
+            raise _fail(family, "choices", rule, value)
+    if len(set(value)) != len(value):
+        raise _fail(family, "choices", rule, value)
+    return sorted(value)
+
+
+class Allocation:
+    """A validated ``bits`` or ``sparsity`` family item: its modules, groups and per-module settings."""
+
+    def __init__(self, family: str, prefix: str, options: Mapping[str, Any]) -> None:
+        if family not in ("bits", "sparsity"):
+            raise ValueError(f"Allocation families are 'bits' and 'sparsity'. Got {family!r} instead.")
+        if not isinstance(options, Mapping):
+            raise TypeError(f"The options of family '{family}' must be a mapping. Got {options!r} instead.")
+        allowed = _BITS_KEYS if family == "bits" else _SPARSITY_KEYS
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"Unknown option(s) {unknown} for family '{family}'. Allowed options: {sorted(allowed)}"
+            )
+        self.family = family
+        self.prefix = prefix
+        if "targets" not in options:
+            raise ValueError(
+                f"Family '{family}' needs 'targets': module names, globs or 're:' regexes "
+                "(e.g. ['encoder.layer.*.attention.self.*']). Got none."
+            )
+        self.targets = _strings(family, "targets", options["targets"])
+        self.modules = _select(family, _module_names(family, options), self.targets)
+        self.group_by = options.get("group_by", "layer")
+        if self.group_by not in GROUP_BY:
+            raise _fail(family, "group_by", f"must be one of {list(GROUP_BY)}", self.group_by)
+        self.group_size: int | None = None
+        self.symmetric = True
+        self.kind = "magnitude"
+        if family == "bits":
+            self.choices = _choices(family, options.get("choices", [2, 3, 4, 8]), ints=True, low=2, high=8)
+            gs = options.get("group_size")
+            if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs < 8 or gs % 8):
+                raise _fail(family, "group_size", "must be null (per channel) or a multiple of 8 (>= 8)", gs)
+            self.group_size = gs
+            sym = options.get("symmetric", True)
+            if not isinstance(sym, bool):
+                raise _fail(family, "symmetric", "must be true or false", sym)
+            self.symmetric = sym
+        else:
+            self.kind = options.get("kind", "magnitude")
+            if self.kind not in SPARSITY_KINDS:
+                raise _fail(family, "kind", f"must be one of {list(SPARSITY_KINDS)}", self.kind)
+            if self.kind == "2:4":
+                self.choices = _choices(family, options.get("choices", [0, 0.5]), ints=False, low=0, high=0.5)
+                bad = [c for c in self.choices if c not in (0, 0.5)]
+                if bad:
+                    raise _fail(
+                        family,
+                        "choices",
+                        "must hold 0 (dense) and/or 0.5 (the 2:4 pattern) when kind is '2:4'",
+                        options["choices"],
+                    )
+            else:
+                default = [0, 0.25, 0.5, 0.75]
+                self.choices = _choices(family, options.get("choices", default), ints=False, low=0, high=0.95)
+        self.groups: dict[str, list[str]] = {}
+        for m in self.modules:
+            self.groups.setdefault(f"{prefix}.{group_key(m, self.group_by)}", []).append(m)
+
+    def params(self) -> list[dict[str, Any]]:
+        return [{"name": g, "kind": "ordinal", "choices": list(self.choices)} for g in self.groups]
+
+    def settings(self, value: Any) -> dict[str, Any]:
+        """What one module of a group gets when the group's parameter has ``value``."""
+        if self.family == "bits":
+            return {"bits": int(value), "group_size": self.group_size, "symmetric": self.symmetric}
+        return {"sparsity": self.kind, "ratio": float(value)}
+
+
+@register_family("bits")
+def expand_bits(prefix: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-module weight bit-width: one ordinal parameter per group of targeted Linear modules.
+
+    Args:
+        prefix: the family item's ``name``; parameters are ``PREFIX.<group>`` (see ``group_by``).
+        options: ``targets`` (required), ``modules`` *or* ``num_layers`` (+ ``layout``, default ``bert``),
+            ``choices`` (bit-widths 2..8, default [2, 3, 4, 8]), ``group_by``
+            (none|layer|block|module_type|all, default layer), ``group_size`` (input features per scale,
+            a multiple of 8; default null: one scale per output channel), ``symmetric`` (default true).
+
+    Raises:
+        ValueError: an unknown option, a target that matches nothing, or a value that breaks a rule.
+    """
+    return Allocation("bits", prefix, options).params()
+
+
+@register_family("sparsity")
+def expand_sparsity(prefix: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-module pruning ratio: one ordinal parameter per group of targeted Linear modules.
+
+    Args:
+        prefix: the family item's ``name``; parameters are ``PREFIX.<group>``.
+        options: ``targets``, ``modules``/``num_layers``/``layout`` and ``group_by`` as for ``bits``;
+            ``kind`` (``magnitude``: layer-wide smallest weights; ``wanda``: |W|·‖X‖ per output row, from
+            calibration data; ``2:4``: two of every four weights), ``choices`` (ratios in [0, 0.95], default
+            [0, 0.25, 0.5, 0.75]; for ``2:4`` a subset of [0, 0.5], 0 meaning dense).
+
+    Raises:
+        ValueError: an unknown option, a target that matches nothing, or a value that breaks a rule.
+    """
+    return Allocation("sparsity", prefix, options).params()
+
+
+def allocations(space: Iterable[Any]) -> list[Allocation]:
+    """The ``bits``/``sparsity`` family items of a spec's space (a :class:`StudySpec` or its ``space``)."""
+    items = getattr(space, "space", space)
+    out = []
+    for item in items:
+        if isinstance(item, FamilyParam) and item.family in ("bits", "sparsity"):
+            out.append(Allocation(item.family, item.name, item.options))
+    return out
+
+
+def compression_plan(space: Iterable[Any], params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A candidate of a compression space as a per-module plan (plain JSON, no torch).
+
+    Args:
+        space: a :class:`~spaces.StudySpec` or its ``space`` items; only ``bits``/``sparsity`` families count.
+        params: the candidate's parameter values (``Candidate.params``); a family parameter that is missing
+            leaves its modules uncompressed by that family.
+
+    Returns:
+        ``{module: {"bits", "group_size", "symmetric"} and/or {"sparsity", "ratio"}}`` for every module a
+        family assigned; modules whose ratio is 0 get no sparsity entry.
+
+    Raises:
+        ValueError: two families of the same kind assign the same module, or a value is not a choice.
+    """
+    allocs = check_allocations(space)
+    plan: dict[str, dict[str, Any]] = {}
+    for alloc in allocs:
+        for group, modules in alloc.groups.items():
+            if group not in params:
+                continue
+            value = params[group]
+            if value not in alloc.choices:
+                raise ValueError(f"parameter '{group}' must be one of {alloc.choices}, but got {value!r}")
+            settings = alloc.settings(value)
+            if alloc.family == "sparsity" and settings["ratio"] == 0:
+                continue
+            for m in modules:
+                plan.setdefault(m, {}).update(settings)
+    return plan
+
+
+def check_allocations(space: Iterable[Any]) -> list[Allocation]:
+    """The space's allocations, after checking that no module gets two bit-widths or two sparsities.
+
+    Raises:
+        ValueError: two families of the same kind target the same module.
+    """
+    allocs = allocations(space)
+    owner: dict[tuple[str, str], str] = {}
+    for alloc in allocs:
+        for m in alloc.modules:
+            key = (m, alloc.family)
+            if key in owner:
+                raise ValueError(
+                    f"module '{m}' is allocated by two '{alloc.family}' families ('{owner[key]}' and "
+                    f"'{alloc.prefix}'); make their targets disjoint"
+                )
+            owner[key] = alloc.prefix
+    return allocs

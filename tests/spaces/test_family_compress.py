@@ -1,0 +1,193 @@
+"""The bits and sparsity families: expansion, grouping, the per-module plan, and their errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from spaces import SpecError, compression_plan, spec_from_dict
+from spaces._family_compress import compile_target, expand_bits, expand_sparsity, group_key
+
+BERT = {"num_layers": 2, "targets": ["encoder.layer.*.**"]}
+
+
+def names(params: list[dict[str, Any]]) -> list[str]:
+    return [p["name"] for p in params]
+
+
+def study(space: list[dict[str, Any]]) -> Any:
+    return spec_from_dict(
+        {
+            "name": "s",
+            "evaluator": {"kind": "hf-embedding-fidelity"},
+            "space": space,
+            "objectives": [{"name": "fidelity", "direction": "maximize"}],
+            "constraints": [{"metric": "avg_bits", "op": "<=", "value": 4.5}],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("group_by", "expected"),
+    [
+        ("layer", ["q.layer_0", "q.layer_1"]),
+        ("block", ["q.layer_0.attention", "q.layer_0.ffn", "q.layer_1.attention", "q.layer_1.ffn"]),
+        (
+            "module_type",
+            [
+                "q.attention.self.query",
+                "q.attention.self.key",
+                "q.attention.self.value",
+                "q.attention.output.dense",
+                "q.intermediate.dense",
+                "q.output.dense",
+            ],
+        ),
+        ("all", ["q.all"]),
+    ],
+)
+def test_group_by(group_by: str, expected: list[str]) -> None:
+    params = expand_bits("q", {**BERT, "group_by": group_by})
+    assert names(params) == expected
+    assert all(p["kind"] == "ordinal" and p["choices"] == [2, 3, 4, 8] for p in params)
+
+
+def test_group_by_none_and_explicit_modules_and_llama_layout() -> None:
+    params = expand_bits("q", {**BERT, "group_by": "none", "targets": ["re:.*query"], "choices": [8, 4]})
+    assert names(params) == [
+        "q.encoder.layer.0.attention.self.query",
+        "q.encoder.layer.1.attention.self.query",
+    ]
+    assert params[0]["choices"] == [4, 8]
+    explicit = expand_bits("q", {"modules": ["fc1", "blocks.0.mlp", "blocks.1.mlp"], "targets": ["**"]})
+    assert names(explicit) == ["q.fc1", "q.layer_0", "q.layer_1"]
+    llama = expand_sparsity("s", {"num_layers": 1, "layout": "llama", "targets": ["**.mlp.*"], "kind": "2:4"})
+    assert names(llama) == ["s.layer_0"] and llama[0]["choices"] == [0, 0.5]
+    assert group_key("model.layers.3.self_attn.q_proj", "block") == "layer_3.attention"
+    assert group_key("model.layers.3.mlp.up_proj", "block") == "layer_3.ffn"
+
+
+def test_plan_combines_bits_and_sparsity() -> None:
+    spec = study(
+        [
+            {"kind": "family", "name": "q", "family": "bits", "options": {**BERT, "group_size": 32}},
+            {
+                "kind": "family",
+                "name": "s",
+                "family": "sparsity",
+                "options": {
+                    **BERT,
+                    "targets": ["re:.*intermediate.dense"],
+                    "group_by": "all",
+                    "kind": "wanda",
+                },
+            },
+        ]
+    )
+    plan = compression_plan(spec, {"q.layer_0": 4, "q.layer_1": 8, "s.all": 0.5})
+    assert len(plan) == 12
+    assert plan["encoder.layer.0.attention.self.key"] == {"bits": 4, "group_size": 32, "symmetric": True}
+    assert plan["encoder.layer.1.intermediate.dense"] == {
+        "bits": 8,
+        "group_size": 32,
+        "symmetric": True,
+        "sparsity": "wanda",
+        "ratio": 0.5,
+    }
+    # ratio 0 is dense: no sparsity entry; a missing parameter leaves its modules alone
+    assert compression_plan(spec, {"s.all": 0}) == {}
+    with pytest.raises(ValueError, match=r"parameter 'q.layer_0' must be one of \[2, 3, 4, 8\], but got 5"):
+        compression_plan(spec, {"q.layer_0": 5})
+
+
+def test_targets_follow_kernels_select_rules() -> None:
+    pytest.importorskip("torch")
+    from kernels._select import name_matches
+
+    cases = ["encoder.layer.*.attention.self.query", "encoder.**.dense", "**", "encoder.layer.?.output.dense"]
+    mods = [
+        "encoder.layer.0.attention.self.query",
+        "encoder.layer.10.output.dense",
+        "encoder.layer.1.output.dense",
+        "encoder.dense",
+        "pooler.dense",
+    ]
+    for pattern in [*cases, "re:.*(query|key)"]:
+        assert [bool(compile_target(pattern).fullmatch(m)) for m in mods] == [
+            name_matches(pattern, m) for m in mods
+        ], pattern
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({**BERT, "colour": 1}, r"Unknown option\(s\) \['colour'\] for family 'bits'"),
+        ({"num_layers": 2}, "Family 'bits' needs 'targets'"),
+        ({"targets": ["**"]}, "needs a model description: give either 'modules'"),
+        ({**BERT, "modules": ["a"]}, "not both and not neither"),
+        (
+            {**BERT, "num_layers": 0},
+            r"The 'num_layers' option of family 'bits' must be an int in \[1, 1024\]",
+        ),
+        (
+            {**BERT, "layout": "gpt"},
+            r"The 'layout' option of family 'bits' must be one of \['bert', 'llama'\]",
+        ),
+        ({"modules": ["a"], "layout": "bert", "targets": ["a"]}, "only applies with 'num_layers'"),
+        ({"modules": ["a", "a"], "targets": ["a"]}, r"must not repeat a module \(repeated: \['a'\]\)"),
+        ({**BERT, "targets": ["decoder.*"]}, "'decoder.\\*' matches none of"),
+        ({**BERT, "targets": ["re:("]}, "must hold valid patterns"),
+        (
+            {**BERT, "targets": "encoder"},
+            "'targets' option of family 'bits' must be a non-empty list of strings",
+        ),
+        (
+            {**BERT, "choices": [1, 4]},
+            r"'choices' option of family 'bits' must be a non-empty list of distinct",
+        ),
+        ({**BERT, "choices": [4, 4]}, "distinct ints"),
+        (
+            {**BERT, "group_by": "head"},
+            r"'group_by' option of family 'bits' must be one of \['none', 'layer'",
+        ),
+        (
+            {**BERT, "group_size": 12},
+            "'group_size' option of family 'bits' must be null .* or a multiple of 8",
+        ),
+        ({**BERT, "symmetric": "yes"}, "'symmetric' option of family 'bits' must be true or false"),
+        ({**BERT, "kind": "wanda"}, r"Unknown option\(s\) \['kind'\] for family 'bits'"),
+    ],
+)
+def test_bits_errors(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        expand_bits("q", options)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (
+            {**BERT, "kind": "random"},
+            r"'kind' option of family 'sparsity' must be one of \['magnitude', 'wanda'",
+        ),
+        ({**BERT, "choices": [0, 0.99]}, r"must be a non-empty list of distinct numbers in \[0, 0.95\]"),
+        ({**BERT, "kind": "2:4", "choices": [0, 0.25]}, "must hold 0 \\(dense\\) and/or 0.5"),
+        ({**BERT, "group_size": 32}, r"Unknown option\(s\) \['group_size'\] for family 'sparsity'"),
+    ],
+)
+def test_sparsity_errors(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        expand_sparsity("s", options)
+
+
+def test_spec_level_errors_name_the_family() -> None:
+    bits = {"kind": "family", "name": "q", "family": "bits", "options": BERT}
+    with pytest.raises(SpecError, match=r"family 'q' \(bits\): The 'group_by' option"):
+        study([{**bits, "options": {**BERT, "group_by": "x"}}])
+    with pytest.raises(
+        SpecError, match=r"module 'encoder\.layer\.0\.attention\.self\.query' is allocated by two 'bits'"
+    ):
+        study([bits, {**bits, "name": "q2"}])
+    # one bits and one sparsity family may share modules
+    assert len(study([bits, {**bits, "name": "s", "family": "sparsity"}]).params) == 4
