@@ -3,8 +3,15 @@
 ``import evaluators`` stays light; each evaluator imports torch or pandas only when it runs.
 """
 
-from evaluators import _digits, _lm_train, _tabular  # noqa: F401  (registration)
-from evaluators._base import EvalContext, Evaluator, EvaluatorOptions, TrialStopped, check_metrics
+from evaluators import _digits, _hf_embedding, _lm_train, _tabular  # noqa: F401  (registration)
+from evaluators._base import (
+    EvalContext,
+    Evaluator,
+    EvaluatorOptions,
+    InitialCandidate,
+    TrialStopped,
+    check_metrics,
+)
 from evaluators._registry import available_evaluators, get_evaluator_class, make_evaluator, register_evaluator
 
 __all__ = [
@@ -12,6 +19,7 @@ __all__ = [
     "EvalContext",
     "Evaluator",
     "EvaluatorOptions",
+    "InitialCandidate",
     "TrialStopped",
     "available_evaluators",
     "check_metrics",

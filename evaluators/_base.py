@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from spaces import Candidate, SpecError
+from spaces import Candidate, SpecError, StudySpec
 from spaces._errors import format_validation_error
 
 if TYPE_CHECKING:
@@ -23,6 +23,21 @@ class EvaluatorOptions(BaseModel):
     """Base for an evaluator's ``options``: frozen, unknown fields rejected."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class InitialCandidate:
+    """A candidate the study evaluates first (:meth:`Evaluator.initial_candidates`).
+
+    Attributes:
+        params: parameter values (ordinal parameters hold the choice, as in ``Candidate.params``).
+        label: what it is (``uniform-4bit``, ``sensitivity-greedy-1``); recorded on the trial.
+        baseline: tag the trial ``baseline=<label>`` in Optuna and MLflow (else ``warm_start=<label>``).
+    """
+
+    params: Mapping[str, Any]
+    label: str
+    baseline: bool = False
 
 
 class TrialStopped(Exception):
@@ -178,6 +193,22 @@ class Evaluator(abc.ABC):
 
     def check_params(self, names: set[str]) -> None:  # noqa: B027 - optional hook
         """Raise ValueError if the space has parameters this evaluator cannot use."""
+
+    def bind_spec(self, spec: StudySpec) -> None:  # noqa: B027 - optional hook
+        """Read what candidates mean from the whole study spec, once, after :meth:`check_params`.
+
+        Called by the engine's spec check and on each worker before ``setup``. Evaluators whose parameters
+        only make sense with their family's options (compression allocations: which modules a parameter
+        covers) keep what they need here; raise ValueError when the spec does not suit the evaluator.
+        """
+
+    def initial_candidates(self, spec: StudySpec) -> list[InitialCandidate]:
+        """Candidates to evaluate before the sampler proposes its own (baselines, warm starts).
+
+        Called once on the driver when a study starts fresh (never on resume), after :meth:`bind_spec`; it
+        may call :meth:`ensure_setup` and measure. The engine enqueues them in order, within the budget.
+        """
+        return []
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load data and models once per worker."""

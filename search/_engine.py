@@ -21,6 +21,7 @@ from search._optuna import SAMPLER_ATTR, default_storage, n_done, open_study
 from search._pareto import is_feasible, pareto_mask, pareto_trials, to_loss, trial_metrics
 from search._results import STATE_ATTR, TrialRow, trial_rows
 from search._samplers import auto_choice, make_sampler
+from search._warmstart import enqueue_initial
 from spaces import SpecError, StudySpec, decode
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def check_spec(spec: StudySpec) -> None:
     evaluator = cls.from_spec(spec.evaluator.options)
     try:
         evaluator.check_params({p.name for p in spec.params})
+        evaluator.bind_spec(spec)
     except ValueError as exc:
         raise SpecError(f"space: {exc}") from None
     produced = evaluator.metrics()
@@ -240,6 +242,7 @@ def run_study(
     budget = spec.search.n_trials - n_done(study)
     state = "finished"
     if budget > 0:
+        enqueue_initial(spec, study)  # baselines and warm starts, on a fresh study only
         study.set_user_attr(STATE_ATTR, "running")
         state = _run(
             spec,

@@ -59,6 +59,7 @@ def _worker_evaluator(spec_json: str) -> Any:
         spec = spec_from_dict(json.loads(spec_json))
         ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
         ev.check_params({p.name for p in spec.params})
+        ev.bind_spec(spec)
         _EVALUATORS.clear()
         _EVALUATORS[key] = ev
     ev.ensure_setup()

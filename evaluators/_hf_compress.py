@@ -1,0 +1,406 @@
+"""What compression evaluators share: a candidate of a ``bits``/``sparsity`` space as a kernels recipe, the
+compression metrics, uniform baselines and the sensitivity-guided warm start.
+
+A subclass loads its base model and reference outputs once per worker (``setup``) and implements
+:meth:`CompressionEvaluator.quality` (metrics of a compressed copy) and
+:meth:`CompressionEvaluator.distortion` (a cheap quality loss on *calibration* data, 0 for the base model,
+used only to rank targets by sensitivity).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import hashlib
+import itertools
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from evaluators._base import EvalContext, Evaluator, EvaluatorOptions, InitialCandidate
+from spaces import Candidate, StudySpec, compression_plan
+from spaces._family_compress import Allocation, check_allocations
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    import kernels
+
+UNIFORM_BITS = (8, 4, 3)
+UNIFORM_SPARSITY = (0.25, 0.5, 0.75)
+FLOAT_BITS = 32
+METRICS = ("avg_bits", "sparsity", "size_mb", "target_size_mb", "latency_ms", "latency_ci_ms", "latency_cv")
+
+
+class CompressionOptions(EvaluatorOptions):
+    """Options every compression evaluator has.
+
+    Attributes:
+        warm_start: what a fresh study evaluates before its sampler's own candidates: ``off`` (nothing),
+            ``baselines`` (the uniform baselines), ``sensitivity`` (the baselines, then greedy-by-sensitivity
+            candidates that meet the budgets; measuring sensitivity costs one quality probe per group and
+            choice, on the driver, before the search starts).
+        latency_time_cap_s: time cap of each latency measurement.
+    """
+
+    warm_start: Literal["off", "baselines", "sensitivity"] = "sensitivity"
+    latency_time_cap_s: float = Field(default=1.0, gt=0)
+
+
+def recipe_from_plan(plan: Mapping[str, Mapping[str, Any]]) -> kernels.CompressionRecipe:
+    """A per-module plan (:func:`spaces.compression_plan`) as a :class:`kernels.CompressionRecipe`.
+
+    Sparsity ``magnitude`` -> :class:`~kernels.MagnitudeSparsityConfig`, ``wanda`` ->
+    :class:`~kernels.WandaSparsityConfig` (needs calibration), ``2:4`` -> :class:`~kernels.NMSparsityConfig`;
+    bits -> :class:`~kernels.WeightOnlyQuantConfig`. Targets are the exact module names.
+    """
+    import kernels
+
+    entries: dict[str, list[kernels.CompressionConfig]] = {}
+    for module, step in plan.items():
+        configs: list[kernels.CompressionConfig] = []
+        kind = step.get("sparsity")
+        if kind == "magnitude":
+            configs.append(kernels.MagnitudeSparsityConfig(float(step["ratio"])))
+        elif kind == "wanda":
+            configs.append(kernels.WandaSparsityConfig(float(step["ratio"])))
+        elif kind == "2:4":
+            configs.append(kernels.NMSparsityConfig(2, 4))
+        elif kind is not None:
+            raise ValueError(f"sparsity kind must be one of ['magnitude', 'wanda', '2:4'], but got {kind!r}")
+        if "bits" in step:
+            configs.append(
+                kernels.WeightOnlyQuantConfig(
+                    int(step["bits"]), group_size=step.get("group_size"), symmetric=bool(step["symmetric"])
+                )
+            )
+        if configs:
+            entries[module] = configs
+    return kernels.CompressionRecipe(entries)
+
+
+def needs_calibration(plan: Mapping[str, Mapping[str, Any]]) -> bool:
+    return any(step.get("sparsity") == "wanda" for step in plan.values())
+
+
+class CompressionEvaluator(Evaluator):
+    """Base of evaluators that compress a pretrained model with a ``bits``/``sparsity`` candidate.
+
+    Lifecycle: ``bind_spec`` reads the space's allocation families (which modules each parameter covers);
+    ``setup`` loads the base model (:meth:`load_base`), then the subclass caches its reference outputs;
+    ``evaluate`` deep-copies the base, applies the candidate's recipe, and reports :meth:`quality` plus
+    ``avg_bits`` and ``sparsity`` (over every module an allocation targets, weighted by parameter count;
+    an unquantized module counts 32 bits), ``size_mb`` (the whole model's stored bytes / 1e6: packed codes,
+    scales, zero points, masks, every float tensor), ``target_size_mb`` (the targeted modules only) and
+    the latency of :meth:`latency_input` (batch 1, median after warm-up, fixed threads, in the node's
+    measurement lane and through the latency cache).
+    """
+
+    Options = CompressionOptions
+    options: CompressionOptions
+    _allocs: list[Allocation] | None = None
+    _spec_space: tuple[Any, ...] = ()
+    base: nn.Module
+
+    # -- the spec ---------------------------------------------------------------------------------------
+    def check_params(self, names: set[str]) -> None:
+        if not names:
+            raise ValueError(f"{self.name} needs a 'bits' and/or 'sparsity' family in the space; it has none")
+
+    def bind_spec(self, spec: StudySpec) -> None:
+        allocs = check_allocations(spec)
+        owned = {g for a in allocs for g in a.groups}
+        stray = sorted(p.name for p in spec.params if p.name not in owned)
+        if stray or not allocs:
+            raise ValueError(
+                f"{self.name} searches compression allocations only: every parameter must come from a "
+                f"'bits' or 'sparsity' family (kind: family). Got other parameters {stray} "
+                f"({len(allocs)} allocation families)"
+            )
+        self._allocs = allocs
+        self._spec_space = tuple(spec.space)
+
+    @property
+    def allocations(self) -> list[Allocation]:
+        if self._allocs is None:
+            raise RuntimeError(
+                f"{self.name}: bind_spec(spec) must be called before evaluating: a parameter's modules come "
+                "from the spec's bits/sparsity families"
+            )
+        return self._allocs
+
+    @property
+    def targets(self) -> list[str]:
+        """Every module some allocation covers (the scope of ``avg_bits`` and ``sparsity``)."""
+        return sorted({m for a in self.allocations for m in a.modules})
+
+    def plan(self, candidate: Candidate) -> dict[str, dict[str, Any]]:
+        self.allocations  # noqa: B018 - raises when unbound
+        return compression_plan(self._spec_space, candidate.params)
+
+    def recipe(self, candidate: Candidate) -> kernels.CompressionRecipe:
+        return recipe_from_plan(self.plan(candidate))
+
+    def latency_signature(self, candidate: Candidate) -> dict[str, Any]:
+        digest = hashlib.sha256(repr(sorted(self.plan(candidate).items())).encode()).hexdigest()[:16]
+        return {"model": self.model_id(), "plan": digest}
+
+    # -- what subclasses provide -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def load_base(self) -> nn.Module:
+        """The uncompressed model, in eval mode."""
+
+    @abc.abstractmethod
+    def model_id(self) -> str:
+        """Identifies the base model in latency-cache keys."""
+
+    @abc.abstractmethod
+    def calibration_batches(self) -> list[Any]:
+        """Model inputs for Wanda calibration and sensitivity (disjoint from the evaluation data)."""
+
+    @abc.abstractmethod
+    def latency_input(self, context: EvalContext) -> dict[str, torch.Tensor]:
+        """The batch-1 input whose forward pass is timed."""
+
+    @abc.abstractmethod
+    def quality(self, model: nn.Module) -> dict[str, float]:
+        """Quality metrics of a compressed copy of the base model, on the evaluation data."""
+
+    @abc.abstractmethod
+    def distortion(self, model: nn.Module) -> float:
+        """Quality loss on calibration data (0 for the base model); ranks targets by sensitivity."""
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        import torch
+
+        self.base = self.load_base().eval()
+        modules = dict(self.base.named_modules())
+        bad = [m for m in self.targets if not isinstance(modules.get(m), torch.nn.Linear)]
+        if bad:
+            linear = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)]
+            raise ValueError(
+                f"{self.name}: the space targets modules that are not Linear layers of the model "
+                f"({self.model_id()}): {bad[:5]}{'...' if len(bad) > 5 else ''}. Its Linear layers: "
+                f"{linear[:6]}... ({len(linear)}); fix the family's 'modules'/'num_layers'/'layout'"
+            )
+        self._calibration: dict[str, torch.Tensor] | None = None
+
+    def calibration(self) -> dict[str, torch.Tensor]:
+        """Per-Linear input norms of the base model on the calibration batches (computed once)."""
+        import kernels
+
+        if self._calibration is None:
+            self._calibration = kernels.calibrate(self.base, self.calibration_batches(), self.targets)
+        return self._calibration
+
+    def compress(self, plan: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+        """A compressed deep copy of the base model (the base stays untouched)."""
+        import kernels
+
+        model = copy.deepcopy(self.base)
+        if not plan:
+            return model
+        calib = self.calibration() if needs_calibration(plan) else None
+        return kernels.apply_(model, recipe_from_plan(plan), calibration=calib).eval()
+
+    def compression_metrics(self, model: nn.Module) -> dict[str, float]:
+        import kernels
+
+        sizes = kernels.size_breakdown(model)
+        targets = self.targets
+        total = 0
+        masked = 0.0
+        for name, module in model.named_modules():
+            if name in targets:
+                n = _numel(module)
+                total += n
+                masked += kernels.mask_ratio(module) * n
+        return {
+            "avg_bits": kernels.avg_bits(model, targets),
+            "sparsity": masked / total if total else 0.0,
+            "size_mb": kernels.model_size_bytes(model) / 1e6,
+            "target_size_mb": sum(sizes[t].total_bytes for t in targets if t in sizes) / 1e6,
+        }
+
+    def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
+        import torch
+
+        from evaluators.latency import fixed_threads
+
+        plan = self.plan(candidate)
+        with fixed_threads(context.threads), torch.inference_mode():
+            with context.training():  # compressing and scoring is work, not a latency measurement
+                model = self.compress(plan)
+                metrics = self.quality(model)
+                metrics.update(self.compression_metrics(model))
+            if not context.skip_latency:
+                batch = self.latency_input(context)
+                stats = context.measure_latency(
+                    lambda: model(**batch),
+                    signature={"evaluator": self.name, **self.latency_signature(candidate)},
+                    input_shape=tuple(next(iter(batch.values())).shape),
+                    time_cap_s=self.options.latency_time_cap_s,
+                )
+                metrics.update(
+                    latency_ms=stats.median_ms,
+                    latency_ci_ms=(stats.ci_high_ms - stats.ci_low_ms) / 2,
+                    latency_cv=stats.cv,
+                )
+        return metrics
+
+    # -- baselines and warm start -------------------------------------------------------------------------
+    def initial_candidates(self, spec: StudySpec) -> list[InitialCandidate]:
+        """Uniform baselines (8/4/3 bits; sparsity 0.25/0.5/0.75, where they are choices), then a few
+        greedy-by-sensitivity candidates that meet the spec's ``avg_bits``/``sparsity`` budgets.
+
+        Sensitivity (as in HAWQ's per-layer ordering, with the measured output error instead of a Hessian
+        proxy): for each group and each choice, :meth:`distortion` with only that group compressed. The
+        greedy walk starts from the mildest setting and repeatedly takes the step with the least added
+        distortion per bit (or per pruned weight) saved until every budget holds.
+        """
+        if self.options.warm_start == "off":
+            return []
+        bits = [a for a in self.allocations if a.family == "bits"]
+        sparse = [a for a in self.allocations if a.family == "sparsity"]
+        mild = {g: _mildest(a) for a in self.allocations for g in a.groups}
+        out: list[InitialCandidate] = []
+        for b in UNIFORM_BITS:
+            if bits and all(b in a.choices for a in bits):
+                params = {**mild, **{g: b for a in bits for g in a.groups}}
+                out.append(InitialCandidate(params, f"uniform-{b}bit", baseline=True))
+        for r in UNIFORM_SPARSITY:
+            if sparse and all(r in a.choices for a in sparse):
+                params = {**mild, **{g: r for a in sparse for g in a.groups}}
+                out.append(InitialCandidate(params, f"uniform-sparsity-{r:g}", baseline=True))
+        if self.options.warm_start == "sensitivity":
+            for i, params in enumerate(self.greedy_candidates(spec), start=1):
+                out.append(InitialCandidate(params, f"sensitivity-greedy-{i}"))
+        unique: list[InitialCandidate] = []
+        seen: list[dict[str, Any]] = []
+        for c in out:
+            if dict(c.params) not in seen:
+                seen.append(dict(c.params))
+                unique.append(c)
+        return unique
+
+    def sensitivities(self) -> dict[str, dict[Any, float]]:
+        """``{group: {choice: distortion with only that group at that choice}}`` (mildest choice: 0)."""
+        import torch
+
+        self.ensure_setup()
+        out: dict[str, dict[Any, float]] = {}
+        with torch.inference_mode():
+            for alloc in self.allocations:
+                mild = _mildest(alloc)
+                for group, modules in alloc.groups.items():
+                    out[group] = {mild: 0.0}
+                    for choice in alloc.choices:
+                        if choice == mild:
+                            continue
+                        settings = alloc.settings(choice)
+                        if alloc.family == "sparsity" and settings["ratio"] == 0:
+                            continue
+                        plan = {m: dict(settings) for m in modules}  # every other group stays float
+                        out[group][choice] = float(self.distortion(self.compress(plan)))
+        return out
+
+    def greedy_candidates(self, spec: StudySpec, levels: int = 3) -> list[dict[str, Any]]:
+        """Up to ``levels`` allocations meeting ever tighter budgets, greedily by sensitivity."""
+        if not self.allocations:
+            return []
+        self.ensure_setup()
+        sens = self.sensitivities()
+        numel = {n: _numel(m) for n, m in self.base.named_modules() if n in set(self.targets)}
+        total = sum(numel.values())
+        bits_budget = _budget(spec, "avg_bits", "<=")
+        sparse_budget = _budget(spec, "sparsity", ">=")
+        has_bits = any(a.family == "bits" for a in self.allocations)
+        has_sparse = any(a.family == "sparsity" for a in self.allocations)
+        bits_levels: list[float | None] = [None] * levels
+        sparse_levels: list[float | None] = [None] * levels
+        if has_bits:
+            lo = min(min(a.choices) for a in self.allocations if a.family == "bits")
+            start = bits_budget if bits_budget is not None else 5.0
+            bits_levels = [max(lo, start - 0.5 * k) for k in range(levels)]
+        if has_sparse:
+            hi = max(max(a.choices) for a in self.allocations if a.family == "sparsity")
+            start = sparse_budget if sparse_budget is not None else 0.3
+            sparse_levels = [min(hi, start + 0.1 * k) for k in range(levels)]
+        out = []
+        for b, s in zip(bits_levels, sparse_levels, strict=True):
+            params = self._greedy(sens, numel, total, b, s)
+            if params is not None and params not in out:
+                out.append(params)
+        return out
+
+    def _greedy(
+        self,
+        sens: Mapping[str, Mapping[Any, float]],
+        numel: Mapping[str, int],
+        total: int,
+        bits_target: float | None,
+        sparse_target: float | None,
+    ) -> dict[str, Any] | None:
+        state: dict[str, Any] = {}
+        alloc_of: dict[str, Allocation] = {}
+        size: dict[str, int] = {}
+        for a in self.allocations:
+            for g, modules in a.groups.items():
+                state[g] = _mildest(a)
+                alloc_of[g] = a
+                size[g] = sum(numel[m] for m in modules)
+        covered_bits = {m for a in self.allocations if a.family == "bits" for m in a.modules}
+        float_bits = sum(numel[m] for m in numel if m not in covered_bits) * FLOAT_BITS
+
+        def avg_bits() -> float:
+            q = sum(size[g] * state[g] for g in state if alloc_of[g].family == "bits")
+            return (q + float_bits) / total
+
+        def sparsity() -> float:
+            return sum(size[g] * float(state[g]) for g in state if alloc_of[g].family == "sparsity") / total
+
+        for _ in itertools.count():
+            need_bits = bits_target is not None and avg_bits() > bits_target + 1e-9
+            need_sparse = sparse_target is not None and sparsity() < sparse_target - 1e-9
+            if not (need_bits or need_sparse):
+                return dict(state)
+            best: tuple[float, str, Any] | None = None
+            for g, value in state.items():
+                a = alloc_of[g]
+                if (a.family == "bits" and not need_bits) or (a.family == "sparsity" and not need_sparse):
+                    continue
+                order = sorted(a.choices, reverse=a.family == "bits")  # mild -> harsh
+                i = order.index(value)
+                if i + 1 >= len(order):
+                    continue
+                nxt = order[i + 1]
+                if nxt not in sens[g]:
+                    continue
+                gain = size[g] * abs(float(value) - float(nxt)) / total
+                score = (sens[g][nxt] - sens[g].get(value, 0.0)) / max(gain, 1e-12)
+                if best is None or score < best[0]:
+                    best = (score, g, nxt)
+            if best is None:
+                return None  # the budget cannot be met within the choices
+            state[best[1]] = best[2]
+        return None
+
+
+def _mildest(alloc: Allocation) -> Any:
+    return max(alloc.choices) if alloc.family == "bits" else min(alloc.choices)
+
+
+def _budget(spec: StudySpec, metric: str, op: str) -> float | None:
+    values = [c.value for c in spec.constraints if c.metric == metric and c.op == op]
+    if not values:
+        return None
+    return min(values) if op == "<=" else max(values)
+
+
+def _numel(module: Any) -> int:
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features) * int(module.out_features)
+    return 0

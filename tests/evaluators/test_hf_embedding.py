@@ -1,0 +1,204 @@
+"""hf-embedding-fidelity on a tiny BertModel saved to disk: metrics, recipes, warm start, errors."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evaluators import EvalContext, make_evaluator
+from evaluators._hf_compress import recipe_from_plan
+from evaluators._hf_embedding import prose_sentences, split_sentences, topk_agreement
+from spaces import Candidate, SpecError, spec_from_dict
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+FAST = {"eval_sentences": 24, "calibration_sentences": 8, "max_length": 24, "latency_time_cap_s": 0.05}
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer BERT (hidden 32) with a character-level WordPiece vocabulary, saved like a hub model."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    chars = string.ascii_lowercase + string.digits + ".,;:'\"()-*_!?"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(path)
+    return str(path)
+
+
+def spec(model: str, space: list[dict[str, Any]], **extra: Any) -> Any:
+    return spec_from_dict(
+        {
+            "name": "tiny-compress",
+            "evaluator": {"kind": "hf-embedding-fidelity", "options": {"model": model, **FAST}},
+            "space": space,
+            "objectives": [
+                {"name": "fidelity", "direction": "maximize"},
+                {"name": "size_mb", "direction": "minimize"},
+            ],
+            **extra,
+        }
+    )
+
+
+BITS = {
+    "kind": "family",
+    "name": "q",
+    "family": "bits",
+    "options": {"num_layers": 2, "targets": ["encoder.layer.*.**"], "group_by": "layer", "group_size": 16},
+}
+SPARSE = {
+    "kind": "family",
+    "name": "s",
+    "family": "sparsity",
+    "options": {"num_layers": 2, "targets": ["re:.*(intermediate|output)\\.dense"], "kind": "magnitude"},
+}
+
+
+@pytest.fixture(scope="module")
+def evaluator(encoder_dir: str) -> Any:
+    s = spec(encoder_dir, [BITS, SPARSE])
+    ev = make_evaluator(s.evaluator.kind, s.evaluator.options)
+    ev.check_params({p.name for p in s.params})
+    ev.bind_spec(s)
+    ev.ensure_setup()
+    return ev
+
+
+def test_uncompressed_candidate_has_fidelity_one_and_two_bits_less(evaluator: Any) -> None:
+    ctx = EvalContext(threads=1)
+    base = evaluator.evaluate(Candidate({}), ctx)
+    assert set(evaluator.metrics()) <= set(base)
+    assert base["fidelity"] == pytest.approx(1.0, abs=1e-5)
+    assert base["top10_agreement"] == pytest.approx(1.0)
+    assert base["avg_bits"] == 32.0 and base["sparsity"] == 0.0 and base["latency_ms"] > 0
+    eight = evaluator.evaluate(Candidate({"q.layer_0": 8, "q.layer_1": 8}), ctx)
+    two = evaluator.evaluate(Candidate({"q.layer_0": 2, "q.layer_1": 2}), ctx)
+    assert eight["avg_bits"] == 8.0 and two["avg_bits"] == 2.0
+    assert 0.99 < eight["fidelity"] <= 1.0 + 1e-6
+    assert two["fidelity"] < eight["fidelity"] and two["top10_agreement"] <= eight["top10_agreement"]
+    assert two["size_mb"] < eight["size_mb"] < base["size_mb"]
+    assert two["target_size_mb"] < eight["target_size_mb"] < base["target_size_mb"]
+
+
+def test_sparsity_metric_is_the_masked_share_of_the_targets(evaluator: Any) -> None:
+    m = evaluator.evaluate(
+        Candidate({"q.layer_0": 8, "q.layer_1": 8, "s.layer_0": 0.5, "s.layer_1": 0.5}),
+        EvalContext(threads=1),
+    )
+    # the regex also matches attention.output.dense: 32*32 + 2 * 32*64 of each layer's 4 * 32*32 + 2 * 32*64
+    share = (32 * 32 + 2 * 32 * 64) / (4 * 32 * 32 + 2 * 32 * 64)
+    assert m["sparsity"] == pytest.approx(0.5 * share, abs=1e-3)
+    assert m["avg_bits"] == 8.0
+
+
+def test_candidate_to_recipe(evaluator: Any) -> None:
+    import kernels
+
+    recipe = evaluator.recipe(Candidate({"q.layer_0": 4, "q.layer_1": 8, "s.layer_1": 0.25}))
+    entries = dict(recipe.entries)
+    assert entries["encoder.layer.0.attention.self.query"] == (
+        kernels.WeightOnlyQuantConfig(4, group_size=16),
+    )
+    assert entries["encoder.layer.1.output.dense"] == (
+        kernels.MagnitudeSparsityConfig(0.25),
+        kernels.WeightOnlyQuantConfig(8, group_size=16),
+    )
+    assert len(entries) == 12
+    assert kernels.CompressionRecipe.from_dict(recipe.to_dict()) == recipe
+    wanda = recipe_from_plan(
+        {"a": {"sparsity": "wanda", "ratio": 0.5}, "b": {"sparsity": "2:4", "ratio": 0.5}}
+    )
+    assert dict(wanda.entries) == {
+        "a": (kernels.WandaSparsityConfig(0.5),),
+        "b": (kernels.NMSparsityConfig(2, 4),),
+    }
+
+
+def test_wanda_and_two_four_run_with_calibration(encoder_dir: str) -> None:
+    space = [
+        {**SPARSE, "options": {**SPARSE["options"], "kind": "wanda", "group_by": "all"}},
+        {**SPARSE, "name": "nm", "options": {"num_layers": 2, "targets": ["re:.*query"], "kind": "2:4"}},
+    ]
+    s = spec(encoder_dir, space)
+    ev = make_evaluator(s.evaluator.kind, {**s.evaluator.options, "warm_start": "off"})
+    ev.bind_spec(s)
+    ev.ensure_setup()
+    m = ev.evaluate(Candidate({"s.all": 0.5, "nm.layer_0": 0.5, "nm.layer_1": 0}), EvalContext(threads=1))
+    assert 0 < m["sparsity"] < 0.5 and m["fidelity"] < 1.0 and m["avg_bits"] == 32.0
+    assert ev.initial_candidates(s) == []
+
+
+def test_baselines_and_greedy_warm_start_meet_the_budget(evaluator: Any, encoder_dir: str) -> None:
+    s = spec(
+        encoder_dir,
+        [BITS, SPARSE],
+        constraints=[{"metric": "avg_bits", "op": "<=", "value": 4.5}],
+    )
+    initial = evaluator.initial_candidates(s)
+    labels = [c.label for c in initial]
+    assert labels[:6] == [
+        "uniform-8bit",
+        "uniform-4bit",
+        "uniform-3bit",
+        "uniform-sparsity-0.25",
+        "uniform-sparsity-0.5",
+        "uniform-sparsity-0.75",
+    ]
+    assert all(c.baseline for c in initial[:6]) and not any(c.baseline for c in initial[6:])
+    assert initial[1].params == {"q.layer_0": 4, "q.layer_1": 4, "s.layer_0": 0, "s.layer_1": 0}
+    assert initial[3].params == {"q.layer_0": 8, "q.layer_1": 8, "s.layer_0": 0.25, "s.layer_1": 0.25}
+    greedy = [c for c in initial if c.label.startswith("sensitivity-greedy")]
+    assert greedy
+    for c in greedy:  # both layers have equal size: avg_bits is the mean of the two choices
+        assert (c.params["q.layer_0"] + c.params["q.layer_1"]) / 2 <= 4.5
+    sens = evaluator.sensitivities()
+    assert sens["q.layer_0"][8] == 0.0 and sens["q.layer_0"][2] > sens["q.layer_0"][4] >= 0
+
+
+def test_sentences_are_disjoint_and_topk_agreement() -> None:
+    sentences = prose_sentences()
+    assert len(sentences) > 500 and len(set(sentences)) == len(sentences)
+    ev, cal = split_sentences(sentences, n_eval=96, n_calib=32, salt="x")
+    assert len(ev) == 96 and len(cal) == 32 and not set(ev) & set(cal)
+    with pytest.raises(ValueError, match="eval_sentences \\+ calibration_sentences must be <="):
+        split_sentences(sentences, n_eval=len(sentences), n_calib=1, salt="x")
+    e = torch.nn.functional.normalize(torch.randn(20, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert topk_agreement(e, e, 10) == 1.0
+    shuffled = e[torch.randperm(20, generator=torch.Generator().manual_seed(1))]
+    assert topk_agreement(e, shuffled, 10) < 1.0
+
+
+def test_spec_errors(encoder_dir: str) -> None:
+    with pytest.raises(SpecError, match="every parameter must come from a 'bits' or 'sparsity' family"):
+        from search import check_spec
+
+        check_spec(spec(encoder_dir, [BITS, {"name": "lr", "kind": "float", "low": 0.1, "high": 1.0}]))
+    s = spec(encoder_dir, [BITS])
+    ev = make_evaluator(s.evaluator.kind, s.evaluator.options)
+    with pytest.raises(RuntimeError, match="bind_spec\\(spec\\) must be called before evaluating"):
+        ev.plan(Candidate({"q.layer_0": 4}))
+    llama = {**BITS, "options": {**BITS["options"], "layout": "llama", "targets": ["**"]}}
+    ev.bind_spec(spec(encoder_dir, [llama]))
+    with pytest.raises(ValueError, match="targets modules that are not Linear layers of the model"):
+        ev.ensure_setup()
+    with pytest.raises(ValueError, match="must be a local transformers model directory"):
+        bad = make_evaluator(s.evaluator.kind, {"model": str(Path(encoder_dir) / "nope")})
+        bad.bind_spec(s)
+        bad.ensure_setup()
+    with pytest.raises(SpecError, match=r"evaluator\.options\.warm_start"):
+        make_evaluator(s.evaluator.kind, {"warm_start": "always"})
