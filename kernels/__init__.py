@@ -11,6 +11,12 @@ from kernels import _prune, _sparsity  # noqa: F401  (handler registration)
 from kernels._apply import CompressionRecipe, apply_
 from kernels._calibrate import calibrate
 from kernels._config import ApplyContext, CompressionConfig, Stage, available_configs, register_handler
+from kernels._hf import (
+    compress_pretrained,
+    compressed_tensors_config,
+    load_pretrained_compressed,
+    needs_calibration,
+)
 from kernels._io import load_compressed, load_recipe, save_compressed
 from kernels._linear_kernels import LinearKernel, available_linear_kernels, register_linear_kernel
 from kernels._masks import reapply_masks
@@ -39,10 +45,14 @@ __all__ = [
     "available_linear_kernels",
     "avg_bits",
     "calibrate",
+    "compress_pretrained",
+    "compressed_tensors_config",
     "load_compressed",
+    "load_pretrained_compressed",
     "load_recipe",
     "mask_ratio",
     "model_size_bytes",
+    "needs_calibration",
     "reapply_masks",
     "register_handler",
     "register_linear_kernel",
