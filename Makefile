@@ -39,7 +39,9 @@ test-fast: install
 	$(BIN)/pytest -q -m "not slow and not integration"
 
 bench: install
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_kernels.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
