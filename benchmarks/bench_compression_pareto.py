@@ -1,0 +1,179 @@
+"""Does the searched Pareto set beat the uniform baselines? (MiniLM mixed precision, issue 4)
+
+Runs a compression study spec through the real engine (default ``configs/minilm-mixed-precision.yaml``:
+the packaged all-MiniLM-L6-v2, Ray Tune workers, SQLite storage). The study itself evaluates the uniform
+baselines first (uniform 8/4/3 bits, tagged ``baseline``), in the same run and on the same machine as the
+searched candidates. For each baseline the benchmark then asks: is there a trial the *search* found (not a
+baseline) on the Pareto set that strictly dominates it: the same or a smaller size and latency, and a
+higher fidelity? A baseline that is itself an extreme point of the feasible set (the best of all feasible
+trials in some objective) or infeasible under the study's budget cannot be dominated by a feasible point,
+so it is reported as such, not counted.
+
+Latency is measured (median of repeats, see the evaluator), so two candidates with the same kernels can
+differ by noise; the report gives the dominance verdict at the strict rule and at a tolerance of
+``--latency-tol`` (relative) on latency, and the latencies themselves.
+
+    .venv/bin/python benchmarks/bench_compression_pareto.py                 # ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_compression_pareto.py --run-dir runs/minilm   # resumable
+
+Writes ``benchmarks/results/compression_pareto.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QUALITY, LATENCY, SIZE = "fidelity", "latency_ms", "size_mb"
+
+
+def dominates(p: dict[str, float], b: dict[str, float], latency_tol: float = 0.0) -> bool:
+    """``p`` strictly dominates ``b``: size and latency no larger (latency within ``latency_tol``), fidelity
+    higher."""
+    return p[SIZE] <= b[SIZE] and p[LATENCY] <= b[LATENCY] * (1.0 + latency_tol) and p[QUALITY] > b[QUALITY]
+
+
+def extreme_objectives(row: dict[str, float], feasible: list[dict[str, float]]) -> list[str]:
+    """The objectives in which ``row`` is the best of the feasible trials."""
+    out = []
+    if row[QUALITY] >= max(r[QUALITY] for r in feasible):
+        out.append(QUALITY)
+    for name in (LATENCY, SIZE):
+        if row[name] <= min(r[name] for r in feasible):
+            out.append(name)
+    return out
+
+
+def analyse(trials: list[Any], latency_tol: float) -> dict[str, Any]:
+    complete = [
+        t for t in trials if t.state == "complete" and all(k in t.values for k in (QUALITY, LATENCY, SIZE))
+    ]
+    feasible = [t for t in complete if t.feasible]
+    found_front = [t for t in feasible if t.pareto and "baseline" not in t.tags]
+    rows = []
+    for b in (t for t in trials if "baseline" in t.tags):
+        entry: dict[str, Any] = {
+            "baseline": b.tags["baseline"],
+            "trial": b.number,
+            "state": b.state,
+            "values": b.values,
+            "avg_bits": b.metrics.get("avg_bits"),
+            "feasible": b.feasible,
+        }
+        if b.state != "complete" or not b.values:
+            entry["verdict"] = f"not evaluated ({b.state}: {b.error})"
+        elif not b.feasible:
+            entry["verdict"] = "infeasible under the study's budget (cannot be dominated by a feasible point)"
+        else:
+            extreme = extreme_objectives(b.values, [t.values for t in feasible])
+            strict = [t for t in found_front if dominates(t.values, b.values)]
+            tol = [t for t in found_front if dominates(t.values, b.values, latency_tol)]
+            entry["extreme_in"] = extreme
+            entry["dominated_by"] = [{"trial": t.number, "values": t.values} for t in strict]
+            entry["dominated_within_tol_by"] = [{"trial": t.number, "values": t.values} for t in tol]
+            if extreme:
+                entry["verdict"] = f"extreme point (best {', '.join(extreme)})"
+            elif strict:
+                entry["verdict"] = "strictly dominated"
+            elif tol:
+                entry["verdict"] = f"dominated within {latency_tol:.0%} latency"
+            else:
+                entry["verdict"] = "NOT dominated"
+        rows.append(entry)
+    judged = [r for r in rows if r.get("extreme_in") == []]
+    return {
+        "trials": len(trials),
+        "complete": len(complete),
+        "feasible": len(feasible),
+        "found_pareto": [{"trial": t.number, "values": t.values, "tags": t.tags} for t in found_front],
+        "baselines": rows,
+        "judged_baselines": len(judged),
+        "strictly_dominated": sum(1 for r in judged if r["dominated_by"]),
+        "dominated_within_tol": sum(1 for r in judged if r["dominated_within_tol_by"]),
+        "latency_tol": latency_tol,
+    }
+
+
+def _point(trial: int, v: dict[str, float]) -> str:
+    return f"#{trial} ({v[QUALITY]:.4f}, {v[LATENCY]:.3f} ms, {v[SIZE]:.2f} MB)"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Compression search vs uniform baselines",
+        "",
+        f"Spec `{result['spec']}`; {result['complete']} complete trials of {result['trials']} "
+        f"({result['feasible']} feasible), {result['wall_s']:.0f} s on {result['cpus']} cores "
+        f"(1-min load average {result['loadavg'][0]:.1f} before, {result['loadavg'][1]:.1f} after).",
+        "",
+        "| baseline | trial | fidelity | latency_ms | size_mb | avg_bits | verdict | dominated by (strict) |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in result["baselines"]:
+        v = r["values"] or {}
+        by = ", ".join(_point(d["trial"], d["values"]) for d in r.get("dominated_by", [])[:3])
+        lines.append(
+            f"| {r['baseline']} | {r['trial']} | {v.get(QUALITY, float('nan')):.4f} | "
+            f"{v.get(LATENCY, float('nan')):.3f} | {v.get(SIZE, float('nan')):.2f} | "
+            f"{(r['avg_bits'] or float('nan')):.2f} | {r['verdict']} | {by or '-'} |"
+        )
+    lines += [
+        "",
+        f"Baselines that are neither extreme points nor infeasible: {result['judged_baselines']}; strictly "
+        f"dominated by a searched Pareto point: {result['strictly_dominated']}; dominated within "
+        f"{result['latency_tol']:.0%} latency: {result['dominated_within_tol']}.",
+        "",
+        "Searched Pareto set (baselines excluded):",
+        "",
+        "| trial | fidelity | latency_ms | size_mb |",
+        "|---:|---:|---:|---:|",
+    ]
+    for p in sorted(result["found_pareto"], key=lambda p: -p["values"][QUALITY]):
+        v = p["values"]
+        lines.append(f"| {p['trial']} | {v[QUALITY]:.4f} | {v[LATENCY]:.3f} | {v[SIZE]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", type=Path, default=ROOT / "configs" / "minilm-mixed-precision.yaml")
+    ap.add_argument("--run-dir", type=Path, default=None, help="keep the study here (default: a temp dir)")
+    ap.add_argument("--latency-tol", type=float, default=0.03)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compression_pareto")
+    args = ap.parse_args()
+
+    from search import run_study
+    from spaces import load_spec
+
+    spec = load_spec(args.spec)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = args.run_dir or Path(tmp)
+        t0 = time.perf_counter()
+        outcome = run_study(spec, run_dir=run_dir, track=False)
+        wall = time.perf_counter() - t0
+    result = {
+        "spec": str(args.spec.relative_to(ROOT) if args.spec.is_relative_to(ROOT) else args.spec),
+        "wall_s": round(wall, 1),
+        "cpus": os.cpu_count(),
+        "loadavg": [load_before, os.getloadavg()[0]],
+        **analyse(outcome.trials, args.latency_tol),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    text = markdown(result)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
