@@ -126,7 +126,7 @@ class LatencyConfig(_Frozen):
     lane: bool = True
     cache: bool | str = True
     calibration: int = Field(default=8, ge=2, le=10_000)
-    calibration_every: int = Field(default=10, ge=0)
+    calibration_every: int = Field(default=20, ge=0)
     margin: float = Field(default=0.15, ge=0, le=1)
 
     @field_validator("input_shape")
