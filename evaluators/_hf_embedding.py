@@ -162,6 +162,7 @@ class HFEmbeddingFidelity(CompressionEvaluator):
                 f"The 'model' option of hf-embedding-fidelity must be a local transformers model directory. "
                 f"Got {path!r} instead."
             )
+        self.model_path = path
         self._tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         model: nn.Module = transformers.AutoModel.from_pretrained(path)
         return model

@@ -196,7 +196,7 @@ def export_point(
     spec = stored_spec(study)
     rows = trial_rows(study, spec)
     row = select(rows, expr, spec)
-    return {
+    doc = {
         "frontier_export": EXPORT_VERSION,
         "study": study_name,
         "trial": row.number,
@@ -214,3 +214,20 @@ def export_point(
             "spec": spec.to_dict(),
         },
     }
+    doc.update(compression_export(spec, row.params))
+    return doc
+
+
+def compression_export(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """For a study with ``bits``/``sparsity`` families: the point's per-module ``allocation`` (bits, group
+    size, symmetric, sparsity kind and ratio) and the ``recipe`` (:class:`kernels.CompressionRecipe` dict)
+    that ``frontier apply`` and ``kernels.apply_`` re-create it with; empty for other studies."""
+    from spaces import compression_plan
+    from spaces._family_compress import allocations
+
+    if not allocations(spec):
+        return {}
+    from evaluators._hf_compress import recipe_from_plan
+
+    plan = compression_plan(spec, params)
+    return {"allocation": plan, "recipe": recipe_from_plan(plan).to_dict()}
