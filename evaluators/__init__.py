@@ -3,7 +3,7 @@
 ``import evaluators`` stays light; each evaluator imports torch or pandas only when it runs.
 """
 
-from evaluators import _digits, _hf_embedding, _lm_train, _tabular  # noqa: F401  (registration)
+from evaluators import _digits, _hf_causal_lm, _hf_embedding, _lm_train, _tabular  # noqa: F401  (registration)
 from evaluators._base import (
     EvalContext,
     Evaluator,

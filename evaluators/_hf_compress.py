@@ -14,7 +14,7 @@ import copy
 import hashlib
 import itertools
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -98,7 +98,7 @@ class CompressionEvaluator(Evaluator):
     measurement lane and through the latency cache).
     """
 
-    Options = CompressionOptions
+    Options: ClassVar[type[EvaluatorOptions]] = CompressionOptions
     options: CompressionOptions
     _allocs: list[Allocation] | None = None
     _spec_space: tuple[Any, ...] = ()

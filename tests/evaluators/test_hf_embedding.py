@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from evaluators import EvalContext, make_evaluator
 from evaluators._hf_compress import recipe_from_plan
 from evaluators._hf_embedding import prose_sentences, split_sentences, topk_agreement
 from spaces import Candidate, SpecError, spec_from_dict
+from tests.evaluators.conftest import save_char_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -23,12 +23,9 @@ FAST = {"eval_sentences": 24, "calibration_sentences": 8, "max_length": 24, "lat
 def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer BERT (hidden 32) with a character-level WordPiece vocabulary, saved like a hub model."""
     path = tmp_path_factory.mktemp("tiny-bert")
-    chars = string.ascii_lowercase + string.digits + ".,;:'\"()-*_!?"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    vocab_size = save_char_tokenizer(path)
     config = transformers.BertConfig(
-        vocab_size=len(vocab),
+        vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
