@@ -87,10 +87,9 @@ class HFCausalLMPerplexity(CompressionEvaluator):
         model: nn.Module = transformers.AutoModelForCausalLM.from_pretrained(path)
         return model
 
-    def setup(self) -> None:
+    def prepare(self) -> None:
         from evaluators._text import chunk_documents, pydoc_topics, split_chunks
 
-        super().setup()
         o = self.options
         train, val = split_chunks(chunk_documents(pydoc_topics()), val_fraction=o.val_fraction)
 

@@ -89,18 +89,19 @@ class CompressionEvaluator(Evaluator):
     """Base of evaluators that compress a pretrained model with a ``bits``/``sparsity`` candidate.
 
     Lifecycle: ``bind_spec`` reads the space's allocation families (which modules each parameter covers);
-    ``setup`` loads the base model (:meth:`load_base`), then the subclass caches its reference outputs;
-    ``evaluate`` deep-copies the base, applies the candidate's recipe, and reports :meth:`quality` plus
-    ``avg_bits`` and ``sparsity`` (over every module an allocation targets, weighted by parameter count;
-    an unquantized module counts 32 bits), ``size_mb`` (the whole model's stored bytes / 1e6: packed codes,
-    scales, zero points, masks, every float tensor), ``target_size_mb`` (the targeted modules only) and
-    the latency of :meth:`latency_input` (batch 1, median after warm-up, fixed threads, in the node's
-    measurement lane and through the latency cache).
+    the first ``evaluate`` (or warm start) calls :meth:`load`: the base model (:meth:`load_base`), then the
+    subclass's reference outputs (:meth:`prepare`); ``evaluate`` deep-copies the base, applies the
+    candidate's recipe, and reports :meth:`quality` plus ``avg_bits`` and ``sparsity`` (over every module
+    an allocation targets, weighted by parameter count; an unquantized module counts 32 bits), ``size_mb``
+    (the whole model's stored bytes / 1e6: packed codes, scales, zero points, masks, every float tensor),
+    ``target_size_mb`` (the targeted modules only) and the latency of :meth:`latency_input` (batch 1,
+    median after warm-up, fixed threads, in the node's measurement lane and through the latency cache).
     """
 
     Options: ClassVar[type[EvaluatorOptions]] = CompressionOptions
     options: CompressionOptions
     _allocs: list[Allocation] | None = None
+    _loaded = False
     _spec_space: tuple[Any, ...] = ()
     base: nn.Module
 
@@ -172,10 +173,20 @@ class CompressionEvaluator(Evaluator):
     def distortion(self, model: nn.Module) -> float:
         """Quality loss on calibration data (0 for the base model); ranks targets by sensitivity."""
 
+    def prepare(self) -> None:
+        """Compute what every trial compares against (reference outputs), once, after the base loads."""
+
     # -- evaluation ---------------------------------------------------------------------------------------
     def setup(self) -> None:
+        """Nothing here: the model loads on first use (:meth:`load`). A trial triggers it inside the node's
+        measurement lane (shared), so loading never runs while another worker times a candidate."""
+
+    def load(self) -> None:
+        """Load the base model, check the targets against it, and :meth:`prepare` (once per worker)."""
         import torch
 
+        if self._loaded:
+            return
         self.base = self.load_base().eval()
         modules = dict(self.base.named_modules())
         bad = [m for m in self.targets if not isinstance(modules.get(m), torch.nn.Linear)]
@@ -187,6 +198,8 @@ class CompressionEvaluator(Evaluator):
                 f"{linear[:6]}... ({len(linear)}); fix the family's 'modules'/'num_layers'/'layout'"
             )
         self._calibration: dict[str, torch.Tensor] | None = None
+        self.prepare()
+        self._loaded = True
 
     def calibration(self) -> dict[str, torch.Tensor]:
         """Per-Linear input norms of the base model on the calibration batches (computed once)."""
@@ -232,7 +245,8 @@ class CompressionEvaluator(Evaluator):
 
         plan = self.plan(candidate)
         with fixed_threads(context.threads), torch.inference_mode():
-            with context.training():  # compressing and scoring is work, not a latency measurement
+            with context.training():  # loading, compressing and scoring is work, not a measurement
+                self.load()
                 model = self.compress(plan)
                 metrics = self.quality(model)
                 metrics.update(self.compression_metrics(model))
@@ -290,7 +304,7 @@ class CompressionEvaluator(Evaluator):
         """``{group: {choice: distortion with only that group at that choice}}`` (mildest choice: 0)."""
         import torch
 
-        self.ensure_setup()
+        self.load()
         out: dict[str, dict[Any, float]] = {}
         with torch.inference_mode():
             for alloc in self.allocations:
@@ -311,7 +325,7 @@ class CompressionEvaluator(Evaluator):
         """Up to ``levels`` allocations meeting ever tighter budgets, greedily by sensitivity."""
         if not self.allocations:
             return []
-        self.ensure_setup()
+        self.load()
         sens = self.sensitivities()
         numel = {n: _numel(m) for n, m in self.base.named_modules() if n in set(self.targets)}
         total = sum(numel.values())

@@ -167,8 +167,7 @@ class HFEmbeddingFidelity(CompressionEvaluator):
         model: nn.Module = transformers.AutoModel.from_pretrained(path)
         return model
 
-    def setup(self) -> None:
-        super().setup()
+    def prepare(self) -> None:
         o = self.options
         evaluation, calibration = split_sentences(
             prose_sentences(), n_eval=o.eval_sentences, n_calib=o.calibration_sentences, salt=o.split_salt

@@ -71,7 +71,7 @@ def test_perplexity_of_compressed_candidates(lm_dir: str) -> None:
     s = spec(lm_dir, warm_start="baselines")  # the sensitivity walk is tested with the encoder
     ev = make_evaluator(s.evaluator.kind, s.evaluator.options)
     ev.bind_spec(s)
-    ev.ensure_setup()
+    ev.load()
     ctx = EvalContext(threads=1)
     base = ev.evaluate(Candidate({}), ctx)
     assert set(ev.metrics()) <= set(base)
@@ -99,8 +99,8 @@ def test_options_are_checked(lm_dir: str) -> None:
     ev = make_evaluator(s.evaluator.kind, {**s.evaluator.options, "model": lm_dir + "-missing"})
     ev.bind_spec(s)
     with pytest.raises(ValueError, match="must be a local transformers model directory"):
-        ev.ensure_setup()
+        ev.load()
     ev = make_evaluator(s.evaluator.kind, {**s.evaluator.options, "seq_len": 60000})
     ev.bind_spec(s)
     with pytest.raises(ValueError, match="fewer than one window of seq_len=60000"):
-        ev.ensure_setup()
+        ev.load()

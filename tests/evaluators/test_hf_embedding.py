@@ -72,7 +72,7 @@ def evaluator(encoder_dir: str) -> Any:
     ev = make_evaluator(s.evaluator.kind, s.evaluator.options)
     ev.check_params({p.name for p in s.params})
     ev.bind_spec(s)
-    ev.ensure_setup()
+    ev.load()
     return ev
 
 
@@ -134,7 +134,7 @@ def test_wanda_and_two_four_run_with_calibration(encoder_dir: str) -> None:
     s = spec(encoder_dir, space)
     ev = make_evaluator(s.evaluator.kind, {**s.evaluator.options, "warm_start": "off"})
     ev.bind_spec(s)
-    ev.ensure_setup()
+    ev.load()
     m = ev.evaluate(Candidate({"s.all": 0.5, "nm.layer_0": 0.5, "nm.layer_1": 0}), EvalContext(threads=1))
     assert 0 < m["sparsity"] < 0.5 and m["fidelity"] < 1.0 and m["avg_bits"] == 32.0
     assert ev.initial_candidates(s) == []
@@ -192,10 +192,10 @@ def test_spec_errors(encoder_dir: str) -> None:
     llama = {**BITS, "options": {**BITS["options"], "layout": "llama", "targets": ["**"]}}
     ev.bind_spec(spec(encoder_dir, [llama]))
     with pytest.raises(ValueError, match="targets modules that are not Linear layers of the model"):
-        ev.ensure_setup()
+        ev.load()
     with pytest.raises(ValueError, match="must be a local transformers model directory"):
         bad = make_evaluator(s.evaluator.kind, {"model": str(Path(encoder_dir) / "nope")})
         bad.bind_spec(s)
-        bad.ensure_setup()
+        bad.load()
     with pytest.raises(SpecError, match=r"evaluator\.options\.warm_start"):
         make_evaluator(s.evaluator.kind, {"warm_start": "always"})

@@ -93,7 +93,7 @@ def test_minilm_bits_study_with_baselines_and_budget(ray_session, tmp_path: Path
     recipe = kernels.CompressionRecipe.from_dict(doc["recipe"])
     ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
     ev.bind_spec(spec)
-    ev.ensure_setup()
+    ev.load()
     model = kernels.apply_(copy.deepcopy(ev.base), recipe).eval()
     kernels.save_compressed(model, recipe, tmp_path / "export")
     reloaded = kernels.load_compressed(ev.model_path, tmp_path / "export").eval()
