@@ -197,5 +197,9 @@ def test_spec_errors(encoder_dir: str) -> None:
         bad = make_evaluator(s.evaluator.kind, {"model": str(Path(encoder_dir) / "nope")})
         bad.bind_spec(s)
         bad.load()
+    with pytest.raises(ValueError, match="needs a 'bits' and/or 'sparsity' family in the space; it has none"):
+        ev.check_params(set())
+    with pytest.raises(ValueError, match=r"sparsity kind must be one of \['magnitude', 'wanda', '2:4'\]"):
+        recipe_from_plan({"a": {"sparsity": "random", "ratio": 0.5}})
     with pytest.raises(SpecError, match=r"evaluator\.options\.warm_start"):
         make_evaluator(s.evaluator.kind, {"warm_start": "always"})

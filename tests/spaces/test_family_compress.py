@@ -191,3 +191,8 @@ def test_spec_level_errors_name_the_family() -> None:
         study([bits, {**bits, "name": "q2"}])
     # one bits and one sparsity family may share modules
     assert len(study([bits, {**bits, "name": "s", "family": "sparsity"}]).params) == 4
+
+
+def test_options_must_be_a_mapping() -> None:
+    with pytest.raises(TypeError, match="options of family 'bits' must be a mapping"):
+        expand_bits("q", ["num_layers", 2])  # type: ignore[arg-type]
