@@ -160,7 +160,8 @@ class LatencyPolicy:
         bound = self.error_bound()
         if self.cfg.mode == "predicted":
             return LatencyDecision(False, predicted, "predicted mode", bound)
-        if self.n_measured < self.cfg.calibration or predicted is None:
+        # Rows of the device profile (or of an earlier run of the study) calibrate as well as new ones.
+        if len(self.profile_rows) + self.n_measured < self.cfg.calibration or predicted is None:
             return LatencyDecision(True, predicted, "calibration", bound)
         every = self.cfg.calibration_every
         if every and (self.seen - self.cfg.calibration) % every == 0:

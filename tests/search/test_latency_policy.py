@@ -132,3 +132,13 @@ def test_resolve_latency_fills_the_metric_and_says_where_it_came_from() -> None:
             LatencyPolicy(make_spec()),
             "lat",
         )
+
+
+def test_profile_rows_count_as_calibration() -> None:
+    rows = [
+        {"signature": s, "latency_ms": true_latency(s)}
+        for s in (draw(np.random.default_rng(i)) for i in range(6))
+    ]
+    policy = LatencyPolicy(make_spec(calibration=4), profile={"rows": rows})
+    d = policy.decide({"depth": 1, "width_1": 8}, {"accuracy": 0.5, "params": 1.0})
+    assert d.reason != "calibration" and d.predicted_ms is not None

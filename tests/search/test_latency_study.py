@@ -86,3 +86,17 @@ def test_predicted_mode_without_a_profile_says_how_to_calibrate(ray_session, tmp
         ValueError, match=r"latency.device: no device profile 'nowhere'.*frontier latency calibrate"
     ):
         run_study(spec, run_dir=tmp_path, track=False)
+
+
+def test_hybrid_resume_seeds_the_policy_with_the_stored_trials(ray_session, tmp_path: Path) -> None:
+    def spec(n: int) -> object:
+        d = digits_spec("res", mode="hybrid", calibration=3, calibration_every=0)
+        return spec_from_dict({**d, "search": {**d["search"], "n_trials": n}})
+
+    run_study(spec(5), run_dir=tmp_path, track=False)
+    out = run_study(spec(8), run_dir=tmp_path, track=False)
+    done = [r for r in out.trials if r.state == "complete"]
+    assert len(done) == 8
+    # The stored measurements fit the predictor and count as calibration: the resumed trials are predicted
+    # first, and none is measured merely to calibrate.
+    assert all("latency_predicted_ms" in r.metrics for r in done[5:])
