@@ -295,8 +295,8 @@ class CompressionEvaluator(Evaluator):
                 params = {**mild, **{g: r for a in sparse for g in a.groups}}
                 out.append(InitialCandidate(params, f"uniform-sparsity-{r:g}", baseline=True))
         if self.options.warm_start == "sensitivity":
-            for i, params in enumerate(self.greedy_candidates(spec), start=1):
-                out.append(InitialCandidate(params, f"sensitivity-greedy-{i}"))
+            for label, params in self.greedy_candidates(spec):
+                out.append(InitialCandidate(params, label))
         unique: list[InitialCandidate] = []
         seen: list[dict[str, Any]] = []
         for c in out:
@@ -326,8 +326,15 @@ class CompressionEvaluator(Evaluator):
                         out[group][choice] = float(self.distortion(self.compress(plan)))
         return out
 
-    def greedy_candidates(self, spec: StudySpec, levels: int = 3) -> list[dict[str, Any]]:
-        """Up to ``levels`` allocations meeting ever tighter budgets, greedily by sensitivity."""
+    def greedy_candidates(self, spec: StudySpec, levels: int = 3) -> list[tuple[str, dict[str, Any]]]:
+        """Allocations chosen by measured sensitivity, labelled.
+
+        ``sensitivity-greedy-K``: up to ``levels`` allocations meeting ever tighter budgets, greedily.
+        ``sensitivity-swap-uniform-Bbit``: the uniform ``B``-bit baseline improved by swaps that raise one
+        group's bits and lower another's without adding stored bytes (3-bit codes take the 4-bit container,
+        so only such trades can beat a uniform allocation at its size) or breaking the ``avg_bits`` budget,
+        as long as the summed sensitivities predict a lower error.
+        """
         if not self.allocations:
             return []
         self.load()
@@ -348,12 +355,67 @@ class CompressionEvaluator(Evaluator):
             hi = max(max(a.choices) for a in self.allocations if a.family == "sparsity")
             start = sparse_budget if sparse_budget is not None else 0.3
             sparse_levels = [min(hi, start + 0.1 * k) for k in range(levels)]
-        out = []
+        out: list[tuple[str, dict[str, Any]]] = []
         for b, s in zip(bits_levels, sparse_levels, strict=True):
             params = self._greedy(sens, numel, total, b, s)
-            if params is not None and params not in out:
-                out.append(params)
+            if params is not None and params not in [p for _, p in out]:
+                out.append((f"sensitivity-greedy-{len(out) + 1}", params))
+        bits_allocs = [a for a in self.allocations if a.family == "bits"]
+        for b in UNIFORM_BITS:
+            if bits_allocs and all(b in a.choices for a in bits_allocs):
+                uniform = {g: _mildest(a) for a in self.allocations for g in a.groups}
+                uniform.update({g: b for a in bits_allocs for g in a.groups})
+                swapped = self._swap(sens, numel, total, uniform, bits_budget)
+                if swapped is not None and swapped not in [p for _, p in out]:
+                    out.append((f"sensitivity-swap-uniform-{b}bit", swapped))
         return out
+
+    def _swap(
+        self,
+        sens: Mapping[str, Mapping[Any, float]],
+        numel: Mapping[str, int],
+        total: int,
+        start: Mapping[str, Any],
+        bits_target: float | None,
+    ) -> dict[str, Any] | None:
+        from kernels._quant import container_bits
+
+        bits = [a for a in self.allocations if a.family == "bits"]
+        size = {g: sum(numel[m] for m in modules) for a in bits for g, modules in a.groups.items()}
+        choices = {g: a.choices for a in bits for g in a.groups}
+        state = dict(start)
+        nominal = sum(size[g] * state[g] for g in size)
+        covered = {m for a in bits for m in a.modules}
+        float_bits = sum(n for m, n in numel.items() if m not in covered) * FLOAT_BITS
+        if bits_target is not None and (nominal + float_bits) / total > bits_target + 1e-9:
+            return None  # the baseline itself breaks the budget
+        changed = False
+        while True:
+            best: tuple[float, str, Any, str, Any] | None = None
+            for g in size:
+                for up in (c for c in choices[g] if c > state[g] and c in sens[g]):
+                    for h in size:
+                        if h == g:
+                            continue
+                        for down in (c for c in choices[h] if c < state[h] and c in sens[h]):
+                            stored = size[g] * (container_bits(up) - container_bits(state[g])) - size[h] * (
+                                container_bits(state[h]) - container_bits(down)
+                            )
+                            delta = size[g] * (up - state[g]) - size[h] * (state[h] - down)
+                            if stored > 0 or (
+                                bits_target is not None
+                                and (nominal + delta + float_bits) / total > bits_target + 1e-9
+                            ):
+                                continue
+                            gain = (sens[g][state[g]] - sens[g][up]) - (sens[h][down] - sens[h][state[h]])
+                            if gain > 1e-9 and (best is None or gain > best[0]):
+                                best = (gain, g, up, h, down)
+            if best is None:
+                return state if changed else None
+            _, g, up, h, down = best
+            nominal += size[g] * (up - state[g]) - size[h] * (state[h] - down)
+            state[g], state[h] = up, down
+            changed = True
 
     def _greedy(
         self,

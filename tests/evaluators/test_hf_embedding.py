@@ -159,8 +159,8 @@ def test_baselines_and_greedy_warm_start_meet_the_budget(evaluator: Any, encoder
     assert all(c.baseline for c in initial[:6]) and not any(c.baseline for c in initial[6:])
     assert initial[1].params == {"q.layer_0": 4, "q.layer_1": 4, "s.layer_0": 0, "s.layer_1": 0}
     assert initial[3].params == {"q.layer_0": 8, "q.layer_1": 8, "s.layer_0": 0.25, "s.layer_1": 0.25}
-    greedy = [c for c in initial if c.label.startswith("sensitivity-greedy")]
-    assert greedy
+    greedy = [c for c in initial if not c.baseline]
+    assert greedy and all(c.label.startswith(("sensitivity-greedy-", "sensitivity-swap-")) for c in greedy)
     for c in greedy:  # both layers have equal size: avg_bits is the mean of the two choices
         assert (c.params["q.layer_0"] + c.params["q.layer_1"]) / 2 <= 4.5
     sens = evaluator.sensitivities()
@@ -203,3 +203,19 @@ def test_spec_errors(encoder_dir: str) -> None:
         recipe_from_plan({"a": {"sparsity": "random", "ratio": 0.5}})
     with pytest.raises(SpecError, match=r"evaluator\.options\.warm_start"):
         make_evaluator(s.evaluator.kind, {"warm_start": "always"})
+
+
+def test_swap_trades_bits_between_groups_without_adding_stored_bytes(encoder_dir: str) -> None:
+    targets = ["encoder.layer.0.attention.self.query", "encoder.layer.0.intermediate.dense"]
+    bits = {**BITS, "options": {**BITS["options"], "targets": targets, "group_by": "none"}}
+    s = spec(encoder_dir, [bits])
+    ev = make_evaluator(s.evaluator.kind, s.evaluator.options)
+    ev.bind_spec(s)
+    gq, gi = (f"q.{t}" for t in targets)
+    numel = {targets[0]: 32 * 32, targets[1]: 32 * 64}
+    sens = {gq: {8: 0.0, 4: 0.5, 3: 0.6, 2: 0.9}, gi: {8: 0.0, 4: 0.01, 3: 0.015, 2: 0.02}}
+    # query 4 -> 8 (+4 bits x 1024) paid by intermediate 4 -> 2 (-2 bits x 2048): same bytes, 4.0 bits
+    assert ev._swap(sens, numel, 3072, {gq: 4, gi: 4}, 4.5) == {gq: 8, gi: 2}
+    assert ev._swap(sens, numel, 3072, {gq: 4, gi: 4}, 3.9) is None  # the baseline breaks the budget
+    flat = {gq: {8: 0.0, 4: 0.01, 2: 0.02}, gi: {8: 0.0, 4: 0.01, 2: 0.5}}
+    assert ev._swap(flat, numel, 3072, {gq: 4, gi: 4}, 4.5) is None  # no predicted gain
