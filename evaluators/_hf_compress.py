@@ -224,16 +224,9 @@ class CompressionEvaluator(Evaluator):
 
         sizes = kernels.size_breakdown(model)
         targets = self.targets
-        total = 0
-        masked = 0.0
-        for name, module in model.named_modules():
-            if name in targets:
-                n = _numel(module)
-                total += n
-                masked += kernels.mask_ratio(module) * n
         return {
             "avg_bits": kernels.avg_bits(model, targets),
-            "sparsity": masked / total if total else 0.0,
+            "sparsity": kernels.masked_fraction(model, targets),
             "size_mb": kernels.model_size_bytes(model) / 1e6,
             "target_size_mb": sum(sizes[t].total_bytes for t in targets if t in sizes) / 1e6,
         }

@@ -24,7 +24,15 @@ from kernels._prune import StructuredPruneConfig
 from kernels._qlinear import QuantizedLinear
 from kernels._quant import WeightOnlyQuantConfig
 from kernels._select import select_modules
-from kernels._size import ModuleSize, avg_bits, mask_ratio, model_size_bytes, size_breakdown, sparsity
+from kernels._size import (
+    ModuleSize,
+    avg_bits,
+    mask_ratio,
+    masked_fraction,
+    model_size_bytes,
+    size_breakdown,
+    sparsity,
+)
 from kernels._sparsity import MagnitudeSparsityConfig, NMSparsityConfig, WandaSparsityConfig
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "load_pretrained_compressed",
     "load_recipe",
     "mask_ratio",
+    "masked_fraction",
     "model_size_bytes",
     "needs_calibration",
     "reapply_masks",

@@ -29,7 +29,8 @@ from kernels._config import CompressionConfig
 from kernels._io import load_compressed, save_compressed
 from kernels._masks import MASK_BUFFER, get_mask
 from kernels._qlinear import QuantizedLinear, is_linear_like
-from kernels._size import avg_bits, model_size_bytes, sparsity
+from kernels._select import select_modules
+from kernels._size import avg_bits, masked_fraction, model_size_bytes, sparsity
 from kernels._sparsity import WandaSparsityConfig
 
 QUANTIZATION_CONFIG = "quantization_config.json"
@@ -150,7 +151,8 @@ def compress_pretrained(
     Activation-aware configs are calibrated on ``calibration_texts`` with the model's own tokenizer.
 
     Returns:
-        A summary: bytes before and after, average weight bits, sparsity, the files written, and the largest
+        A summary: bytes before and after; average weight bits and masked sparsity over the modules the recipe
+        targets (the figures a compression study reports); the files written; and the largest
         difference between the compressed model's outputs and those of the model reloaded from ``out_dir``
         (on a fixed probe input; 0.0 when the directory reproduces the model exactly).
 
@@ -166,6 +168,8 @@ def compress_pretrained(
     model = transformers.AutoModel.from_pretrained(src, local_files_only=True, trust_remote_code=False).eval()
     base_config = copy.deepcopy(model.config)
     before = model_size_bytes(model)
+    # the scope a study reports avg_bits and sparsity over: the modules the recipe allocates
+    targeted = sorted(n for t in recipe.entries for n in select_modules(model, t) if n)
     calibration = None
     if needs_calibration(recipe):
         if not calibration_texts:
@@ -213,8 +217,8 @@ def compress_pretrained(
         "out": str(out),
         "bytes_before": before,
         "bytes_after": model_size_bytes(model),
-        "avg_bits": avg_bits(model),
-        "sparsity": sparsity(model),
+        "avg_bits": avg_bits(model, targeted),
+        "sparsity": masked_fraction(model, targeted),
         "files": files,
     }
 

@@ -126,6 +126,23 @@ def sparsity(model: nn.Module, targets: str | Sequence[str] | None = None) -> fl
     return zeros / total
 
 
+def masked_fraction(model: nn.Module, targets: str | Sequence[str] | None = None) -> float:
+    """Share of the weights that sparsity masks remove over Linear-like ``targets`` (default: all).
+
+    Weighted by parameter count. Unlike :func:`sparsity`, weights that are zero only because they quantized
+    to zero do not count: this is the sparsity a recipe *allocated*, the figure studies budget and report.
+    """
+    total = 0
+    removed = 0.0
+    for module in _targets(model, targets).values():
+        n = int(getattr(module, "in_features", 0)) * int(getattr(module, "out_features", 0))
+        total += n
+        removed += mask_ratio(module) * n
+    if not total:
+        raise ValueError(f"masked_fraction found no Linear module among targets {targets!r}.")
+    return removed / total
+
+
 def mask_ratio(module: nn.Module) -> float:
     """Fraction of the module's weights its sparsity mask removes (0.0 without a mask)."""
     if isinstance(module, QuantizedLinear):

@@ -75,3 +75,18 @@ def test_avg_bits_and_sparsity_need_linear_targets() -> None:
         avg_bits(_model(), "1")
     with pytest.raises(ValueError, match="sparsity found no Linear module"):
         sparsity(nn.Sequential(nn.ReLU()))
+
+
+def test_masked_fraction_counts_masks_not_weights_that_quantized_to_zero(make_bert):
+    from kernels import apply_, masked_fraction
+
+    model = apply_(make_bert(), WeightOnlyQuantConfig(2), targets="encoder.layer.*.attention.self.query")
+    query = "encoder.layer.*.attention.self.query"
+    assert masked_fraction(model, query) == 0.0
+    assert sparsity(model, query) > 0.0  # 2-bit codes put some weights exactly at zero
+    apply_(model, MagnitudeSparsityConfig(0.5), targets="encoder.layer.*.output.dense")
+    # per layer: output.dense 64x32 half masked, intermediate.dense 32x64 unmasked
+    both = ["encoder.layer.*.output.dense", "encoder.layer.*.intermediate.dense"]
+    assert masked_fraction(model, both) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="found no Linear module"):
+        masked_fraction(model, "encoder.layer.0.attention.self.dropout")
