@@ -3,41 +3,12 @@
 from __future__ import annotations
 
 import difflib
-import functools
-import re
 from collections.abc import Sequence
 
 from torch import nn
 
-
-@functools.lru_cache(maxsize=256)
-def _compile(pattern: str) -> re.Pattern[str]:
-    if pattern.startswith("re:"):
-        try:
-            return re.compile(pattern[3:])
-        except re.error as exc:
-            raise ValueError(f"The target {pattern!r} is not a valid regular expression: {exc}.") from None
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if pattern.startswith("**", i):
-            # "a.**.b" also matches "a.b": the dots around ** are optional together with it
-            if out and out[-1] == r"\." and pattern.startswith("**.", i):
-                out[-1] = r"(?:\.|\..*\.)"
-                i += 3
-                continue
-            out.append(".*")
-            i += 2
-            continue
-        if ch == "*":
-            out.append(r"[^.]*")
-        elif ch == "?":
-            out.append(r"[^.]")
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out))
+# the pattern language is the spec's (torch-free, so spaces can validate targets without torch)
+from spaces._targets import compile_target as _compile
 
 
 def name_matches(pattern: str, name: str) -> bool:

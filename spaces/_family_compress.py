@@ -34,13 +34,13 @@ Optuna's constrained samplers; they are never folded into the objectives as pena
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from spaces._families import register_family
 from spaces._params import FamilyParam
+from spaces._targets import compile_target
 
 LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "bert": (
@@ -80,31 +80,6 @@ _SPARSITY_KEYS = (*_COMMON_KEYS, "kind")
 
 def _fail(family: str, option: str, rule: str, value: Any) -> ValueError:
     return ValueError(f"The '{option}' option of family '{family}' {rule}. Got {value!r} instead.")
-
-
-@functools.lru_cache(maxsize=256)
-def compile_target(pattern: str) -> re.Pattern[str]:
-    """A target pattern as a regex: the rules of :func:`kernels.select_modules`, without importing torch."""
-    if pattern.startswith("re:"):
-        try:
-            return re.compile(pattern[3:])
-        except re.error as exc:
-            raise ValueError(f"The target {pattern!r} is not a valid regular expression: {exc}.") from None
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            if out and out[-1] == r"\." and pattern.startswith("**.", i):
-                out[-1] = r"(?:\.|\..*\.)"
-                i += 3
-                continue
-            out.append(".*")
-            i += 2
-            continue
-        ch = pattern[i]
-        out.append(r"[^.]*" if ch == "*" else r"[^.]" if ch == "?" else re.escape(ch))
-        i += 1
-    return re.compile("".join(out))
 
 
 def _strings(family: str, option: str, value: Any) -> list[str]:
