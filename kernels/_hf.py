@@ -30,7 +30,7 @@ from kernels._io import load_compressed, save_compressed
 from kernels._masks import MASK_BUFFER, get_mask
 from kernels._qlinear import QuantizedLinear, is_linear_like
 from kernels._select import select_modules
-from kernels._size import avg_bits, masked_fraction, model_size_bytes, sparsity
+from kernels._size import avg_bits, masked_fraction, model_size_bytes
 from kernels._sparsity import WandaSparsityConfig
 
 QUANTIZATION_CONFIG = "quantization_config.json"
@@ -104,7 +104,7 @@ def compressed_tensors_config(model: nn.Module) -> dict[str, Any] | None:
         out["sparsity_config"] = {
             "format": "dense",
             "sparsity_structure": "2:4" if two_four else "unstructured",
-            "global_sparsity": round(sparsity(model, sorted(masked)), 6),
+            "global_sparsity": round(masked_fraction(model, sorted(masked)), 6),
             "targets": sorted(masked),
             "ignore": [],
         }

@@ -134,6 +134,16 @@ def test_two_four_masks_are_described_as_2_4(make_bert):
     assert cfg["sparsity_config"]["sparsity_structure"] == "2:4"
 
 
+def test_global_sparsity_counts_masks_not_weights_that_quantized_to_zero(make_bert):
+    target = "encoder.layer.*.output.dense"
+    model = apply_(
+        make_bert(), CompressionRecipe({target: [MagnitudeSparsityConfig(0.5), WeightOnlyQuantConfig(2)]})
+    )
+    cfg = compressed_tensors_config(model)
+    assert cfg is not None
+    assert cfg["sparsity_config"]["global_sparsity"] == pytest.approx(0.5, abs=1e-6)
+
+
 def test_an_uncompressed_model_has_no_quantization_config(make_bert):
     assert compressed_tensors_config(make_bert()) is None
 
