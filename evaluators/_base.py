@@ -105,10 +105,16 @@ class EvalContext:
             sync: e.g. ``torch.cuda.synchronize`` for asynchronous devices.
             refresh: measure even on a cache hit (and replace the stored figure).
             protocol: ``warmup``, ``min_repeats``, ``rel_ci``, ``time_cap_s``... of ``measure_latency``.
+
+        On CPU the figure is normalised by an interleaved :class:`~evaluators.latency.ReferenceWorkload`
+        (the latency at the device's calibrated speed; ``raw_median_ms`` keeps the plain median).
         """
-        from evaluators.latency import device_fingerprint, measure_latency
+        from evaluators.latency import ReferenceWorkload, device_fingerprint, measure_latency
+        from evaluators.latency._reference import reference_key
 
         fingerprint = device_fingerprint(device=self.device, threads=self.threads, dtype=dtype)
+        if self.device == "cpu":  # figures on the reference's scale are not comparable with raw ones
+            fingerprint["scale"] = "reference-{reference}-v{version}".format(**reference_key())
         key = {"signature": dict(signature), "input_shape": list(input_shape), "fingerprint": fingerprint}
         if self.latency_cache is not None and not refresh:
             hit = self.latency_cache.get(signature, input_shape=input_shape, fingerprint=fingerprint)
@@ -117,7 +123,15 @@ class EvalContext:
                 return hit
         lane = self.lane.measuring() if self.lane is not None else nullcontext()
         with lane as wait:
-            stats = measure_latency(fn, sync=sync, **protocol)
+            reference = None
+            if self.device == "cpu":
+                # CPU figures are normalised by an interleaved reference workload, so the drift of a
+                # shared machine's speed cancels (evaluators.latency._reference); its nominal time is
+                # stored with the cache, one scale for every figure there.
+                reference = ReferenceWorkload()
+                if self.latency_cache is not None:
+                    reference.nominal_ms = self.latency_cache.reference_ms(fingerprint, reference.calibrate)
+            stats = measure_latency(fn, sync=sync, reference=reference, **protocol)
         if self.latency_cache is not None:
             self.latency_cache.put(**key, stats=stats)  # type: ignore[arg-type]
         waited = float(getattr(wait, "waited_s", 0.0))

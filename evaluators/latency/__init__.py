@@ -15,6 +15,7 @@ from evaluators.latency._measure import (
     median_ci,
 )
 from evaluators.latency._proxy import fbnet_flops, nasbench201_flops, ofa_flops
+from evaluators.latency._reference import ReferenceWorkload
 from evaluators.latency._registry import (
     available_predictors,
     get_predictor,
@@ -34,6 +35,7 @@ __all__ = [
     "LinearPredictor",
     "LookupTablePredictor",
     "MeasurementLane",
+    "ReferenceWorkload",
     "RegressorPredictor",
     "SourceMixPredictor",
     "TransferPredictor",

@@ -6,7 +6,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,12 @@ CREATE TABLE IF NOT EXISTS latency (
     input_shape TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     stats TEXT NOT NULL,
+    measured_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reference (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    nominal_ms REAL NOT NULL,
     measured_at REAL NOT NULL
 )
 """
@@ -60,7 +66,7 @@ class LatencyCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(self.path, timeout=30.0)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
+            conn.executescript(_SCHEMA)
             with conn:
                 yield conn
 
@@ -95,6 +101,28 @@ class LatencyCache:
                     time.time(),
                 ),
             )
+
+    def reference_ms(self, fingerprint: Mapping[str, str], calibrate: Callable[[], float]) -> float:
+        """The reference workload's nominal time on this device (see :mod:`evaluators.latency._reference`).
+
+        The first caller for a fingerprint calibrates and stores it; every later figure for that
+        fingerprint, in any process, uses the stored value, so all figures in the cache share one scale.
+        """
+        from evaluators.latency._reference import reference_key
+
+        key = hashlib.sha256(_canonical([dict(fingerprint), reference_key()]).encode()).hexdigest()
+        with self._connect() as conn:
+            row = conn.execute("SELECT nominal_ms FROM reference WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return float(row[0])
+        nominal = float(calibrate())
+        with self._connect() as conn:  # the first writer wins; a concurrent calibration is discarded
+            conn.execute(
+                "INSERT OR IGNORE INTO reference VALUES (?, ?, ?, ?)",
+                (key, _canonical(dict(fingerprint)), nominal, time.time()),
+            )
+            row = conn.execute("SELECT nominal_ms FROM reference WHERE key = ?", (key,)).fetchone()
+        return float(row[0])
 
     def entries(self) -> list[dict[str, Any]]:
         """Every stored figure: signature, input shape, fingerprint and stats (plain dicts)."""

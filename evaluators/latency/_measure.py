@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,11 @@ class LatencyStats:
         cv: coefficient of variation of the samples (stdev / mean).
         repeats: timed calls.
         converged: whether the CI half-width reached the target before the time cap.
+        raw_median_ms: with a reference workload, the plain median of the candidate's call times (None
+            without one, when ``median_ms`` is that median).
+        speed: with a reference workload, how slow the machine ran against its calibration (the
+            reference's median time over its nominal time; 1.1 = 10 % slower).
+        reference_reps: reference units timed next to each candidate call (0: no reference).
     """
 
     median_ms: float
@@ -32,6 +37,9 @@ class LatencyStats:
     cv: float
     repeats: int
     converged: bool
+    raw_median_ms: float | None = None
+    speed: float | None = None
+    reference_reps: int = 0
 
     @property
     def rel_half_width(self) -> float:
@@ -52,6 +60,20 @@ def median_ci(samples: list[float], z: float = 1.96) -> tuple[float, float, floa
     return med, xs[lo], xs[hi]
 
 
+class Reference(Protocol):
+    """A fixed workload timed next to the candidate (:class:`~evaluators.latency.ReferenceWorkload`):
+    one unit per call, ``nominal`` its calibrated time on this device in ms."""
+
+    def __call__(self) -> Any: ...
+
+    @property
+    def nominal(self) -> float: ...
+
+
+REFERENCE_SHARE = 0.5
+"""With a reference, each candidate call is paired with about this much reference time (>= one unit)."""
+
+
 def measure_latency(
     fn: Callable[[], Any],
     *,
@@ -62,28 +84,59 @@ def measure_latency(
     time_cap_s: float = 3.0,
     clock: Callable[[], float] = time.perf_counter,
     sync: Callable[[], None] | None = None,
+    reference: Reference | None = None,
 ) -> LatencyStats:
     """Time ``fn()``: ``warmup`` untimed calls, then repeats until the median's relative 95 % CI
     half-width is <= ``rel_ci`` (checked after ``min_repeats``) or ``time_cap_s`` has passed.
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) is called after each call so asynchronous devices are timed
     to completion.
+
+    With a ``reference`` (CPU), every timed call of ``fn`` follows a timed run of ``reps`` reference units
+    (``reps`` chosen after the warm-up so they take about :data:`REFERENCE_SHARE` of a call), and each
+    sample is ``fn``'s time over the reference's per-unit time in the same pair, times the reference's
+    nominal time: the drift of the machine's speed, which stretches both, cancels (see
+    :mod:`evaluators.latency._reference`). The stopping rule and the CI apply to these samples; the plain
+    median is kept as ``raw_median_ms``.
     """
     if min_repeats < 3:
         raise ValueError(f"min_repeats must be >= 3, but got {min_repeats}")
+    warm: list[float] = []
     for _ in range(warmup):
-        fn()
-    if sync is not None:
-        sync()
-    samples: list[float] = []
-    start = clock()
-    converged = False
-    while len(samples) < max_repeats:
         t0 = clock()
         fn()
         if sync is not None:
             sync()
-        samples.append((clock() - t0) * 1e3)
+        warm.append(clock() - t0)
+    reps = 0
+    if reference is not None:
+        unit = []
+        for _ in range(max(3, warmup)):
+            t0 = clock()
+            reference()
+            unit.append(clock() - t0)
+        call_s = min(warm[-3:]) if warm else 0.0
+        reps = max(1, min(10_000, round(REFERENCE_SHARE * call_s / max(min(unit[-3:]), 1e-9))))
+    samples: list[float] = []
+    raw: list[float] = []
+    ref_unit: list[float] = []
+    start = clock()
+    converged = False
+    while len(samples) < max_repeats:
+        if reference is not None:
+            t0 = clock()
+            for _ in range(reps):
+                reference()
+            ref_unit.append((clock() - t0) * 1e3 / reps)
+        t0 = clock()
+        fn()
+        if sync is not None:
+            sync()
+        raw.append((clock() - t0) * 1e3)
+        if reference is not None:
+            samples.append(raw[-1] / ref_unit[-1] * reference.nominal if ref_unit[-1] > 0 else raw[-1])
+        else:
+            samples.append(raw[-1])
         if len(samples) >= min_repeats and len(samples) % 5 == 0:
             med, lo, hi = median_ci(samples)
             if med > 0 and (hi - lo) / 2 / med <= rel_ci:
@@ -94,7 +147,19 @@ def measure_latency(
     med, lo, hi = median_ci(samples)
     mean = statistics.fmean(samples)
     cv = statistics.pstdev(samples) / mean if mean > 0 else 0.0
-    return LatencyStats(med, lo, hi, cv, len(samples), converged)
+    if reference is None:
+        return LatencyStats(med, lo, hi, cv, len(samples), converged)
+    return LatencyStats(
+        med,
+        lo,
+        hi,
+        cv,
+        len(samples),
+        converged,
+        raw_median_ms=statistics.median(raw),
+        speed=statistics.median(ref_unit) / reference.nominal if reference.nominal > 0 else None,
+        reference_reps=reps,
+    )
 
 
 @contextmanager

@@ -54,3 +54,80 @@ def test_fingerprint_names_hardware_software_and_settings():
 def test_min_repeats_rule():
     with pytest.raises(ValueError, match="min_repeats must be >= 3, but got 1"):
         measure_latency(lambda: None, min_repeats=1)
+
+
+class DriftingMachine:
+    """A fake clock whose speed drifts: every call costs its base time times the current slowdown."""
+
+    def __init__(self, slowdowns, candidate_s=0.010, unit_s=0.0005, nominal_ms=0.5):
+        self.t = 0.0
+        self.slowdowns = slowdowns
+        self.calls = 0
+        self.candidate_s = candidate_s
+        self.unit_s = unit_s
+        self.nominal = nominal_ms
+
+    def __call__(self):
+        return self.t
+
+    def slowdown(self):
+        return self.slowdowns(self.t)
+
+    def fn(self):
+        self.calls += 1
+        self.t += self.candidate_s * self.slowdown()
+
+    def unit(self):
+        self.t += self.unit_s * self.slowdown()
+
+
+class Unit:
+    """The Reference protocol: one unit of work per call; ``nominal`` its calibrated time (ms)."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.nominal = machine.nominal
+
+    def __call__(self):
+        self.machine.unit()
+
+
+def test_reference_cancels_the_drift_of_the_machine_speed():
+    # The machine runs at full speed, then 30 % slower for a while: the plain median moves, the
+    # reference-normalised one does not.
+    for slow in (1.0, 1.3):
+        m = DriftingMachine(lambda t, slow=slow: slow)
+        stats = measure_latency(m.fn, warmup=3, clock=m, reference=Unit(m))
+        assert stats.median_ms == pytest.approx(10.0)
+        assert stats.raw_median_ms == pytest.approx(10.0 * slow)
+        assert stats.speed == pytest.approx(slow)
+        # reps chosen so the reference takes about half a candidate call: 0.5 * 10 ms / 0.5 ms
+        assert stats.reference_reps == 10
+
+
+def test_reference_tracks_drift_within_a_run():
+    # Speed changes every 0.1 s of fake time (a sawtooth between 1.0 and 1.4x slower): each pair's ratio
+    # is unchanged (but for the few pairs a step falls into), so the median is exact and the CI converges
+    # at once, while the raw times spread.
+    m = DriftingMachine(lambda t: 1.0 + 0.1 * (int(t / 0.1) % 5))
+    stats = measure_latency(m.fn, warmup=3, min_repeats=30, clock=m, reference=Unit(m))
+    assert stats.converged and stats.repeats == 30
+    assert stats.median_ms == pytest.approx(10.0) and stats.cv < 0.05
+    assert 10.0 < stats.raw_median_ms < 14.0
+    plain = DriftingMachine(lambda t: 1.0 + 0.1 * (int(t / 0.1) % 5))
+    assert measure_latency(plain.fn, warmup=3, min_repeats=30, clock=plain).cv > 0.1
+
+
+def test_without_reference_the_stats_have_no_raw_fields():
+    clock = FakeClock(itertools.repeat(0.001))
+    stats = measure_latency(clock.fn, warmup=2, clock=clock)
+    assert stats.raw_median_ms is None and stats.speed is None and stats.reference_reps == 0
+
+
+def test_reference_workload_calibrates_a_positive_time():
+    from evaluators.latency import ReferenceWorkload
+
+    ref = ReferenceWorkload()
+    ms = ref.calibrate(seconds=0.05)
+    assert 0.0 < ms < 100.0
+    assert ReferenceWorkload(nominal_ms=0.3).nominal == 0.3

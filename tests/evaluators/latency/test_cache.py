@@ -6,7 +6,7 @@ import multiprocessing as mp
 from pathlib import Path
 
 from evaluators import EvalContext
-from evaluators.latency import LatencyCache, LatencyStats, MeasurementLane, device_fingerprint
+from evaluators.latency import LatencyCache, LatencyStats, MeasurementLane, device_fingerprint, fixed_threads
 
 STATS = LatencyStats(1.5, 1.4, 1.6, 0.03, 40, True)
 SIG = {"evaluator": "x", "params": {"depth": 2, "arch": "mlp"}}
@@ -77,3 +77,33 @@ def test_context_without_lane_or_cache_just_measures() -> None:
     assert stats.repeats >= 15
     with ctx.training():
         pass
+
+
+def test_reference_nominal_is_calibrated_once_per_fingerprint(tmp_path: Path) -> None:
+    cache = LatencyCache(tmp_path / "c.db")
+    fp = device_fingerprint(threads=1)
+    calls: list[float] = []
+
+    def calibrate(value: float = 0.25) -> float:
+        calls.append(value)
+        return value
+
+    assert cache.reference_ms(fp, calibrate) == 0.25
+    # Later callers (another process or study opening the file) get the stored scale, not a new one.
+    assert LatencyCache(tmp_path / "c.db").reference_ms(fp, lambda: calibrate(9.0)) == 0.25
+    assert calls == [0.25]
+    assert cache.reference_ms({**fp, "threads": "2"}, lambda: calibrate(0.5)) == 0.5
+
+
+def test_context_on_cpu_normalises_by_the_stored_reference(tmp_path: Path) -> None:
+    cache = LatencyCache(tmp_path / "c.db")
+    ctx = EvalContext(latency_cache=cache)
+    kwargs = {"signature": SIG, "input_shape": (1, 64), "warmup": 2, "min_repeats": 5, "time_cap_s": 0.2}
+    with fixed_threads(1):
+        stats = ctx.measure_latency(lambda: sum(range(20000)), **kwargs)
+    assert stats.reference_reps >= 1 and stats.raw_median_ms is not None and stats.speed is not None
+    [entry] = cache.entries()
+    assert entry["fingerprint"]["scale"].startswith("reference-")
+    # one scale for the cache: the nominal stored at the first measurement
+    nominal = cache.reference_ms(entry["fingerprint"], lambda: -1.0)
+    assert nominal > 0 and stats.median_ms > 0 and stats.speed > 0
