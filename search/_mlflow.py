@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,11 +81,13 @@ class MlflowTracker:
         self.storage_url = storage_url
         self.experiment = experiment or DEFAULT_EXPERIMENT
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        _fast_sqlite_store(self.client)
         self.artifact_root = artifact_root
         self.parent_id: str | None = None
         self._child: dict[int, str] = {}  # trial number -> run id
         self._pareto: set[int] = set()
         self._hv_steps: set[int] = set()
+        self._artifacts_stale = False  # trials were logged since the Pareto artifacts were last written
         self._lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -154,11 +157,18 @@ class MlflowTracker:
 
     # -- syncing -------------------------------------------------------------------------------------
     def sync(self, study: optuna.Study, *, artifacts: bool = True) -> None:
-        """Log new finished trials, refresh Pareto tags, hypervolume history and the Pareto artifacts."""
+        """Log new finished trials, refresh Pareto tags, hypervolume history and the Pareto artifacts.
+
+        Args:
+            study: the study, read from its storage.
+            artifacts: also rewrite the Pareto table and plot if trials were logged since they were last
+                written (the plot takes ~0.2 s of CPU, so the background thread asks for it less often).
+        """
         with self._lock:
             trials = study.get_trials(deepcopy=False)
             done = [t for t in trials if t.state in _STATUS]
             new = [t for t in done if t.number not in self._child]
+            self._artifacts_stale |= bool(new) or not self._hv_steps
             for t in new:
                 self._log_trial(t)
                 rho = trial_metrics(t).get(SPEARMAN_KEY)
@@ -176,8 +186,9 @@ class MlflowTracker:
             ref = self._reference(study, done)
             if ref is not None:
                 self._log_hypervolume(done, ref)
-            if artifacts and (new or not self._hv_steps):
+            if artifacts and self._artifacts_stale:
                 self._log_artifacts(done, front)
+                self._artifacts_stale = False
 
     def log_trial_metrics(self, metrics: dict[int, dict[str, float]]) -> None:
         """Log metrics found after a trial finished (e.g. its re-measured latency) to its child run."""
@@ -189,12 +200,13 @@ class MlflowTracker:
                         self.client.log_metric(run_id, key, value)
 
     def _log_trial(self, t: FrozenTrial) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         assert self.parent_id is not None
         tags = {
             "mlflow.parentRunId": self.parent_id,
             TRIAL_TAG: str(t.number),
+            "n": str(t.number),
             STUDY_TAG: self.spec.name,
             "state": t.state.name.lower(),
             PARETO_TAG: "false",
@@ -217,9 +229,7 @@ class MlflowTracker:
         for name, c in t.constraints.items():
             metrics.append(Metric(f"constraint.{_metric_key(name)}", float(c), ts, 0))
         params = [Param(k, str(v)[:6000]) for k, v in t.params.items()]
-        self.client.log_batch(
-            run.info.run_id, metrics=metrics, params=params, tags=[RunTag("n", str(t.number))]
-        )
+        self.client.log_batch(run.info.run_id, metrics=metrics, params=params)
         end = int(t.datetime_complete.timestamp() * 1000) if t.datetime_complete else None
         self.client.set_terminated(run.info.run_id, status=_STATUS[t.state], end_time=end)
         self._child[t.number] = run.info.run_id
@@ -278,6 +288,26 @@ class MlflowTracker:
             if any(t.state == TrialState.COMPLETE for t in done):
                 plot_pareto(done, front, self.spec, path / "pareto.png")
                 self.client.log_artifact(self.parent_id, str(path / "pareto.png"))
+
+
+def _fast_sqlite_store(client: Any) -> None:
+    """WAL and synchronous=NORMAL on a local SQLite tracking store, as on the Optuna storage.
+
+    MLflow commits several times per logged run, and on SQLite's default rollback journal each commit
+    syncs the file to disk: logging a trial took 36 ms with it and 21 ms without, in one measurement.
+    MLflow shares one engine per URI in the process, so this is set once; other stores are left alone.
+    """
+    from search._optuna import _sqlite_pragmas
+
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    engine = getattr(store, "engine", None)
+    if engine is None or getattr(engine.dialect, "name", None) != "sqlite":
+        return
+    from sqlalchemy import event
+
+    if not event.contains(engine, "connect", _sqlite_pragmas):
+        event.listen(engine, "connect", _sqlite_pragmas)
+        engine.dispose()  # pooled connections reconnect with the pragmas
 
 
 def _metric_key(name: str) -> str:
@@ -369,13 +399,25 @@ def register_export(doc: dict[str, Any], *, name: str, storage_url: str, trackin
 
 
 class TrackerThread:
-    """Calls :meth:`MlflowTracker.sync` every ``interval`` seconds in the background, and once at stop."""
+    """Calls :meth:`MlflowTracker.sync` every ``interval`` seconds in the background, and once at stop.
 
-    def __init__(self, tracker: MlflowTracker, study_name: str, storage_url: str, interval: float = 3.0):
+    The Pareto artifacts are redrawn at most every ``artifact_interval`` seconds meanwhile (the plot holds
+    the interpreter for ~0.2 s that the driver's scheduling loop would otherwise have), and always at stop.
+    """
+
+    def __init__(
+        self,
+        tracker: MlflowTracker,
+        study_name: str,
+        storage_url: str,
+        interval: float = 3.0,
+        artifact_interval: float = 30.0,
+    ):
         self.tracker = tracker
         self.study_name = study_name
         self.storage_url = storage_url
         self.interval = interval
+        self.artifact_interval = artifact_interval
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="frontier-mlflow", daemon=True)
@@ -388,13 +430,17 @@ class TrackerThread:
 
     def _loop(self) -> None:
         study = self._study()
+        drawn = time.monotonic()
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
             if self._stop.is_set():
                 break
             try:
-                self.tracker.sync(study)
+                draw = time.monotonic() - drawn >= self.artifact_interval
+                self.tracker.sync(study, artifacts=draw)
+                if draw:
+                    drawn = time.monotonic()
             except Exception as exc:  # tracking must never stop a study; the final sync retries
                 self.errors.append(repr(exc))
                 log.warning("MLflow sync failed (will retry): %r", exc)

@@ -1,0 +1,65 @@
+"""The MLflow tracker's own costs: its SQLite store and how often the background thread redraws artifacts."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import optuna
+import pytest
+
+from search._mlflow import MlflowTracker, TrackerThread, default_tracking_uri
+from search._optuna import default_storage, make_storage
+from spaces import spec_from_dict
+
+pytestmark = pytest.mark.integration
+
+
+def _tracked_study(tmp_path, table, make_spec):
+    spec = spec_from_dict(make_spec(table))
+    storage = default_storage(tmp_path)
+    study = optuna.create_study(
+        study_name=spec.name, storage=make_storage(storage), directions=spec.directions
+    )
+    tracker = MlflowTracker(spec, tracking_uri=default_tracking_uri(tmp_path), storage_url=storage)
+    tracker.start()
+    return spec, study, tracker, storage
+
+
+def _add_trials(study, start, n):
+    dists = {"x": optuna.distributions.IntDistribution(0, 9)}
+    for x in range(start, start + n):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": x},
+                distributions=dists,
+                values=[x / 9, (1 - x / 9) ** 2],
+                user_attrs={"frontier.metrics": {"f1": x / 9, "f2": (1 - x / 9) ** 2, "cost": 10.0 * x}},
+            )
+        )
+
+
+def test_the_sqlite_tracking_store_runs_in_wal_mode(tmp_path, table, make_spec):
+    _, _, tracker, _ = _tracked_study(tmp_path, table, make_spec)
+    db = tracker.tracking_uri.removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_background_syncs_log_every_trial_but_redraw_artifacts_only_when_due(tmp_path, table, make_spec):
+    spec, study, tracker, storage = _tracked_study(tmp_path, table, make_spec)
+    drawn: list[int] = []
+    log_artifacts = tracker._log_artifacts
+    tracker._log_artifacts = lambda done, front: (drawn.append(len(done)), log_artifacts(done, front))  # type: ignore[method-assign]
+    thread = TrackerThread(tracker, spec.name, storage, interval=0.05, artifact_interval=3600)
+    thread.start()
+    _add_trials(study, 0, 6)
+    deadline = time.monotonic() + 30
+    while len(tracker._child) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(tracker._child) == 6, "the background thread logs each finished trial as a child run"
+    assert drawn == [], "the plot is not redrawn before artifact_interval has passed"
+    thread.stop()
+    assert drawn == [6], "stopping draws the final artifacts once"
+    artifacts = {a.path for a in tracker.client.list_artifacts(tracker.parent_id)}
+    assert {"pareto.json", "pareto.png"} <= artifacts
