@@ -324,9 +324,9 @@ class CompressionEvaluator(Evaluator):
 
         ``sensitivity-greedy-K``: up to ``levels`` allocations meeting ever tighter budgets, greedily.
         ``sensitivity-swap-uniform-Bbit``: the uniform ``B``-bit baseline improved by swaps that raise one
-        group's bits and lower another's without adding stored bytes (3-bit codes take the 4-bit container,
-        so only such trades can beat a uniform allocation at its size) or breaking the ``avg_bits`` budget,
-        as long as the summed sensitivities predict a lower error.
+        group's bits and lower another's without adding weight bits (every code is stored in exactly its
+        ``bits``, so these are the trades that keep the baseline's size) or breaking the ``avg_bits``
+        budget, as long as the summed sensitivities predict a lower error.
         """
         if not self.allocations:
             return []
@@ -371,8 +371,6 @@ class CompressionEvaluator(Evaluator):
         start: Mapping[str, Any],
         bits_target: float | None,
     ) -> dict[str, Any] | None:
-        from kernels._quant import container_bits
-
         bits = [a for a in self.allocations if a.family == "bits"]
         size = {g: sum(numel[m] for m in modules) for a in bits for g, modules in a.groups.items()}
         choices = {g: a.choices for a in bits for g in a.groups}
@@ -391,14 +389,8 @@ class CompressionEvaluator(Evaluator):
                         if h == g:
                             continue
                         for down in (c for c in choices[h] if c < state[h] and c in sens[h]):
-                            stored = size[g] * (container_bits(up) - container_bits(state[g])) - size[h] * (
-                                container_bits(state[h]) - container_bits(down)
-                            )
-                            delta = size[g] * (up - state[g]) - size[h] * (state[h] - down)
-                            if stored > 0 or (
-                                bits_target is not None
-                                and (nominal + delta + float_bits) / total > bits_target + 1e-9
-                            ):
+                            # no added weight bits: no added bytes, and avg_bits stays within the budget
+                            if size[g] * (up - state[g]) > size[h] * (state[h] - down):
                                 continue
                             gain = (sens[g][state[g]] - sens[g][up]) - (sens[h][down] - sens[h][state[h]])
                             if gain > 1e-9 and (best is None or gain > best[0]):
@@ -406,7 +398,6 @@ class CompressionEvaluator(Evaluator):
             if best is None:
                 return state if changed else None
             _, g, up, h, down = best
-            nominal += size[g] * (up - state[g]) - size[h] * (state[h] - down)
             state[g], state[h] = up, down
             changed = True
 

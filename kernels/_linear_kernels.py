@@ -15,8 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels._quant import container_bits
-
 if TYPE_CHECKING:
     from kernels._qlinear import QuantizedLinear
 
@@ -162,7 +160,7 @@ def _weight_args(layer: QuantizedLinear) -> tuple[Any, ...]:
         layer.zero_points is not None,
         np.float32(2 ** (layer.bits - 1)),
         layer.group_size or layer.in_features,
-        container_bits(layer.bits),
+        layer.bits,
         _NO_BIAS if layer.bias is None else layer.bias.detach().numpy(),
         layer.bias is not None,
     )
@@ -171,12 +169,12 @@ def _weight_args(layer: QuantizedLinear) -> tuple[Any, ...]:
 
 
 class _NumbaKernel(LinearKernel):
-    container: ClassVar[int]
+    bits: ClassVar[tuple[int, ...]]
     priority = 10
 
     def supports(self, layer: QuantizedLinear, x: torch.Tensor) -> bool:
         return (
-            container_bits(layer.bits) == self.container
+            layer.bits in self.bits
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and x.shape[0] <= FAST_MAX_ROWS
@@ -215,12 +213,13 @@ class NumbaDequantMatmul(LinearKernel):
         weight = layer._dequant_cache
         if weight is None:
             numba, ck = _numba()
-            w, scales, zeros, asym, zc, gs, cbits, _, _ = _weight_args(layer)
+            w, scales, zeros, asym, zc, gs, bits, _, _ = _weight_args(layer)
             out = np.empty((layer.out_features, layer.in_features), np.float32)
             threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
             if numba.get_num_threads() != threads:
                 numba.set_num_threads(threads)
-            ck.dequantize_parallel(w, scales, zeros, asym, zc, gs, cbits, out, 4 * threads)
+            dequantize = ck.dequantize_parallel if bits in (2, 4, 8) else ck.dequantize_dense_parallel
+            dequantize(w, scales, zeros, asym, zc, gs, bits, out, 4 * threads)
             weight = torch.from_numpy(out)
             if layer.cache_dequantized:
                 layer._dequant_cache = weight
@@ -229,26 +228,48 @@ class NumbaDequantMatmul(LinearKernel):
 
 @register_linear_kernel
 class NumbaInt8(_NumbaKernel):
-    """Packed 8-bit container (8-bit codes, and 5/6/7-bit ones) on CPU, few rows."""
+    """8-bit codes (one per byte) on CPU, few rows."""
 
     name = "numba-int8"
-    container = 8
+    bits = (8,)
 
 
 @register_linear_kernel
 class NumbaInt4(_NumbaKernel):
-    """Packed 4-bit container (4- and 3-bit codes, two per byte) on CPU, few rows."""
+    """4-bit codes (two per byte) on CPU, few rows."""
 
     name = "numba-int4"
-    container = 4
+    bits = (4,)
 
 
 @register_linear_kernel
 class NumbaInt2(_NumbaKernel):
-    """Packed 2-bit codes (four per byte) on CPU, few rows."""
+    """2-bit codes (four per byte) on CPU, few rows."""
 
     name = "numba-int2"
-    container = 2
+    bits = (2,)
+
+
+@register_linear_kernel
+class NumbaDense(_NumbaKernel):
+    """Densely packed 3-, 5-, 6- and 7-bit codes (8 codes in ``bits`` bytes) on CPU, few rows: each weight
+    row is decoded once into a float scratch row and dotted with every input row."""
+
+    name = "numba-dense"
+    bits = (3, 5, 6, 7)
+
+    def __call__(self, layer: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
+        numba, ck = _numba()
+        out = np.empty((x.shape[0], layer.out_features), np.float32)
+        args = (x.detach().contiguous().numpy(), *_weight_args(layer), out)
+        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        if threads == 1 or args[1].nbytes <= SERIAL_MAX_BYTES:
+            ck.dense_linear_serial(*args)
+        else:
+            if numba.get_num_threads() != threads:
+                numba.set_num_threads(threads)
+            ck.dense_linear_parallel(*args, 4 * threads)
+        return torch.from_numpy(out)
 
 
 # --- triton ---------------------------------------------------------------------------------------
@@ -265,12 +286,12 @@ def triton_available() -> bool:
 
 
 class _TritonKernel(LinearKernel):
-    container: ClassVar[int]
+    bits: ClassVar[int]
     priority = 20
 
     def supports(self, layer: QuantizedLinear, x: torch.Tensor) -> bool:
         return (
-            container_bits(layer.bits) == self.container
+            layer.bits == self.bits
             and x.is_cuda
             and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
             and not _needs_grad(layer, x)
@@ -294,23 +315,23 @@ class _TritonKernel(LinearKernel):
 
 @register_linear_kernel
 class TritonInt8(_TritonKernel):
-    """Packed 8-bit container on CUDA via Triton: tiles unpacked and dequantized in registers, ``tl.dot``."""
+    """8-bit codes on CUDA via Triton: tiles unpacked and dequantized in registers, ``tl.dot``."""
 
     name = "triton-int8"
-    container = 8
+    bits = 8
 
 
 @register_linear_kernel
 class TritonInt4(_TritonKernel):
-    """Packed 4-bit container on CUDA via Triton."""
+    """4-bit codes on CUDA via Triton."""
 
     name = "triton-int4"
-    container = 4
+    bits = 4
 
 
 @register_linear_kernel
 class TritonInt2(_TritonKernel):
-    """Packed 2-bit codes on CUDA via Triton."""
+    """2-bit codes on CUDA via Triton."""
 
     name = "triton-int2"
-    container = 2
+    bits = 2

@@ -13,9 +13,9 @@ from kernels._masks import MASK_BUFFER, get_mask, mask_nbytes
 from kernels._quant import (
     WeightOnlyQuantConfig,
     check_layer_shape,
-    container_bits,
     dequantize_codes,
     pack_codes,
+    packed_row_bytes,
     quantize_weight,
     unpack_codes,
 )
@@ -25,14 +25,15 @@ class QuantizedLinear(nn.Module):
     """A linear layer whose weight lives as packed 2..8-bit codes plus per-channel or per-group scales.
 
     The forward runs on the packed weight: numba kernels on CPU for float32 inputs of up to
-    ``FAST_MAX_ROWS`` rows (``numba-int8``/``-int4``/``-int2``), a Triton kernel on CUDA (``triton-int8``,
-    ...); more rows on CPU decode the weight with numba and multiply with MKL (``numba-dequant-matmul``);
-    anything else (other dtypes or devices, autograd) takes the reference ``dequant-matmul``. ``kernel``
-    names the path the last forward took, so evaluators can tag metrics with it.
+    ``FAST_MAX_ROWS`` rows (``numba-int8``/``-int4``/``-int2``, and ``numba-dense`` for 3/5/6/7 bits), a
+    Triton kernel on CUDA for 8/4/2 bits (``triton-int8``, ...); more rows on CPU decode the weight with
+    numba and multiply with MKL (``numba-dequant-matmul``); anything else (other dtypes or devices, 3/5/6/7
+    bits on CUDA, autograd) takes the reference ``dequant-matmul``. ``kernel`` names the path the last
+    forward took, so evaluators can tag metrics with it.
 
     Buffers (all in ``state_dict``):
-        weight_packed: uint8 ``[out_features, in_features * container_bits / 8]``; see ``kernels._quant``
-            for the code layout.
+        weight_packed: uint8 ``[out_features, in_features * bits / 8]``: every code takes exactly ``bits``
+            bits; see ``kernels._quant`` for the layout.
         scales: float32 ``[out_features, groups]``.
         zero_points: uint8 ``[out_features, groups]``, asymmetric layers only.
         weight_mask_bits: uint8, 1 bit per weight, only when the source layer was pruned with a mask.
@@ -78,7 +79,7 @@ class QuantizedLinear(nn.Module):
         self.group_size = group_size
         self.symmetric = symmetric
         groups = 1 if group_size is None else in_features // group_size
-        packed_cols = in_features * container_bits(bits) // 8
+        packed_cols = packed_row_bytes(in_features, bits)
         self.register_buffer(
             "weight_packed", torch.zeros(out_features, packed_cols, dtype=torch.uint8, device=device)
         )
@@ -96,7 +97,7 @@ class QuantizedLinear(nn.Module):
             self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
-        self.kernel = f"numba-int{container_bits(bits)}"
+        self.kernel = f"numba-int{bits}" if bits in (2, 4, 8) else "numba-dense"
         self.cache_dequantized = False
         self._dequant_cache: torch.Tensor | None = None
         self._dispatch_cache: dict[tuple[Any, ...], LinearKernel] = {}

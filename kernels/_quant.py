@@ -9,9 +9,12 @@ Symmetric weights use the fixed zero point ``2**(bits-1)`` (not stored) and code
 ``[zp - (2**(bits-1) - 1), zp + 2**(bits-1) - 1]``; asymmetric weights store one uint8 zero point per
 scale. Either way 0.0 is exactly representable, so zeroed (pruned) weights stay exactly zero.
 
-Containers: 8-bit codes (and 5/6/7-bit ones) take one byte each; 4-bit (and 3-bit) codes two per byte;
-2-bit codes four per byte. Element ``i`` of a row sits in byte ``i // per_byte`` at bit offset
-``(i % per_byte) * container_bits`` (lowest bits first).
+Packing is dense: a ``bits``-bit code takes exactly ``bits`` bits of storage. Each row of codes is one
+little-endian bit stream in which code ``i`` starts at bit ``i * bits`` (bit ``k`` of the stream is bit
+``k % 8`` of byte ``k // 8``), so every 8 consecutive codes fill exactly ``bits`` bytes. For 8-, 4- and
+2-bit codes that is one, two or four codes per byte, lowest bits first, and no code crosses a byte; 3-, 5-,
+6- and 7-bit codes do cross bytes, and rows of them are packed in whole groups of 8 codes (``in_features``
+a multiple of 8).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ class WeightOnlyQuantConfig(CompressionConfig):
     Applying it replaces each targeted ``nn.Linear`` with a :class:`~kernels.QuantizedLinear`.
 
     Args:
-        bits: 2..8. 8-, 4- and 2-bit codes fill their container; 3-bit codes are stored in the 4-bit
-            container and 5/6/7-bit codes in the 8-bit one (so they save no bytes over 4 or 8 bits).
+        bits: 2..8; each code is stored in exactly ``bits`` bits (3-bit weights take 3/8 of a byte). 3-, 5-,
+            6- and 7-bit codes are packed 8 to every ``bits`` bytes, so they need ``in_features`` a
+            multiple of 8.
         group_size: ``None`` for one scale per output channel, else the number of consecutive input
             features sharing a scale: a multiple of 8, and it must divide each target's ``in_features``.
         symmetric: symmetric grid around zero (no stored zero point) or min/max grid with a uint8 zero
@@ -57,20 +61,27 @@ class WeightOnlyQuantConfig(CompressionConfig):
         check_bool(_OWNER, "symmetric", self.symmetric)
 
 
-def container_bits(bits: int) -> int:
-    """Bits of storage per code: 8 for 5..8-bit codes, 4 for 3..4-bit, 2 for 2-bit."""
-    return 8 if bits > 4 else 4 if bits > 2 else 2
+def codes_per_unit(bits: int) -> int:
+    """Codes in the smallest whole-byte unit of a packed row: 8 // bits for 2, 4 and 8 bits, else 8."""
+    return 8 // bits if 8 % bits == 0 else 8
+
+
+def packed_row_bytes(in_features: int, bits: int) -> int:
+    """Bytes one packed row of ``in_features`` codes takes: exactly ``in_features * bits / 8``."""
+    return in_features * bits // 8
 
 
 def check_layer_shape(
     in_features: int, *, bits: int, group_size: int | None, module: str = "the layer"
 ) -> None:
     """Reject ``in_features`` that the packed format cannot hold."""
-    per_byte = 8 // container_bits(bits)
-    if in_features % per_byte:
+    unit = codes_per_unit(bits)
+    if in_features % unit:
+        how = f"{unit} per byte" if unit * bits == 8 else f"{unit} to every {bits} bytes"
         raise ValueError(
-            f"{bits}-bit codes are packed {per_byte} per byte along in_features, so in_features of {module} "
-            f"must be a multiple of {per_byte}. Got {in_features} instead."
+            f"{bits}-bit codes are packed {how} along in_features, so in_features of {module} "
+            f"must be a multiple of {unit}. Got {in_features} instead. "
+            "Pick another bit width for it (8 bits packs any in_features), or leave it unquantized."
         )
     if group_size is not None and in_features % group_size:
         raise param_error(
@@ -135,27 +146,38 @@ def dequantize_codes(
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack uint8 codes ``[rows, cols]`` into ``bits``' container along the last dim (lowest bits first)."""
-    cb = container_bits(bits)
-    if cb == 8:
-        return codes.to(torch.uint8).contiguous()
-    per_byte = 8 // cb
+    """Pack uint8 codes ``[rows, cols]`` densely along the last dim: uint8 ``[rows, cols * bits / 8]``.
+
+    Code ``i`` of a row lands at bit ``i * bits`` of the row's little-endian bit stream (see the module
+    docstring); ``cols`` must be a multiple of :func:`codes_per_unit`.
+    """
     rows, cols = codes.shape
-    if cols % per_byte:
+    unit = codes_per_unit(bits)
+    if cols % unit:
         raise ValueError(
-            f"Cannot pack {cols} columns {per_byte} per byte: {cols} is not a multiple of {per_byte}."
+            f"Cannot pack {cols} columns of {bits}-bit codes: {cols} is not a multiple of {unit}."
         )
-    c = codes.to(torch.int32).reshape(rows, cols // per_byte, per_byte)
-    shifts = torch.arange(per_byte, dtype=torch.int32, device=codes.device) * cb
-    return (c << shifts).sum(dim=-1).to(torch.uint8).contiguous()
+    if bits == 8:
+        return codes.to(torch.uint8).contiguous()
+    # a unit of `unit` codes is one integer (<= 56 bits), split into its `unit * bits / 8` bytes
+    c = codes.to(torch.int64).reshape(rows, cols // unit, unit)
+    shifts = torch.arange(unit, dtype=torch.int64, device=codes.device) * bits
+    word = (c << shifts).sum(dim=-1, keepdim=True)
+    nbytes = unit * bits // 8
+    byte_shifts = torch.arange(nbytes, dtype=torch.int64, device=codes.device) * 8
+    return ((word >> byte_shifts) & 0xFF).to(torch.uint8).reshape(rows, cols * bits // 8).contiguous()
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
     """Inverse of :func:`pack_codes`: uint8 codes ``[rows, cols]``."""
-    cb = container_bits(bits)
-    if cb == 8:
+    if bits == 8:
         return packed
-    per_byte = 8 // cb
-    shifts = torch.arange(per_byte, dtype=torch.int32, device=packed.device) * cb
-    c = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & (2**cb - 1)
-    return c.reshape(packed.shape[0], cols).to(torch.uint8)
+    rows = packed.shape[0]
+    unit = codes_per_unit(bits)
+    nbytes = unit * bits // 8
+    word = packed.to(torch.int64).reshape(rows, cols // unit, nbytes)
+    if nbytes > 1:
+        byte_shifts = torch.arange(nbytes, dtype=torch.int64, device=packed.device) * 8
+        word = (word << byte_shifts).sum(dim=-1, keepdim=True)
+    shifts = torch.arange(unit, dtype=torch.int64, device=packed.device) * bits
+    return ((word >> shifts) & (2**bits - 1)).to(torch.uint8).reshape(rows, cols)

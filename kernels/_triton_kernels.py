@@ -1,8 +1,11 @@
-"""Triton GPU kernel for packed 8- and 4-bit weights: tiles are unpacked and dequantized in registers.
+"""Triton GPU kernel for packed 8-, 4- and 2-bit weights: tiles are unpacked and dequantized in registers.
 
 Imported only when a CUDA tensor reaches a :class:`~kernels.QuantizedLinear` and Triton imports (see
 ``kernels._linear_kernels.triton_available``). Same storage as the CPU path: unsigned codes packed along
-``in_features`` (lowest bits first), float32 scales ``[N, groups]``, optional uint8 zero points.
+``in_features`` (lowest bits first), float32 scales ``[N, groups]``, optional uint8 zero points. Only widths
+that divide 8 are handled (no code crosses a byte); densely packed 3/5/6/7-bit layers take the reference
+``dequant-matmul`` on CUDA.
+
 float32 inputs are multiplied in IEEE float32 (no TF32) so results match the reference closely;
 float16/bfloat16 inputs multiply in their own precision with float32 accumulation.
 """
@@ -12,8 +15,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from kernels._quant import container_bits
 
 
 @triton.jit
@@ -92,8 +93,12 @@ def packed_linear(
     in_features: int,
     group_size: int,
 ) -> torch.Tensor:
-    """``x @ dequant(W).T + bias`` on CUDA; ``x`` is 2-D ``[rows, in_features]``."""
-    cbits = container_bits(bits)
+    """``x @ dequant(W).T + bias`` on CUDA; ``x`` is 2-D ``[rows, in_features]``; ``bits`` is 8, 4 or 2."""
+    if bits not in (2, 4, 8):
+        raise ValueError(
+            f"The Triton kernel takes 8-, 4- or 2-bit codes (no code crossing a byte). Got bits={bits} "
+            "instead; densely packed 3/5/6/7-bit layers run the 'dequant-matmul' kernel."
+        )
     x = x.contiguous()
     weight_packed = weight_packed.contiguous()
     scales = scales.contiguous()
@@ -121,7 +126,7 @@ def packed_linear(
         weight_packed.stride(0),
         scales.stride(0),
         y.stride(0),
-        CBITS=cbits,
+        CBITS=bits,
         HAS_ZP=zero_points is not None,
         HAS_BIAS=bias is not None,
         IS_FP32=x.dtype == torch.float32,

@@ -8,7 +8,7 @@ from torch import nn
 
 import kernels
 from kernels import QuantizedLinear, WeightOnlyQuantConfig
-from kernels._quant import container_bits, dequantize_codes, pack_codes, quantize_weight, unpack_codes
+from kernels._quant import dequantize_codes, pack_codes, quantize_weight, unpack_codes
 
 BITS = range(2, 9)
 
@@ -59,13 +59,30 @@ def test_zero_is_exact_and_constant_rows_are_safe(symmetric: bool) -> None:
 
 
 @pytest.mark.parametrize("bits", BITS)
-def test_packing_round_trip_and_density(bits: int) -> None:
-    g = torch.Generator().manual_seed(bits)
-    codes = torch.randint(0, 2**bits, (5, 48), generator=g, dtype=torch.int32).to(torch.uint8)
+@pytest.mark.parametrize("shape", [(5, 48), (1, 8), (3, 384), (7, 1536)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packing_round_trip_and_density(bits: int, shape: tuple[int, int], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed * 100 + bits)
+    codes = torch.randint(0, 2**bits, shape, generator=g, dtype=torch.int32).to(torch.uint8)
     packed = pack_codes(codes, bits)
-    per_byte = 8 // container_bits(bits)
-    assert packed.dtype == torch.uint8 and packed.shape == (5, 48 // per_byte)
-    assert torch.equal(unpack_codes(packed, bits, 48), codes)
+    assert packed.dtype == torch.uint8 and packed.shape == (shape[0], shape[1] * bits // 8)  # exactly `bits`
+    assert torch.equal(unpack_codes(packed, bits, shape[1]), codes)
+
+
+def _bit_stream(packed_row: list[int]) -> list[int]:
+    """The row's bits in stream order: bit k is bit k % 8 of byte k // 8."""
+    return [(byte >> b) & 1 for byte in packed_row for b in range(8)]
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_packing_layout_code_i_at_bit_i_times_bits(bits: int) -> None:
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2**bits, (2, 16), generator=g, dtype=torch.int32).to(torch.uint8)
+    for codes_row, packed_row in zip(codes.tolist(), pack_codes(codes, bits).tolist(), strict=True):
+        stream = _bit_stream(packed_row)
+        assert len(stream) == 16 * bits
+        got = [sum(stream[i * bits + b] << b for b in range(bits)) for i in range(16)]
+        assert got == codes_row
 
 
 def test_packing_layout_lowest_bits_first() -> None:
@@ -73,10 +90,23 @@ def test_packing_layout_lowest_bits_first() -> None:
     assert pack_codes(codes, 4).tolist() == [[1 | 2 << 4, 3, 15 | 4 << 4]]
     codes2 = torch.tensor([[1, 2, 3, 0]], dtype=torch.uint8)
     assert pack_codes(codes2, 2).tolist() == [[1 | 2 << 2 | 3 << 4]]
+    # 3 bits: codes 0..7 fill 24 bits; code 2 straddles bytes 0 and 1, code 5 bytes 1 and 2
+    codes3 = torch.tensor([[1, 2, 7, 0, 5, 6, 3, 4]], dtype=torch.uint8)
+    word = sum(c << (3 * i) for i, c in enumerate(codes3[0].tolist()))
+    assert pack_codes(codes3, 3).tolist() == [[word & 255, (word >> 8) & 255, word >> 16]]
+
+
+@pytest.mark.parametrize("bits", [3, 5, 6, 7])
+def test_pack_codes_rejects_partial_units(bits: int) -> None:
+    with pytest.raises(
+        ValueError, match=rf"Cannot pack 12 columns of {bits}-bit codes: 12 is not a multiple of 8"
+    ):
+        pack_codes(torch.zeros(2, 12, dtype=torch.uint8), bits)
 
 
 @pytest.mark.parametrize(
-    ("bits", "group_size", "symmetric"), [(8, None, True), (4, 32, False), (3, 16, True), (2, 8, False)]
+    ("bits", "group_size", "symmetric"),
+    [(8, None, True), (4, 32, False), (3, 16, True), (2, 8, False), (5, None, False), (7, 8, True)],
 )
 def test_quantized_linear_from_linear_state_dict_round_trip(
     bits: int, group_size: int | None, symmetric: bool
@@ -93,7 +123,7 @@ def test_quantized_linear_from_linear_state_dict_round_trip(
     state = layer.state_dict()
     assert set(state) == {"weight_packed", "scales", "bias"} | (set() if symmetric else {"zero_points"})
     assert state["weight_packed"].dtype == torch.uint8
-    assert state["weight_packed"].shape == (24, 64 * container_bits(bits) // 8)
+    assert state["weight_packed"].shape == (24, 64 * bits // 8)
     fresh = QuantizedLinear(64, 24, bits=bits, group_size=group_size, symmetric=symmetric)
     fresh.load_state_dict(state)
     x = torch.randn(3, 64)
@@ -124,11 +154,21 @@ def test_group_size_must_divide_in_features() -> None:
         kernels.apply_(model, WeightOnlyQuantConfig(4, group_size=32))
 
 
-def test_packed_width_must_fit_container() -> None:
+def test_packed_width_must_fill_whole_bytes() -> None:
     with pytest.raises(
         ValueError, match=r"2-bit codes are packed 4 per byte .* must be a multiple of 4. Got 6 instead"
     ):
         QuantizedLinear.from_linear(nn.Linear(6, 4), WeightOnlyQuantConfig(2))
+    QuantizedLinear.from_linear(nn.Linear(6, 4), WeightOnlyQuantConfig(8))  # bytes take any width
+    model = nn.Sequential(nn.Linear(16, 12), nn.Linear(12, 4))
+    with pytest.raises(
+        ValueError,
+        match=r"3-bit codes are packed 8 to every 3 bytes along in_features, so in_features of '1' must be a "
+        r"multiple of 8. Got 12 instead. Pick another bit width for it \(8 bits packs any in_features\)",
+    ):
+        kernels.apply_(model, WeightOnlyQuantConfig(3))
+    with pytest.raises(ValueError, match=r"6-bit codes are packed 8 to every 6 bytes"):
+        QuantizedLinear(12, 4, bits=6)
 
 
 def test_from_linear_type_errors() -> None:

@@ -23,7 +23,15 @@ def _needs_triton() -> None:
 
 
 @pytest.mark.parametrize(
-    ("bits", "expected"), [(8, "triton-int8"), (6, "triton-int8"), (4, "triton-int4"), (2, "triton-int2")]
+    ("bits", "expected"),
+    [
+        (8, "triton-int8"),
+        (4, "triton-int4"),
+        (2, "triton-int2"),
+        # densely packed widths: Triton declines, the reference runs on the GPU
+        (6, "dequant-matmul"),
+        (3, "dequant-matmul"),
+    ],
 )
 @pytest.mark.parametrize(("group_size", "symmetric"), [(None, True), (64, False)])
 @pytest.mark.parametrize("rows", [1, 37])
@@ -54,3 +62,14 @@ def test_triton_half_precision_inputs() -> None:
             y = layer(x.to(dtype))
             assert y.dtype == dtype and layer.kernel == "triton-int4"
             assert (y.float() - ref).abs().max() <= 3e-2 * ref.abs().max()
+
+
+def test_triton_kernel_refuses_dense_widths() -> None:
+    from kernels._triton_kernels import packed_linear
+
+    layer = QuantizedLinear.from_linear(nn.Linear(64, 16), WeightOnlyQuantConfig(3)).cuda()
+    x = torch.randn(2, 64, device="cuda")
+    with pytest.raises(ValueError, match=r"takes 8-, 4- or 2-bit codes .* Got bits=3 instead"):
+        packed_linear(
+            x, layer.weight_packed, layer.scales, None, layer.bias, bits=3, in_features=64, group_size=64
+        )
