@@ -5,6 +5,11 @@ A directory holds ``recipe.json`` (what was applied, for provenance and for re-a
 counts) and ``state_dict.pt``. Loading rebuilds the structure from the manifest on a fresh base model and
 then loads the state dict strictly, so it needs neither the calibration data nor the original weights'
 importance scores, and gives bit-identical outputs.
+
+Manifest versions: 2 stores every ``bits``-bit code in exactly ``bits`` bits (see ``kernels._quant``);
+1 stored 3-bit codes in 4-bit nibbles and 5/6/7-bit codes in whole bytes. A version-1 directory still
+loads: its 3/5/6/7-bit layers are repacked on load (they need ``in_features`` a multiple of 8, else the
+directory must be rewritten with ``frontier apply``).
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from kernels._apply import CompressionRecipe
 from kernels._config import CompressionConfig, config_from_dict
 from kernels._masks import MASK_BUFFER, mask_nbytes
 from kernels._qlinear import QuantizedLinear
+from kernels._quant import codes_per_unit, pack_codes
 from kernels._select import get_submodule, set_submodule
 
 FORMAT = "frontier-compressed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _STRUCT_ATTRS = ("num_attention_heads", "all_head_size")
 _CONFIG_ATTRS = ("pruned_heads", "intermediate_size")
 
@@ -138,15 +145,18 @@ def load_compressed(
     Args:
         base: a zero-argument factory returning a fresh uncompressed model of the same architecture, or
             a transformers model directory / hub id (loaded with ``transformers.AutoModel``).
-        path: the directory :func:`save_compressed` wrote.
+        path: the directory :func:`save_compressed` wrote. A version-1 directory (3-bit codes in 4-bit
+            nibbles, 5/6/7-bit codes in bytes) loads too: those layers are repacked densely.
     """
     src = Path(path)
     manifest = json.loads((src / "manifest.json").read_text())
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("version") not in _READABLE_VERSIONS:
         raise ValueError(
-            f"{src / 'manifest.json'} must be a '{FORMAT}' manifest of version {FORMAT_VERSION}. "
+            f"{src / 'manifest.json'} must be a '{FORMAT}' manifest of version "
+            f"{' or '.join(map(str, _READABLE_VERSIONS))}. "
             f"Got format={manifest.get('format')!r}, version={manifest.get('version')!r} instead."
         )
+    old_dense = _version_1_dense_layers(manifest, src)
     if isinstance(base, str | os.PathLike):
         import transformers
 
@@ -164,5 +174,36 @@ def load_compressed(
         if config is not None:
             setattr(config, attr, {int(k): v for k, v in value.items()} if isinstance(value, dict) else value)
     state = torch.load(src / "state_dict.pt", map_location="cpu", weights_only=True)
+    for name, bits in old_dense.items():
+        key = f"{name}.weight_packed" if name else "weight_packed"
+        state[key] = _repack_version_1(state[key], bits)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _version_1_dense_layers(manifest: dict[str, Any], src: Path) -> dict[str, int]:
+    """``{name: bits}`` of the layers a version-1 manifest stored in containers (3/5/6/7 bits)."""
+    if manifest["version"] != 1:
+        return {}
+    out: dict[str, int] = {}
+    for name, spec in manifest["modules"].items():
+        bits = spec.get("bits")
+        if spec.get("kind") != "QuantizedLinear" or bits in (2, 4, 8):
+            continue  # 2-, 4- and 8-bit layouts did not change
+        in_features = spec["in_features"]
+        if in_features % codes_per_unit(bits):
+            raise ValueError(
+                f"{src} was written by an older Frontier (manifest version 1), and its {bits}-bit layer "
+                f"'{name}' has in_features={in_features}, which dense {bits}-bit packing cannot hold "
+                f"(it needs a multiple of {codes_per_unit(bits)}). Re-run `frontier apply` (or "
+                "kernels.save_compressed) to rewrite the directory with another bit width for that layer."
+            )
+        out[name] = bits
+    return out
+
+
+def _repack_version_1(old: torch.Tensor, bits: int) -> torch.Tensor:
+    """Version-1 ``weight_packed`` (3-bit codes two per byte, 5/6/7-bit one per byte) packed densely."""
+    if bits == 3:  # the lower nibble first
+        return pack_codes(torch.stack((old & 0xF, old >> 4), dim=-1).reshape(old.shape[0], -1), bits)
+    return pack_codes(old, bits)
