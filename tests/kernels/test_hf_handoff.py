@@ -93,6 +93,17 @@ def test_compress_pretrained_writes_a_directory_that_reproduces_the_model(model_
         assert torch.equal(reloaded(**batch).last_hidden_state, fresh(**batch).last_hidden_state)
 
 
+def test_compress_pretrained_with_dense_widths_stores_fewer_bytes(model_dir, tmp_path):
+    def compress(bits: int) -> dict:
+        recipe = CompressionRecipe({"encoder.layer.**": WeightOnlyQuantConfig(bits, group_size=16)})
+        return compress_pretrained(model_dir, recipe, tmp_path / str(bits))
+
+    four, three = compress(4), compress(3)
+    assert three["reload_max_abs_diff"] == 0.0 and three["avg_bits"] == 3.0
+    # 6 Linears per layer, 2 layers: 12288 weights, each 1/8 byte smaller at 3 bits
+    assert four["bytes_after"] - three["bytes_after"] == 2 * (4 * 32 * 32 + 2 * 32 * 64) // 8
+
+
 def test_compressed_tensors_config_groups_modules_by_format(make_bert):
     model = make_bert()
     recipe = CompressionRecipe(
