@@ -375,60 +375,62 @@ def _dense_segments(x, bits):  # type: ignore[no-untyped-def]
 
 
 @_jit_inline
-def _unit_dots(xd, w, bits, n, m, t):  # type: ignore[no-untyped-def]
-    """``t[j]`` = sum over unit ``j`` of row ``n`` of ``code * x[m]`` (inlined under a literal ``bits``)."""
-    for j in range(t.shape[0]):
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for b in range(bits):
-            f0 = np.float32(w[n, bits * j + b])
-            for k in range(4):
-                o = _segment_start(bits, b, k)
-                if o < 8:
-                    f = f0 if o == 0 else np.floor(f0 * np.float32(1.0 / (1 << o)))
-                    v = f * xd[m, 4 * b + k, j]
-                    if k == 0:
-                        a0 += v
-                    elif k == 1:
-                        a1 += v
-                    elif k == 2:
-                        a2 += v
-                    else:
-                        a3 += v
-        t[j] = (a0 + a1) + (a2 + a3)
-
-
-@_jit_ordered
-def _unit_dots_row(xd, w, bits, n, m, t):  # type: ignore[no-untyped-def]
-    if bits == 3:
-        _unit_dots(xd, w, 3, n, m, t)
-    elif bits == 5:
-        _unit_dots(xd, w, 5, n, m, t)
-    elif bits == 6:
-        _unit_dots(xd, w, 6, n, m, t)
-    else:
-        _unit_dots(xd, w, 7, n, m, t)
-
-
-@_jit
-def _rows_dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+def _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+    """Rows ``n0:n1`` of ``out`` from the segment trick (inlined under a literal ``bits``)."""
     m_rows, _, nu = xd.shape
-    ug = gs // 8  # units per scale group
     t = np.empty(nu, np.float32)
     for n in range(n0, n1):
         for m in range(m_rows):
-            _unit_dots_row(xd, w, bits, n, m, t)
-            total = np.float32(0.0)
-            for g in range(scales.shape[1]):
-                base = g * ug
-                acc = np.float32(0.0)
-                for k in range(ug):
-                    acc += t[base + k]
-                z = np.float32(zeros[n, g]) if asym else zc
-                total += scales[n, g] * (acc - z * xsum[m, g])
+            for j in range(nu):  # t[j]: unit j's sum of code * x, summed as a tree
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                for b in range(bits):
+                    f0 = np.float32(w[n, bits * j + b])
+                    for k in range(4):
+                        o = _segment_start(bits, b, k)
+                        if o < 8:
+                            f = f0 if o == 0 else np.floor(f0 * np.float32(1.0 / (1 << o)))
+                            v = f * xd[m, 4 * b + k, j]
+                            if k == 0:
+                                a0 += v
+                            elif k == 1:
+                                a1 += v
+                            elif k == 2:
+                                a2 += v
+                            else:
+                                a3 += v
+                t[j] = (a0 + a1) + (a2 + a3)
+            total = _group_total(t, xsum, scales, zeros, asym, zc, gs, n, m)
             out[m, n] = total + bias[n] if has_bias else total
+
+
+@_jit
+def _group_total(t, xsum, scales, zeros, asym, zc, gs, n, m):  # type: ignore[no-untyped-def]
+    """``sum_g s_g * (sum of t over group g - z_g * xsum[m, g])`` (reassociated: a vectorised sum)."""
+    ug = gs // 8  # units per scale group
+    total = np.float32(0.0)
+    for g in range(scales.shape[1]):
+        base = g * ug
+        acc = np.float32(0.0)
+        for k in range(ug):
+            acc += t[base + k]
+        z = np.float32(zeros[n, g]) if asym else zc
+        total += scales[n, g] * (acc - z * xsum[m, g])
+    return total
+
+
+@_jit_ordered
+def _rows_dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+    if bits == 3:
+        _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 3, bias, has_bias, out, n0, n1)
+    elif bits == 5:
+        _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 5, bias, has_bias, out, n0, n1)
+    elif bits == 6:
+        _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 6, bias, has_bias, out, n0, n1)
+    else:
+        _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 7, bias, has_bias, out, n0, n1)
 
 
 @_jit
