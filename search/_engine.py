@@ -298,6 +298,7 @@ def _run(
     sync_interval_s: float,
 ) -> str:
     from search._tune import AskTellSearcher, run_trials
+    from search._workers import run_pool
 
     init_ray(address or spec.address)
     thread = TrackerThread(tracker, spec.name, storage, interval=sync_interval_s) if tracker else None
@@ -319,14 +320,17 @@ def _run(
         thread.start()
     state = "finished"
     try:
-        run_trials(
-            searcher,
-            spec,
-            run_dir=run_path,
-            time_budget_s=spec.search.timeout_s,
-            scheduler=scheduler,
-            latency=latency,
-        )
+        if scheduler is None:  # FIFO: long-lived workers, without Ray Tune's per-trial machinery
+            run_pool(searcher, spec, latency=latency)
+        else:
+            run_trials(
+                searcher,
+                spec,
+                run_dir=run_path,
+                time_budget_s=spec.search.timeout_s,
+                scheduler=scheduler,
+                latency=latency,
+            )
         if spec.latency.mode == "hybrid":
             _remeasure_pareto(spec, study, latency, tracker)
     except KeyboardInterrupt:
