@@ -152,7 +152,7 @@ def make_scheduler(spec: StudySpec) -> Any:
     if cfg.kind == "fifo":
         return None
     from search._moasha import MOASHAScheduler
-    from search._tune import STEP_KEY
+    from search._workers import STEP_KEY
 
     return MOASHAScheduler(
         [o.name for o in spec.objectives],

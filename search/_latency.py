@@ -377,7 +377,7 @@ def remeasure(
 ) -> list[dict[str, float]]:
     """Measure the latency of each candidate afresh (never from the cache): the final Pareto set."""
     from evaluators import EvalContext
-    from search._tune import _worker_evaluator
+    from search._workers import _worker_evaluator
     from spaces import Candidate
 
     evaluator = _worker_evaluator(spec_json)

@@ -3,20 +3,16 @@
 Ray Tune's own ``OptunaSearch`` keeps its study in memory by default and never passes constraint values
 to Optuna, so Frontier drives Optuna itself through this Searcher (persistent storage, constraints,
 failures with their reasons) and lets Ray Tune do what it is good at: placing trials on workers, reusing
-actors, and (multi-fidelity) stopping them through a trial scheduler.
+actors, and (multi-fidelity) stopping them through a trial scheduler. Studies without a trial scheduler
+use the same Searcher on long-lived Ray actors instead (:func:`search._workers.run_pool`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import json
 import logging
 import os
-import queue
-import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +20,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search._latency import MEASURED_KEY, SOURCE_ATTR, LatencyRuntime, resolve_latency
+from search._latency import MEASURED_KEY, SOURCE_ATTR, LatencyRuntime
 from search._optuna import LiveTrial, WriteThroughStudy, tell_result
-from spaces import StudySpec, spec_from_dict
+from search._workers import DONE_KEY, ERROR_KEY, evaluate_in_worker, trial_seed
+from spaces import StudySpec
 
 # Tune's per-trial JSON/CSV/TensorBoard loggers write several files per trial; Frontier records trials in
 # Optuna and MLflow, so they only cost time.
@@ -36,124 +33,6 @@ os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
 
 from ray import tune
 from ray.tune.search import Searcher
-
-ERROR_KEY = "frontier_error"
-DONE_KEY = "frontier_done"
-STEP_KEY = "frontier_step"
-
-_EVALUATORS: dict[str, Any] = {}
-
-
-def trial_seed(study_seed: int | None, number: int) -> int:
-    digest = hashlib.sha256(f"{study_seed or 0}:{number}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def _worker_evaluator(spec_json: str) -> Any:
-    """One evaluator per worker process and spec, set up once and reused across trials (actor reuse)."""
-    key = hashlib.sha256(spec_json.encode()).hexdigest()
-    ev = _EVALUATORS.get(key)
-    if ev is None:
-        from evaluators import make_evaluator
-
-        spec = spec_from_dict(json.loads(spec_json))
-        ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
-        ev.check_params({p.name for p in spec.params})
-        ev.bind_spec(spec)
-        _EVALUATORS.clear()
-        _EVALUATORS[key] = ev
-    ev.ensure_setup()
-    return ev
-
-
-def _raise_in_thread(thread: threading.Thread, exc: type[BaseException]) -> None:
-    # Python cannot kill a thread; this asks the interpreter to raise ``exc`` in it at its next bytecode.
-    if thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
-
-
-class _TrialTimeout(Exception):
-    pass
-
-
-def evaluate_in_worker(
-    config: dict[str, Any],
-    spec_json: str,
-    report: Callable[[dict[str, Any]], None],
-    latency: LatencyRuntime | None = None,
-) -> None:
-    """Run one evaluation; every outcome (metrics, error, timeout) is sent through ``report``.
-
-    The evaluation runs in a thread so that intermediate reports and the per-trial timeout are handled
-    here, on the trainable's own thread, where Ray Tune expects ``tune.report`` to be called.
-    """
-    from evaluators import EvalContext, TrialStopped
-    from spaces import Candidate
-
-    timeout = config.get("timeout_s")
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
-    proceed: queue.Queue[bool] = queue.Queue()
-
-    def reporter(step: int, metrics: Any) -> bool:
-        events.put(("step", {**metrics, STEP_KEY: step}))
-        return proceed.get()
-
-    def body() -> None:
-        try:
-            ev = _worker_evaluator(spec_json)
-            ctx = EvalContext(
-                trial_number=config["number"],
-                seed=config["seed"],
-                threads=config["threads"],
-                device=config.get("device", "cpu"),
-                reporter=reporter,
-                **(latency.context_kwargs() if latency is not None else {}),
-            )
-            candidate = Candidate(config["params"], number=config["number"])
-            metrics = ev.evaluate(candidate, ctx)
-            if latency is not None and latency.policy is not None:
-                metrics = resolve_latency(ev, candidate, ctx, metrics, latency.policy, latency.metric)
-            events.put(("done", metrics))
-        except TrialStopped:
-            events.put(("stopped", None))
-        except _TrialTimeout:
-            pass
-        except BaseException as exc:  # any evaluator error becomes a failed trial with its reason
-            tb = traceback.format_exc(limit=6)
-            events.put(("error", f"{type(exc).__name__}: {exc}\n{tb}"))
-
-    thread = threading.Thread(target=body, name=f"frontier-trial-{config['number']}", daemon=True)
-    thread.start()
-    deadline = None if timeout is None else time.monotonic() + float(timeout)
-    while True:
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            kind, payload = events.get(timeout=wait)
-        except queue.Empty:
-            _raise_in_thread(thread, _TrialTimeout)
-            proceed.put(False)
-            thread.join(5.0)
-            report({ERROR_KEY: f"TimeoutError: the trial ran longer than search.trial_timeout_s={timeout}"})
-            return
-        if kind == "step":
-            try:
-                report(payload)
-            except BaseException:
-                # Tune stops a trial (scheduler decision, end of study) by raising SystemExit from
-                # ``tune.report``: stop the evaluation thread too, so it frees its model, then let it rise.
-                proceed.put(False)
-                thread.join(10.0)
-                raise
-            proceed.put(True)
-        elif kind == "done":
-            clean = {k: v for k, v in payload.items() if isinstance(v, int | float)}
-            report({**clean, DONE_KEY: 1})
-            return
-        elif kind == "error":
-            report({ERROR_KEY: payload})
-            return
-        else:  # stopped
-            return
 
 
 def _trainable(config: dict[str, Any], spec_json: str = "", latency: LatencyRuntime | None = None) -> None:

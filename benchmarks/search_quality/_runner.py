@@ -14,7 +14,7 @@ import pandas as pd
 from benchmarks.search_quality._problems import SEED_COLUMN, Problem
 from search import make_sampler
 from search._optuna import tell_result
-from search._tune import trial_seed
+from search._workers import trial_seed
 from spaces import StudySpec, spec_from_dict, suggest
 
 Key = tuple[Any, ...]
