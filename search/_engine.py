@@ -225,38 +225,44 @@ def run_study(
     study = open_study(spec, storage, sampler)
     description = sampler_description(spec)
     study.set_user_attr(SAMPLER_ATTR, description)
-
-    tracker = None
-    if tracking_uri is not None:
-        tracker = MlflowTracker(
-            spec,
-            tracking_uri=tracking_uri,
-            storage_url=storage,
-            experiment=spec.tracking.experiment,
-            artifact_root=run_path / "mlartifacts" if tracking_uri.startswith("sqlite") else None,
-        )
-        tracker.start()
-        tracker.set_tags({"frontier.sampler": description})
-        tracker.sync(study)
-
     budget = spec.search.n_trials - n_done(study)
-    state = "finished"
-    if budget > 0:
-        enqueue_initial(spec, study)  # baselines and warm starts, on a fresh study only
-        study.set_user_attr(STATE_ATTR, "running")
-        state = _run(
-            spec,
-            study,
-            sampler=sampler,
-            budget=budget,
-            run_path=run_path,
-            address=address,
-            on_progress=on_progress,
-            tracker=tracker,
-            storage=storage,
-            scheduler=scheduler,
-            sync_interval_s=sync_interval_s,
-        )
+    # Ray's workers start up while this process opens the MLflow store (a new one takes ~1.5 s).
+    helpers = _Helpers.launch(
+        spec, study, budget=budget, run_path=run_path, address=address, scheduler=scheduler
+    )
+    try:
+        tracker = None
+        if tracking_uri is not None:
+            tracker = MlflowTracker(
+                spec,
+                tracking_uri=tracking_uri,
+                storage_url=storage,
+                experiment=spec.tracking.experiment,
+                artifact_root=run_path / "mlartifacts" if tracking_uri.startswith("sqlite") else None,
+            )
+            tracker.start()
+            tracker.set_tags({"frontier.sampler": description})
+            tracker.sync(study)
+
+        state = "finished"
+        if budget > 0:
+            assert helpers is not None
+            enqueue_initial(spec, study)  # baselines and warm starts, on a fresh study only
+            study.set_user_attr(STATE_ATTR, "running")
+            state = _run(
+                spec,
+                study,
+                sampler=sampler,
+                budget=budget,
+                on_progress=on_progress,
+                tracker=tracker,
+                storage=storage,
+                sync_interval_s=sync_interval_s,
+                helpers=helpers,
+            )
+    finally:
+        if helpers is not None:
+            helpers.close()
     study.set_user_attr(STATE_ATTR, state)
     if tracker is not None:
         tracker.sync(study)
@@ -283,24 +289,63 @@ def _ray_address() -> str | None:
     return ray.get_runtime_context().gcs_address if ray.is_initialized() else None
 
 
+@dataclass
+class _Helpers:
+    """What a study with trials to run starts before the MLflow store is open: Ray, the trial scheduler,
+    the latency runtime and, for a FIFO study, the worker pool (whose actors start up meanwhile)."""
+
+    run_path: Path
+    scheduler: Any
+    latency: Any
+    pool: Any
+
+    @classmethod
+    def launch(
+        cls,
+        spec: StudySpec,
+        study: Any,
+        *,
+        budget: int,
+        run_path: Path,
+        address: str | None,
+        scheduler: Any,
+    ) -> _Helpers | None:
+        if budget <= 0:
+            return None
+        from search._workers import WorkerPool
+
+        init_ray(address or spec.address)
+        scheduler = make_scheduler(spec) if scheduler is None else scheduler
+        helpers = cls(run_path, scheduler, None, None)
+        try:
+            helpers.latency = _latency_runtime(spec, study, run_path)
+            if helpers.scheduler is None:  # FIFO: long-lived workers, without Ray Tune's per-trial machinery
+                helpers.pool = WorkerPool(spec, helpers.latency)
+                helpers.pool.start()
+        except BaseException:
+            helpers.close()
+            raise
+        return helpers
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
 def _run(
     spec: StudySpec,
     study: Any,
     *,
     sampler: Any,
     budget: int,
-    run_path: Path,
-    address: str | None,
     on_progress: Callable[[Progress], None] | None,
     tracker: MlflowTracker | None,
     storage: str,
-    scheduler: Any,
     sync_interval_s: float,
+    helpers: _Helpers,
 ) -> str:
     from search._tune import AskTellSearcher, run_trials
-    from search._workers import run_pool
 
-    init_ray(address or spec.address)
     thread = TrackerThread(tracker, spec.name, storage, interval=sync_interval_s) if tracker else None
     counts = _Counts(spec, study)
 
@@ -309,9 +354,6 @@ def _run(
         if on_progress is not None:
             on_progress(snapshot)
 
-    if scheduler is None:
-        scheduler = make_scheduler(spec)
-    latency = _latency_runtime(spec, study, run_path)
     deadline = time.monotonic() + spec.search.timeout_s if spec.search.timeout_s else None
     searcher = AskTellSearcher(
         study, spec, sampler=sampler, budget=budget, deadline=deadline, on_finished=finished
@@ -320,19 +362,20 @@ def _run(
         thread.start()
     state = "finished"
     try:
-        if scheduler is None:  # FIFO: long-lived workers, without Ray Tune's per-trial machinery
-            run_pool(searcher, spec, latency=latency)
+        if helpers.pool is not None:
+            helpers.pool.run(searcher)
+            helpers.pool.close()  # frees the workers' resources (the hybrid re-measurement needs them)
         else:
             run_trials(
                 searcher,
                 spec,
-                run_dir=run_path,
+                run_dir=helpers.run_path,
                 time_budget_s=spec.search.timeout_s,
-                scheduler=scheduler,
-                latency=latency,
+                scheduler=helpers.scheduler,
+                latency=helpers.latency,
             )
         if spec.latency.mode == "hybrid":
-            _remeasure_pareto(spec, study, latency, tracker)
+            _remeasure_pareto(spec, study, helpers.latency, tracker)
     except KeyboardInterrupt:
         state = "interrupted"
         raise

@@ -4,7 +4,7 @@ Ray Tune's own ``OptunaSearch`` keeps its study in memory by default and never p
 to Optuna, so Frontier drives Optuna itself through this Searcher (persistent storage, constraints,
 failures with their reasons) and lets Ray Tune do what it is good at: placing trials on workers, reusing
 actors, and (multi-fidelity) stopping them through a trial scheduler. Studies without a trial scheduler
-use the same Searcher on long-lived Ray actors instead (:func:`search._workers.run_pool`).
+use the same Searcher on long-lived Ray actors instead (:class:`search._workers.WorkerPool`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ worker. A Ray Tune trial costs the driver and the worker tens of milliseconds of
 object, a placement group created and removed, registry look-ups in the GCS, an actor reset and a new
 runner thread and session in the worker). A trial scheduler needs that machinery, so multi-fidelity studies
 keep Ray Tune (:func:`search._tune.run_trials`); a FIFO study only needs a worker with the study's
-resources, so :func:`run_pool` keeps ``concurrency`` Ray actors and sends each one trial at a time.
+resources, so a :class:`WorkerPool` keeps ``concurrency`` Ray actors and sends each one trial at a time.
 Failures, NaN metrics and ``trial_timeout_s`` end a trial exactly as under Ray Tune; a worker process that
 dies fails its trial ("the Ray worker running this trial died") and is replaced.
 
@@ -180,43 +180,62 @@ class TrialWorker:
         return last
 
 
-def run_pool(
-    searcher: AskTellSearcher,
-    spec: StudySpec,
-    *,
-    latency: LatencyRuntime | None = None,
-) -> None:
-    """Run the searcher's trials on ``spec.search.concurrency`` Ray actors until its budget or deadline.
+class WorkerPool:
+    """``spec.search.concurrency`` Ray actors that run a FIFO study's trials, one call per trial.
 
-    A trial is asked for only when a worker is free to run it at once, so the hard timeout (see
-    ``HARD_TIMEOUT_GRACE_S``) counts from its start. Trials still running at the searcher's deadline are left
-    to ``searcher.abandon_live``, as Ray Tune's ``time_budget_s`` leaves them; the actors are killed on the
-    way out, also on an interrupt.
-
-    Raises:
-        RuntimeError: a worker could not be started (its actor died before answering).
+    :meth:`start` creates the actors and returns at once (they start up while the driver does other work),
+    :meth:`run` runs the searcher's trials on them, :meth:`close` kills them (also after an interrupt).
     """
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
 
-    worker = ray.remote(TrialWorker).options(  # type: ignore[attr-defined]
-        num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_restarts=0
-    )
-    spec_json = json.dumps(spec.to_dict())
-    timeout = spec.search.trial_timeout_s
-    starting: dict[Any, Any] = {}  # ready() ref -> actor
-    idle: list[Any] = []
-    running: dict[Any, tuple[str, Any, float | None]] = {}  # evaluate() ref -> trial id, actor, hard deadline
+    def __init__(self, spec: StudySpec, latency: LatencyRuntime | None = None) -> None:
+        self.spec = spec
+        self.latency = latency
+        self._worker: Any = None
+        self._spec_json = ""
+        self._starting: dict[Any, Any] = {}  # ready() ref -> actor
+        self._idle: list[Any] = []
+        self._running: dict[
+            Any, tuple[str, Any, float | None]
+        ] = {}  # evaluate() ref -> trial, actor, deadline
 
-    def spawn() -> None:
-        actor = worker.remote(spec_json, latency)
-        starting[actor.ready.remote()] = actor  # type: ignore[attr-defined]
+    def start(self) -> None:
+        import ray
 
-    for _ in range(spec.search.concurrency):
-        spawn()
-    issued = 0
-    exhausted = False
-    try:
+        self._worker = ray.remote(TrialWorker).options(  # type: ignore[attr-defined]
+            num_cpus=self.spec.resources.cpu, num_gpus=self.spec.resources.gpu, max_restarts=0
+        )
+        self._spec_json = json.dumps(self.spec.to_dict())
+        for _ in range(self.spec.search.concurrency):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        actor = self._worker.remote(self._spec_json, self.latency)
+        self._starting[actor.ready.remote()] = actor
+
+    def close(self) -> None:
+        import ray
+
+        for actor in [*self._starting.values(), *self._idle, *(a for _, a, _ in self._running.values())]:
+            ray.kill(actor)
+        self._starting, self._idle, self._running = {}, [], {}
+
+    def run(self, searcher: AskTellSearcher) -> None:
+        """Run the searcher's trials until its budget or deadline.
+
+        A trial is asked for only when a worker is free to run it at once, so the hard timeout (see
+        ``HARD_TIMEOUT_GRACE_S``) counts from its start. Trials still running at the searcher's deadline are
+        left to ``searcher.abandon_live``, as Ray Tune's ``time_budget_s`` leaves them.
+
+        Raises:
+            RuntimeError: a worker could not be started (its actor died before answering).
+        """
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        timeout = self.spec.search.trial_timeout_s
+        starting, idle, running = self._starting, self._idle, self._running
+        issued = 0
+        exhausted = False
         while True:
             while idle and not exhausted:
                 trial_id = f"trial_{issued:05d}"
@@ -249,7 +268,7 @@ def run_pool(
                             f"did not stop within {HARD_TIMEOUT_GRACE_S:g} s more; its worker was killed"
                         )
                         searcher.on_trial_complete(trial_id, {ERROR_KEY: error})
-                        spawn()
+                        self._spawn()
                 continue
             for ref in ready:
                 if ref in starting:
@@ -267,13 +286,10 @@ def run_pool(
                     result = ray.get(ref)
                 except RayActorError:  # the worker process died (crash, OOM kill): replace it
                     searcher.on_trial_complete(trial_id, None, error=True)
-                    spawn()
+                    self._spawn()
                     continue
                 except RayTaskError as exc:  # raised outside the evaluation (which reports its own errors)
                     searcher.on_trial_complete(trial_id, {ERROR_KEY: f"{type(exc).__name__}: {exc}"})
                 else:
                     searcher.on_trial_complete(trial_id, result)
                 idle.append(actor)
-    finally:
-        for actor in [*starting.values(), *idle, *(actor for _, actor, _ in running.values())]:
-            ray.kill(actor)
