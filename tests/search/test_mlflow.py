@@ -21,7 +21,12 @@ def _tracked_study(tmp_path, table, make_spec):
     study = optuna.create_study(
         study_name=spec.name, storage=make_storage(storage), directions=spec.directions
     )
-    tracker = MlflowTracker(spec, tracking_uri=default_tracking_uri(tmp_path), storage_url=storage)
+    tracker = MlflowTracker(
+        spec,
+        tracking_uri=default_tracking_uri(tmp_path),
+        storage_url=storage,
+        artifact_root=tmp_path / "mlartifacts",
+    )
     tracker.start()
     return spec, study, tracker, storage
 
