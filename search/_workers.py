@@ -152,6 +152,10 @@ def evaluate_in_worker(
             return
 
 
+# Workers that die before answering (a node going away, say) are replaced; this many in a row, with none
+# starting in between, mean that none can start: the study stops with the reason rather than spin.
+MAX_FAILED_STARTS = 3
+
 # A worker whose trial outlives trial_timeout_s by this much did not return from its own timeout handling
 # (the evaluation is stuck outside Python, where the timeout cannot interrupt it): the driver kills it.
 HARD_TIMEOUT_GRACE_S = 60.0
@@ -227,14 +231,14 @@ class WorkerPool:
         left to ``searcher.abandon_live``, as Ray Tune's ``time_budget_s`` leaves them.
 
         Raises:
-            RuntimeError: a worker could not be started (its actor died before answering).
+            RuntimeError: ``MAX_FAILED_STARTS`` workers in a row died before answering.
         """
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
         timeout = self.spec.search.trial_timeout_s
         starting, idle, running = self._starting, self._idle, self._running
-        issued = 0
+        issued = failed_starts = 0
         exhausted = False
         while True:
             while idle and not exhausted:
@@ -276,9 +280,16 @@ class WorkerPool:
                     try:
                         ray.get(ref)
                     except RayActorError as exc:
-                        raise RuntimeError(
-                            f"a Ray worker for this study could not be started: {exc}"
-                        ) from exc
+                        failed_starts += 1
+                        if failed_starts >= MAX_FAILED_STARTS:
+                            raise RuntimeError(
+                                f"{failed_starts} Ray workers in a row died before they started, the last "
+                                f"with: {exc}"
+                            ) from exc
+                        log.warning("a Ray worker died before it started (%s); starting another", exc)
+                        self._spawn()
+                        continue
+                    failed_starts = 0
                     idle.append(actor)
                     continue
                 trial_id, actor, _ = running.pop(ref)

@@ -6,6 +6,7 @@ import os
 import time
 from typing import Any
 
+import optuna
 import pytest
 
 import search._workers as workers
@@ -69,3 +70,36 @@ def test_the_time_budget_stops_the_study_and_fails_the_running_trials(
     assert not [r for r in out.trials if r.state == "running"]
     stopped = [r for r in out.trials if r.state == "fail"]
     assert stopped and all(r.error.startswith("stopped: the study ended") for r in stopped)
+
+
+def test_a_worker_that_dies_while_starting_is_replaced(ray_session, monkeypatch, tmp_path, table, make_spec):
+    marker = tmp_path / "first-start"
+
+    class FailsOnce(workers.TrialWorker):
+        def __init__(self, spec_json: str, latency: Any = None) -> None:
+            if not marker.exists():  # the first worker to start, in whichever process
+                marker.touch()
+                raise RuntimeError("node went away")
+            super().__init__(spec_json, latency)
+
+    monkeypatch.setattr(workers, "TrialWorker", FailsOnce)
+    spec = spec_from_dict(make_spec(table, **{"search.n_trials": 4, "search.concurrency": 2}))
+    out = run_study(spec, run_dir=tmp_path / "run", track=False)
+    assert out.state == "finished" and [r.state for r in out.trials] == ["complete"] * 4
+
+
+def test_workers_that_can_never_start_stop_the_study_with_the_reason(
+    ray_session, monkeypatch, tmp_path, table, make_spec
+):
+    class Broken(workers.TrialWorker):
+        def __init__(self, spec_json: str, latency: Any = None) -> None:
+            raise RuntimeError("no GPU driver on this node")
+
+    monkeypatch.setattr(workers, "TrialWorker", Broken)
+    spec = spec_from_dict(make_spec(table, **{"search.n_trials": 4, "search.concurrency": 2}))
+    with pytest.raises(
+        RuntimeError, match=r"(?s)3 Ray workers in a row died before they started.*no GPU driver"
+    ):
+        run_study(spec, run_dir=tmp_path / "run", track=False)
+    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{tmp_path / 'run' / 'frontier.db'}")
+    assert study.trials == [], "no trial was asked for without a worker to run it"
