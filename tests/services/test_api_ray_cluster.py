@@ -87,10 +87,13 @@ def ray_cluster() -> Iterator[str]:
 def test_study_runs_on_an_existing_two_node_cluster(
     service_factory, ray_cluster, make_table, make_spec
 ) -> None:
-    svc = service_factory(env={"FRONTIER_RAY_ADDRESS": ray_cluster})
+    # The cluster runs without token auth; so must its drivers. An earlier test's in-process ray.init() leaves
+    # RAY_AUTH_MODE=token in this process's environment, and a driver with it rejects the GCS's calls (every
+    # actor it creates is then destroyed at once: the trials used to fail, all of them, unnoticed).
+    svc = service_factory(env={"FRONTIER_RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "disabled"})
     spec = make_spec(make_table(svc.data / "toy.csv"), **{"search.n_trials": 6, "search.concurrency": 2})
     svc.start()
     with svc.client(ALICE) as c:
         sid = c.post("/studies", json=spec).json()["id"]
         done = wait_for(c, sid, ("succeeded", "failed"), timeout=200)
-    assert done["state"] == "succeeded" and done["trials"]["done"] == 6, done
+    assert done["state"] == "succeeded" and done["trials"]["done"] == done["trials"]["complete"] == 6, done
