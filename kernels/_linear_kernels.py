@@ -170,6 +170,7 @@ def _weight_args(layer: QuantizedLinear) -> tuple[Any, ...]:
 
 class _NumbaKernel(LinearKernel):
     bits: ClassVar[tuple[int, ...]]
+    entry: ClassVar[str] = "linear"  # numba functions ``{entry}_serial`` / ``{entry}_parallel``
     priority = 10
 
     def supports(self, layer: QuantizedLinear, x: torch.Tensor) -> bool:
@@ -187,11 +188,11 @@ class _NumbaKernel(LinearKernel):
         args = (x.detach().contiguous().numpy(), *_weight_args(layer), out)
         threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
         if threads == 1 or args[1].nbytes <= SERIAL_MAX_BYTES:
-            ck.linear_serial(*args)
+            getattr(ck, f"{self.entry}_serial")(*args)
         else:
             if numba.get_num_threads() != threads:
                 numba.set_num_threads(threads)
-            ck.linear_parallel(*args, 4 * threads)
+            getattr(ck, f"{self.entry}_parallel")(*args, 4 * threads)
         return torch.from_numpy(out)
 
 
@@ -257,19 +258,7 @@ class NumbaDense(_NumbaKernel):
 
     name = "numba-dense"
     bits = (3, 5, 6, 7)
-
-    def __call__(self, layer: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
-        numba, ck = _numba()
-        out = np.empty((x.shape[0], layer.out_features), np.float32)
-        args = (x.detach().contiguous().numpy(), *_weight_args(layer), out)
-        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-        if threads == 1 or args[1].nbytes <= SERIAL_MAX_BYTES:
-            ck.dense_linear_serial(*args)
-        else:
-            if numba.get_num_threads() != threads:
-                numba.set_num_threads(threads)
-            ck.dense_linear_parallel(*args, 4 * threads)
-        return torch.from_numpy(out)
+    entry = "dense_linear"
 
 
 # --- triton ---------------------------------------------------------------------------------------
