@@ -109,7 +109,9 @@ def measure_latency(
             sync()
         warm.append(clock() - t0)
     reps = 0
+    nominal = 0.0
     if reference is not None:
+        nominal = reference.nominal  # before the timed loop: it may calibrate (~1 s) on first use
         unit = []
         for _ in range(max(3, warmup)):
             t0 = clock()
@@ -134,7 +136,7 @@ def measure_latency(
             sync()
         raw.append((clock() - t0) * 1e3)
         if reference is not None:
-            samples.append(raw[-1] / ref_unit[-1] * reference.nominal if ref_unit[-1] > 0 else raw[-1])
+            samples.append(raw[-1] / ref_unit[-1] * nominal if ref_unit[-1] > 0 else raw[-1])
         else:
             samples.append(raw[-1])
         if len(samples) >= min_repeats and len(samples) % 5 == 0:
@@ -157,7 +159,7 @@ def measure_latency(
         len(samples),
         converged,
         raw_median_ms=statistics.median(raw),
-        speed=statistics.median(ref_unit) / reference.nominal if reference.nominal > 0 else None,
+        speed=statistics.median(ref_unit) / nominal if nominal > 0 else None,
         reference_reps=reps,
     )
 
