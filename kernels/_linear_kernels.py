@@ -219,8 +219,7 @@ class NumbaDequantMatmul(LinearKernel):
             threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
             if numba.get_num_threads() != threads:
                 numba.set_num_threads(threads)
-            dequantize = ck.dequantize_parallel if bits in (2, 4, 8) else ck.dequantize_dense_parallel
-            dequantize(w, scales, zeros, asym, zc, gs, bits, out, 4 * threads)
+            ck.dequantize_parallel(w, scales, zeros, asym, zc, gs, bits, out, 4 * threads)
             weight = torch.from_numpy(out)
             if layer.cache_dequantized:
                 layer._dequant_cache = weight
@@ -253,8 +252,7 @@ class NumbaInt2(_NumbaKernel):
 
 @register_linear_kernel
 class NumbaDense(_NumbaKernel):
-    """Densely packed 3-, 5-, 6- and 7-bit codes (8 codes in ``bits`` bytes) on CPU, few rows: each weight
-    row is decoded once into a float scratch row and dotted with every input row."""
+    """Densely packed 3-, 5-, 6- and 7-bit codes (8 codes in ``bits`` bytes) on CPU, few rows."""
 
     name = "numba-dense"
     bits = (3, 5, 6, 7)
