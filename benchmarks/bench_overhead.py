@@ -1,15 +1,17 @@
 """Per-trial orchestration overhead of the full stack against a plain in-process Optuna loop.
 
 Both search the same recorded table with the same sampler and seed. The full stack is
-``search.run_study``: Optuna on an SQLite storage, candidates evaluated by Ray workers (``concurrency``
-long-lived actors; a FIFO study like this one does not go through Ray Tune's per-trial machinery), MLflow
-tracking on a SQLite store. The baseline is
+``search.run_study``: Optuna on an SQLite storage, candidates evaluated by Ray workers, MLflow tracking on
+a SQLite store. It runs with each ``search.runner``: ``actors`` (``stack``, the default for a FIFO study
+like this one: ``concurrency`` long-lived Ray actors, no Ray Tune per-trial machinery) and ``tune``
+(``tune``: one Ray Tune trial per candidate on reused actors). The baseline is
 ``study.optimize`` on an in-memory study with the lookup as objective, and the same loop on an
 SQLite storage set up as the stack's own (``search._optuna.make_storage``: WAL, synchronous=NORMAL), to
 separate storage cost from orchestration cost.
 
     python benchmarks/bench_overhead.py            # 200 trials, concurrency 2, 3 repeats
     python benchmarks/bench_overhead.py --quick    # 60 trials, 1 repeat
+    python benchmarks/bench_overhead.py --runners actors  # without the Ray Tune runner
 
 Overhead per trial = (stack wall time - baseline wall time) / trials, both measured in this run, against
 each baseline; "total" is the whole ``run_study`` call, "steady" excludes start-up (Ray workers, a new
@@ -36,6 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+_KEYS = {"actors": "stack", "tune": "tune"}
+"""``search.runner`` -> the prefix of its figures (``stack`` is the default runner of a FIFO study)."""
+
+
 def make_table(path: Path) -> Path:
     rows = []
     for x, y, kind in itertools.product(range(20), range(20), "abc"):
@@ -53,7 +59,7 @@ def make_table(path: Path) -> Path:
     return path
 
 
-def spec_dict(table: Path, n: int, concurrency: int, name: str) -> dict:
+def spec_dict(table: Path, n: int, concurrency: int, name: str, runner: str = "auto") -> dict:
     return {
         "name": name,
         "evaluator": {
@@ -66,7 +72,13 @@ def spec_dict(table: Path, n: int, concurrency: int, name: str) -> dict:
             {"name": "kind", "kind": "categorical", "choices": ["a", "b", "c"]},
         ],
         "objectives": [{"name": "f1", "direction": "minimize"}, {"name": "f2", "direction": "minimize"}],
-        "search": {"sampler": "tpe", "n_trials": n, "seed": 0, "concurrency": concurrency},
+        "search": {
+            "sampler": "tpe",
+            "n_trials": n,
+            "seed": 0,
+            "concurrency": concurrency,
+            "runner": runner,
+        },
     }
 
 
@@ -94,12 +106,14 @@ def plain_loop(table: Path, n: int, storage: str | None) -> float:
     return time.perf_counter() - t0
 
 
-def full_stack(table: Path, n: int, concurrency: int, run_dir: Path, name: str) -> tuple[float, float]:
+def full_stack(
+    table: Path, n: int, concurrency: int, run_dir: Path, name: str, runner: str
+) -> tuple[float, float]:
     from search import run_study
     from spaces import spec_from_dict
 
     stamps: list[float] = []
-    spec = spec_from_dict(spec_dict(table, n, concurrency, name))
+    spec = spec_from_dict(spec_dict(table, n, concurrency, name, runner))
     t0 = time.perf_counter()
     out = run_study(spec, run_dir=run_dir, on_progress=lambda p: stamps.append(time.perf_counter()))
     total = time.perf_counter() - t0
@@ -114,8 +128,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runners", default="actors,tune", help="search.runner values to time, comma-separated")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.json")
     args = ap.parse_args()
+    runners = [r for r in args.runners.split(",") if r]
+    if "actors" not in runners or any(r not in _KEYS for r in runners):
+        ap.error(f"--runners: 'actors', optionally with 'tune', comma-separated; got {args.runners!r}")
     if args.quick:
         args.trials, args.repeats = 60, 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -130,31 +148,32 @@ def main() -> None:
             load = os.getloadavg()[0]
             mem = plain_loop(table, args.trials, None) / args.trials
             sql = plain_loop(table, args.trials, f"sqlite:///{tmp / f'plain{rep}.db'}") / args.trials
-            total, steady = full_stack(
-                table, args.trials, args.concurrency, tmp / f"run{rep}", f"overhead-{rep}"
-            )
-            rows.append(
-                {
-                    "plain_memory_s": mem,
-                    "plain_sqlite_s": sql,
-                    "stack_total_s": total,
-                    "stack_steady_s": steady,
-                    "load_before": load,
-                    "load_after": os.getloadavg()[0],
-                }
-            )
-            print(
-                f"repeat {rep}: per trial  plain(in-memory) {mem * 1e3:6.1f} ms  "
-                f"plain(sqlite) {sql * 1e3:6.1f} ms  "
-                f"stack {total * 1e3:6.1f} ms (steady {steady * 1e3:6.1f} ms)  "
-                f"load {load:.2f} -> {os.getloadavg()[0]:.2f}",
-                flush=True,
-            )
+            row = {"plain_memory_s": mem, "plain_sqlite_s": sql}
+            line = f"repeat {rep}: per trial  plain(in-memory) {mem * 1e3:6.1f} ms"
+            line += f"  plain(sqlite) {sql * 1e3:6.1f} ms"
+            for runner in runners:
+                key = _KEYS[runner]
+                total, steady = full_stack(
+                    table, args.trials, args.concurrency, tmp / f"{key}{rep}", f"overhead-{key}-{rep}", runner
+                )
+                row |= {f"{key}_total_s": total, f"{key}_steady_s": steady}
+                line += f"  {key} {total * 1e3:6.1f} ms (steady {steady * 1e3:6.1f} ms)"
+            rows.append(row | {"load_before": load, "load_after": os.getloadavg()[0]})
+            print(f"{line}  load {load:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
     timed = [k for k in rows[0] if k.endswith("_s")]
     med = {k: statistics.median(r[k] for r in rows) for k in timed}
 
-    def over(stack: str, base: str) -> float:
-        return round((med[f"stack_{stack}_s"] - med[f"plain_{base}_s"]) * 1e3, 2)
+    def over(stack: str, base: str, key: str = "stack") -> float:
+        return round((med[f"{key}_{stack}_s"] - med[f"plain_{base}_s"]) * 1e3, 2)
+
+    tune = (
+        {
+            "tune_overhead_vs_plain_memory_ms": over("total", "memory", "tune"),
+            "tune_overhead_vs_plain_memory_steady_ms": over("steady", "memory", "tune"),
+        }
+        if "tune" in runners
+        else {}
+    )
 
     result = {
         "trials": args.trials,
@@ -165,6 +184,7 @@ def main() -> None:
         "overhead_vs_plain_memory_steady_ms": over("steady", "memory"),
         "overhead_vs_plain_sqlite_ms": over("total", "sqlite"),
         "overhead_vs_plain_sqlite_steady_ms": over("steady", "sqlite"),
+        **tune,
         "ratio_stack_to_plain_memory": round(med["stack_total_s"] / med["plain_memory_s"], 2),
         "goal_ms": 25.0,
         "goal_met_steady_vs_plain_memory": over("steady", "memory") <= 25.0,

@@ -319,7 +319,8 @@ class _Helpers:
         helpers = cls(run_path, scheduler, None, None)
         try:
             helpers.latency = _latency_runtime(spec, study, run_path)
-            if helpers.scheduler is None:  # FIFO: long-lived workers, without Ray Tune's per-trial machinery
+            if helpers.scheduler is None and not spec.search.uses_tune:
+                # FIFO on long-lived actors (search.runner), without Ray Tune's per-trial machinery
                 helpers.pool = WorkerPool(spec, helpers.latency)
                 helpers.pool.start()
         except BaseException:

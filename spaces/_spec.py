@@ -75,7 +75,20 @@ class SchedulerConfig(_Frozen):
     reduction_factor: float = Field(default=3.0, gt=1)
 
 
+Runner = Literal["auto", "actors", "tune"]
+
+
 class SearchConfig(_Frozen):
+    """How the search runs (``search:`` in a spec).
+
+    Attributes:
+        runner: what runs the trials on Ray. ``tune``: one Ray Tune trial per candidate (reused actors,
+            Tune's placement groups and trial bookkeeping; needed by a trial scheduler); ``actors``:
+            ``concurrency`` long-lived Ray actors with ``resources`` each, one call per candidate, without
+            Tune's per-trial machinery (tens of ms per trial less, see ``benchmarks/bench_overhead.py``;
+            FIFO only); ``auto`` (default): ``actors`` for FIFO studies, ``tune`` with a scheduler.
+    """
+
     sampler: SamplerName = "auto"
     n_trials: int = Field(default=30, ge=1, le=1_000_000)
     timeout_s: float | None = Field(default=None, gt=0)
@@ -83,6 +96,21 @@ class SearchConfig(_Frozen):
     concurrency: int = Field(default=1, ge=1, le=1024)
     trial_timeout_s: float | None = Field(default=None, gt=0)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    runner: Runner = "auto"
+
+    @model_validator(mode="after")
+    def _runner_fits(self) -> SearchConfig:
+        if self.runner == "actors" and self.scheduler.kind != "fifo":
+            raise ValueError(
+                f"runner 'actors' runs FIFO studies only; a trial scheduler (scheduler.kind="
+                f"'{self.scheduler.kind}') needs runner 'tune' or 'auto'"
+            )
+        return self
+
+    @property
+    def uses_tune(self) -> bool:
+        """Whether the trials run as Ray Tune trials (``runner``, resolved)."""
+        return self.runner == "tune" or (self.runner == "auto" and self.scheduler.kind != "fifo")
 
 
 class Resources(_Frozen):

@@ -91,6 +91,29 @@ def test_seeded_sequential_runs_are_reproducible(ray_session, tmp_path, table, m
     assert [r.params for r in a.trials] == [r.params for r in b.trials]
 
 
+def test_runner_tune_runs_a_fifo_study_as_ray_tune_trials(
+    ray_session, monkeypatch, tmp_path, make_table, make_spec
+):
+    import search._workers as workers
+
+    class NoPool:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("search.runner 'tune' must not start the actor pool")
+
+    monkeypatch.setattr(workers, "WorkerPool", NoPool)
+    table = make_table(tmp_path / "t.csv", nan_at=(3, "a"))
+    raw = make_spec(table, **{"search.sampler": "random", "search.n_trials": 10, "search.concurrency": 2})
+    raw["search"]["runner"] = "tune"
+    out = run_study(spec_from_dict(raw), run_dir=tmp_path / "run", track=False)
+
+    assert out.state == "finished" and [r.number for r in out.trials] == list(range(10))
+    for r in out.trials:
+        if (r.params["x"], r.params["kind"]) == (3, "a"):
+            assert r.state == "fail" and "is nan" in r.error
+        else:
+            assert r.state == "complete" and r.values == {"f1": r.metrics["f1"], "f2": r.metrics["f2"]}
+
+
 def test_trial_timeout_fails_the_trial_and_the_study_goes_on(ray_session, tmp_path, table, make_spec):
     raw = make_spec(table, **{"search.n_trials": 3, "search.trial_timeout_s": 0.5})
     raw["evaluator"]["options"]["delay_s"] = 2.0

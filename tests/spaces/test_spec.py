@@ -101,7 +101,17 @@ def test_minimal_spec_has_defaults():
         (
             "search.budget",
             3,
-            r"search.budget: unknown field; allowed fields: \['concurrency', 'n_trials', 'sampler'",
+            r"search.budget: unknown field; allowed fields: \['concurrency', 'n_trials', 'runner', 'sampler'",
+        ),
+        (
+            "search.runner",
+            "threads",
+            r"search.runner: Input should be 'auto', 'actors' or 'tune' \(got 'threads'\)",
+        ),
+        (
+            "search",
+            {"runner": "actors", "scheduler": {"kind": "moasha"}},
+            r"search: .*runner 'actors' runs FIFO studies only; a trial scheduler \(scheduler.kind='moasha'",
         ),
         ("resources.cpu", 0, r"resources.cpu: Input should be greater than 0 \(got 0\)"),
         ("resources.gpu", -1, r"resources.gpu: Input should be greater than or equal to 0 \(got -1\)"),
