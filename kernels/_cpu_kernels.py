@@ -3,9 +3,9 @@
 Importing this module imports numba (not at ``import kernels`` time); each function compiles on first
 use and is cached on disk (``cache=True``).
 
-Up to :data:`DIRECT_MAX_ROWS` input rows the codes are decoded inside the dot product. The trick that
-keeps those inner loops vectorisable: a byte holding ``e`` codes of ``c`` bits is converted to
-float once (``f0``), and the floors ``f_i = floor(f0 / 2**(c*i))`` give every code as
+For a single input row (:data:`DIRECT_MAX_ROWS`) 2-, 3-, 4- and 8-bit codes are decoded inside the dot
+product. The trick that keeps those inner loops vectorisable: a byte holding ``e`` codes of ``c`` bits is
+converted to float once (``f0``), and the floors ``f_i = floor(f0 / 2**(c*i))`` give every code as
 ``code_i = f_i - 2**c * f_(i+1)``. So
 ``sum_i code_i * x_i = f0 * x_0 + sum_(i>=1) f_i * (x_i - 2**c x_(i-1))``:
 with the activations rearranged once per call (``xp``), the loop over bytes is pure float arithmetic on
@@ -13,7 +13,7 @@ contiguous arrays, with no 64-bit integer shifts. Zero points are folded in per 
 sums of ``x``: ``sum (code - z) * x * s = s * (sum code * x - z * sum x)``.
 
 3-, 5-, 6- and 7-bit codes are packed densely (8 codes, a "unit", in ``bits`` bytes; codes cross byte
-borders; see ``kernels._quant``). Their kernels (``dense_*``) apply the same trick per byte, to the
+borders; see ``kernels._quant``). The one-row 3-bit kernel applies the same trick per byte, to the
 *segments* of codes a byte holds: a byte whose segments start at bits ``o_0 = 0 < o_1 < ...`` has the
 floors ``F_k = floor(f0 / 2**o_k)``, segment ``k`` is ``F_k - 2**len_k * F_(k+1)``, and a segment that is
 the high part of a code, ``r`` bits in, weighs ``2**r * x_code``. The differenced activations per byte
@@ -23,10 +23,10 @@ with ``bits`` a compile-time constant (a per-width copy, inlined under a literal
 terms as a balanced tree: those functions are compiled without ``reassoc``, which would fold the tree into
 one long dependency chain.
 
-With more than :data:`DIRECT_MAX_ROWS` input rows (every width alike) codes are decoded once per call,
-not once per input row: :data:`_BLOCK` weight rows at a time into a small float tile (scales and zero
-points applied), which a register-blocked micro-kernel multiplies with all input rows. Two departures
-from the obvious code, both measured:
+Otherwise (more rows, or dense codes wider than :data:`DENSE_DIRECT_MAX_BITS`) codes are decoded once
+per call, not once per input row: :data:`_BLOCK` weight rows at a time into a small float tile (scales
+and zero points applied), which a register-blocked micro-kernel multiplies with all input rows. Two
+departures from the obvious code, both measured:
 
 - The decode of each 8-code unit is written as LLVM vector IR (``_decode_unit``, a numba intrinsic), not
   as a numba loop. Vectorised over units, a loop has to gather bytes ``bits`` apart; LLVM lowers that
@@ -56,8 +56,12 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-DIRECT_MAX_ROWS = 2
-"""Up to this many input rows the kernels decode codes inside the dot product."""
+DIRECT_MAX_ROWS = 1
+"""Up to this many input rows the 2-, 4- and 8-bit kernels decode codes inside the dot product."""
+
+DENSE_DIRECT_MAX_BITS = 3
+"""Densely packed codes up to this wide decode inside the dot product for one row (the segment trick's cost
+grows with the bytes per unit: above 3 bits the tile path is faster even for one row)."""
 
 _jit = njit(fastmath=True, cache=True, nogil=True)
 _jit_parallel = njit(parallel=True, fastmath=True, cache=True, nogil=True)
@@ -280,8 +284,8 @@ def _tile_6x2(x, tile, nr, bias, has_bias, out, n0):  # type: ignore[no-untyped-
     """``out[:, n0:n0+nr] = x @ tile[:nr].T (+ bias)``, 6 weight rows x 2 input rows per pass over K.
 
     Twelve scalar accumulators, which LLVM vectorises along K into twelve ymm registers: 8 loads per 12
-    FMAs (one weight row against many input rows, the obvious loop, is 2 loads per FMA). Rows past
-    ``nr`` or past the last input row are recomputed and stored again, with the same value.
+    FMAs (one weight row against many input rows, the obvious loop, is 2 loads per FMA). Weight rows past
+    ``nr`` are recomputed and stored again, with the same value; an odd last input row takes a 6 x 1 pass.
     """
     m_rows, k_cols = x.shape
     r1 = min(1, nr - 1)
@@ -289,9 +293,9 @@ def _tile_6x2(x, tile, nr, bias, has_bias, out, n0):  # type: ignore[no-untyped-
     r3 = min(3, nr - 1)
     r4 = min(4, nr - 1)
     r5 = min(5, nr - 1)
-    for p in range((m_rows + 1) // 2):
+    for p in range(m_rows // 2):
         q0 = 2 * p
-        q1 = min(q0 + 1, m_rows - 1)
+        q1 = q0 + 1
         a00 = a01 = a10 = a11 = a20 = a21 = np.float32(0.0)
         a30 = a31 = a40 = a41 = a50 = a51 = np.float32(0.0)
         for k in range(k_cols):
@@ -317,6 +321,18 @@ def _tile_6x2(x, tile, nr, bias, has_bias, out, n0):  # type: ignore[no-untyped-
             a51 += t * x1
         # clamped duplicates first, so the last store of each element is its own
         _store6(out, q1, n0, r1, r2, r3, r4, r5, a01, a11, a21, a31, a41, a51, bias, has_bias)
+        _store6(out, q0, n0, r1, r2, r3, r4, r5, a00, a10, a20, a30, a40, a50, bias, has_bias)
+    if m_rows % 2:  # the odd last input row: 6 x 1
+        q0 = m_rows - 1
+        a00 = a10 = a20 = a30 = a40 = a50 = np.float32(0.0)
+        for k in range(k_cols):
+            x0 = x[q0, k]
+            a00 += tile[0, k] * x0
+            a10 += tile[r1, k] * x0
+            a20 += tile[r2, k] * x0
+            a30 += tile[r3, k] * x0
+            a40 += tile[r4, k] * x0
+            a50 += tile[r5, k] * x0
         _store6(out, q0, n0, r1, r2, r3, r4, r5, a00, a10, a20, a30, a40, a50, bias, has_bias)
 
 
@@ -546,21 +562,15 @@ def _group_total(t, xsum, scales, zeros, asym, zc, gs, n, m):  # type: ignore[no
 
 @_jit_ordered
 def _rows_dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
-    if bits == 3:
-        _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 3, bias, has_bias, out, n0, n1)
-    elif bits == 5:
-        _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 5, bias, has_bias, out, n0, n1)
-    elif bits == 6:
-        _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 6, bias, has_bias, out, n0, n1)
-    else:
-        _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 7, bias, has_bias, out, n0, n1)
+    # only widths up to DENSE_DIRECT_MAX_BITS come here
+    _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 3, bias, has_bias, out, n0, n1)
 
 
 @_jit
 def dense_linear_serial(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out):  # type: ignore[no-untyped-def]
     """``out = x @ dequant(W).T + b`` for densely packed 3/5/6/7-bit ``w``, one thread."""
     n_rows = w.shape[0]
-    if x.shape[0] > DIRECT_MAX_ROWS:
+    if x.shape[0] > DIRECT_MAX_ROWS or bits > DENSE_DIRECT_MAX_BITS:
         _rows_blocked(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, 0, n_rows)
         return
     xsum = _group_sums(x, scales.shape[1], gs)
@@ -573,7 +583,7 @@ def dense_linear_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bia
     """:func:`dense_linear_serial` over ``chunks`` slices of the output features in parallel."""
     n_rows = w.shape[0]
     chunks = max(1, min(n_rows, chunks))
-    if x.shape[0] > DIRECT_MAX_ROWS:
+    if x.shape[0] > DIRECT_MAX_ROWS or bits > DENSE_DIRECT_MAX_BITS:
         step = _BLOCK * ((n_rows + _BLOCK * chunks - 1) // (_BLOCK * chunks))
         for c in prange((n_rows + step - 1) // step):
             n0 = c * step
