@@ -2,17 +2,24 @@
 
     .venv/bin/python benchmarks/bench_kernels.py --quick          # ~1 min on 2 cores
     .venv/bin/python benchmarks/bench_kernels.py                  # more repeats, batches 16 and 64, int4 g32
+    .venv/bin/python benchmarks/bench_kernels.py --section widths --threads 1   # ~1 min: the width sweep
 
 For each Linear shape and batch size every variant is timed round-robin (fp32, int8, int4, ...), ``--repeats``
 rounds of ``--inner`` calls each, so background load hits all variants alike; the report gives the median per
 call, the speedup over fp32 measured in the same rounds, and that speedup as a fraction of the bytes-bound
-limit (4x for 8-bit and 8x for 4-bit weights: the ratio of weight bytes streamed). Results go to
-``benchmarks/results/kernels.json``.
+limit (4x for 8-bit and 8x for 4-bit weights: the ratio of weight bytes streamed).
+
+The ``widths`` section sweeps the code width (3, 4, 5 and 8 bits, group size 32, symmetric: the formats a
+mixed-precision allocation picks from) on MiniLM's shapes at 1 row and at 16 rows (a 16-token sequence,
+batch 1), so the report shows whether latency depends on the width. Results go to
+``benchmarks/results/kernels.json`` (``results`` and ``widths``; one ``--section`` alone writes
+``kernels_<section>.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -130,21 +137,58 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
 
 
+WIDTH_SHAPES = {name: shape for name, shape in SHAPES.items() if name.startswith("minilm")}
+WIDTH_BATCHES = [1, 16]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    variants = [
-        Variant("fp32-linear", 1.0, lambda linear: linear),
-        Variant("int8-per-channel", 4.0, _quantized(8, None)),
-        Variant("int4-g128", 8.0, _quantized(4, 128)),
-    ]
-    if not args.quick:
-        variants.append(Variant("int4-g32", 8.0, _quantized(4, 32)))
-    variants += _torchao_variants()
-    batches = [1, 8] if args.quick else [1, 8, 16, 64]
     load_before = os.getloadavg()
     rows: list[Row] = []
-    for shape_name, (in_f, out_f) in SHAPES.items():
+    width_rows: list[Row] = []
+    if args.section in ("all", "main"):
+        variants = [
+            Variant("fp32-linear", 1.0, lambda linear: linear),
+            Variant("int8-per-channel", 4.0, _quantized(8, None)),
+            Variant("int4-g128", 8.0, _quantized(4, 128)),
+        ]
+        if not args.quick:
+            variants.append(Variant("int4-g32", 8.0, _quantized(4, 32)))
+        variants += _torchao_variants()
+        batches = [1, 8] if args.quick else [1, 8, 16, 64]
+        rows = _measure(SHAPES, variants, batches, args)
+    if args.section in ("all", "widths"):
+        print("\n== code widths (group size 32, symmetric) ==")
+        width_variants = [Variant("fp32-linear", 1.0, lambda linear: linear)] + [
+            Variant(f"int{bits}-g32", 32 / bits, _quantized(bits, 32)) for bits in (3, 4, 5, 8)
+        ]
+        width_rows = _measure(WIDTH_SHAPES, width_variants, WIDTH_BATCHES, args)
+    return {
+        "meta": {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "quick": args.quick,
+            "section": args.section,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "numba": _version("numba"),
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
+        "results": [asdict(r) for r in rows],
+        "widths": [asdict(r) for r in width_rows],
+    }
+
+
+def _measure(
+    shapes: dict[str, tuple[int, int]], variants: list[Variant], batches: list[int], args: argparse.Namespace
+) -> list[Row]:
+    rows: list[Row] = []
+    for shape_name, (in_f, out_f) in shapes.items():
         linear = nn.Linear(in_f, out_f).eval()
         modules: dict[str, nn.Module] = {}
         for v in variants:  # every variant starts from the same float weights
@@ -156,7 +200,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             x = torch.randn(batch, in_f)
             with torch.inference_mode():
                 ref = linear(x)
-                fns = {name: (lambda m=m, x=x: m(x)) for name, m in modules.items()}
+                fns: dict[str, Callable[[], Any]] = {
+                    name: functools.partial(m, x) for name, m in modules.items()
+                }
                 small = in_f * out_f < 1_000_000
                 inner = args.inner * (20 if small else 1)
                 samples = _time_round_robin(fns, repeats=args.repeats, inner=inner)
@@ -186,22 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         )
                     )
             _print_block(shape_name, batch, [r for r in rows if r.shape == shape_name and r.batch == batch])
-    return {
-        "meta": {
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "quick": args.quick,
-            "threads": args.threads,
-            "repeats": args.repeats,
-            "torch": torch.__version__,
-            "numba": _version("numba"),
-            "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "results": [asdict(r) for r in rows],
-    }
+    return rows
 
 
 def _copy(linear: nn.Linear) -> nn.Linear:
@@ -238,12 +269,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="batches 1 and 8, fewer repeats")
     parser.add_argument(
+        "--section",
+        choices=["all", "main", "widths"],
+        default="all",
+        help="main: fp32 vs int8/int4 (and torchao); widths: 3/4/5/8-bit g32, MiniLM shapes, 1 and 16 rows",
+    )
+    parser.add_argument(
         "--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch/numba threads"
     )
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds per variant (median taken)")
     parser.add_argument("--inner", type=int, default=5, help="calls per round (x20 for small shapes)")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "kernels.json")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="default: results/kernels.json, kernels_<section>.json for one",
+    )
     args = parser.parse_args(argv)
+    if args.output is None:
+        name = "kernels.json" if args.section == "all" else f"kernels_{args.section}.json"
+        args.output = REPO / "benchmarks" / "results" / name
     if args.repeats is None:
         args.repeats = 15 if args.quick else 40
     result = run(args)
