@@ -10,7 +10,9 @@ one per study, a Ray actor the workers call — whether to measure a trial's lat
   any other trial that *could enter the Pareto set*: one that no finished feasible trial dominates when
   its latency is taken as ``predicted x (1 - e)``, ``e`` the larger of ``margin`` and the 90th percentile
   of the current predictor's cross-validated over-prediction on the measured trials. The rest keep their
-  predicted latency. The predictor is refitted (and cross-validated) after each measurement.
+  predicted latency. The predictor is refitted (and cross-validated) after each measurement. A trial
+  whose latency signature was measured before in the study (or is a row of the device profile) takes that
+  measurement and counts as measured: an architecture is timed once, however often the sampler returns.
 
 A trial told with a predicted latency was dominated when it was told; values never change afterwards, so
 it stays dominated: the Pareto set of a hybrid study holds measured trials only. After the last trial the
@@ -94,6 +96,10 @@ def signature_frame(signatures: Sequence[Mapping[str, Any]], kinds: Mapping[str,
     return pd.DataFrame(data, columns=list(kinds))
 
 
+def _signature_key(signature: Mapping[str, Any]) -> str:
+    return json.dumps(signature, sort_keys=True, default=str)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -101,12 +107,14 @@ def _is_number(v: Any) -> bool:
 @dataclass(frozen=True)
 class LatencyDecision:
     """Measure this trial's latency, or use ``predicted_ms``; ``reason`` says why; ``error_bound`` is the
-    relative prediction error assumed for it."""
+    relative prediction error assumed for it. ``reused``: ``predicted_ms`` is no prediction but the latency
+    measured for the same signature earlier in the study (an architecture seen before is not re-timed)."""
 
     measure: bool
     predicted_ms: float | None
     reason: str
     error_bound: float = 0.0
+    reused: bool = False
 
 
 class LatencyPolicy:
@@ -141,6 +149,11 @@ class LatencyPolicy:
         self.seen = 0
         self.n_measured = 0
         self.n_predicted = 0
+        self.n_reused = 0
+        # signature -> its measured latency: this study's measurements and the profile's rows
+        self.known: dict[str, float] = {}
+        for signature, value in self.profile_rows:
+            self.known.setdefault(_signature_key(signature), value)
         self.predictor: Any = None
         self.cv_errors: list[float] = []
         self.kinds: dict[str, bool] = {}
@@ -155,6 +168,9 @@ class LatencyPolicy:
 
     # -- what the workers call --------------------------------------------------------------------
     def decide(self, signature: Mapping[str, Any], metrics: Mapping[str, float]) -> LatencyDecision:
+        known = self.known.get(_signature_key(signature))
+        if known is not None and self.cfg.mode == "hybrid":
+            return LatencyDecision(False, known, "measured before (same signature)", 0.0, reused=True)
         self.seen += 1
         predicted = self.predict(signature)
         bound = self.error_bound()
@@ -180,12 +196,16 @@ class LatencyPolicy:
         *,
         measured: bool,
         predicted_ms: float | None = None,
+        reused: bool = False,
     ) -> float | None:
-        """Record a finished trial; refit on a measurement. Returns the running Spearman."""
+        """Record a finished trial; refit on a new measurement. Returns the running Spearman."""
         self._record(metrics)
-        if measured:
+        if reused:
+            self.n_reused += 1
+        elif measured:
             self.n_measured += 1
             value = float(metrics[self.metric])
+            self.known.setdefault(_signature_key(signature), value)
             self.measured.append((dict(signature), value))
             if predicted_ms is not None:
                 self.pairs.append((float(predicted_ms), value))
@@ -224,6 +244,7 @@ class LatencyPolicy:
         return {
             "measured": self.n_measured,
             "predicted": self.n_predicted,
+            "reused": self.n_reused,
             "spearman": self.spearman(),
             "error_bound": self.error_bound(),
         }
@@ -308,12 +329,19 @@ def resolve_latency(
     else:
         assert decision.predicted_ms is not None  # the policy only predicts once it is fitted
         out[metric] = decision.predicted_ms
-    out[MEASURED_KEY] = 1.0 if decision.measure else 0.0
+    out[MEASURED_KEY] = 1.0 if decision.measure or decision.reused else 0.0
     out[BOUND_KEY] = decision.error_bound
-    if decision.predicted_ms is not None:
-        out[PREDICTED_KEY] = decision.predicted_ms
+    predicted = None if decision.reused else decision.predicted_ms
+    if predicted is not None:
+        out[PREDICTED_KEY] = predicted
     rho = _call(
-        policy, "observe", signature, out, measured=decision.measure, predicted_ms=decision.predicted_ms
+        policy,
+        "observe",
+        signature,
+        out,
+        measured=decision.measure,
+        predicted_ms=predicted,
+        reused=decision.reused,
     )
     if rho is not None:
         out[SPEARMAN_KEY] = rho
