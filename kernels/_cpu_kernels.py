@@ -243,10 +243,10 @@ _decode_unit: Any = intrinsic(_decode_unit_typer)
 
 
 @_jit_inline
-def _decode_groups(w, bits, n, scales, zeros, asym, zc, gs, out, k0, checked, fast, fused):  # type: ignore[no-untyped-def]
-    """The whole units of row ``n``; with ``checked`` (a literal) units from ``fast`` on load exactly."""
+def _decode_groups(w, bits, n, scales, zeros, asym, zc, ug, out, k0, checked, fast, fused):  # type: ignore[no-untyped-def]
+    """The whole units of row ``n`` (``ug`` per scale group); with ``checked`` (a literal) units from
+    ``fast`` on load exactly."""
     rb = w.shape[1]
-    ug = gs // 8
     for g in range(scales.shape[1]):
         s = scales[n, g]
         z = np.float32(zeros[n, g]) if asym else zc
@@ -267,10 +267,12 @@ def _decode_row(w, bits, n, scales, zeros, asym, zc, gs, out, k0, fused):  # typ
     nu = rb // bits  # whole units; a 2/4/8-bit row may end in a partial one (per-channel scales then)
     room = w.shape[0] * rb - 8 - n * rb  # the 4-byte loads of unit j end before byte bits * j + 8
     fast = min(nu, room // bits + 1) if room >= 0 else 0
-    if fast == nu:
-        _decode_groups(w, bits, n, scales, zeros, asym, zc, gs, out, k0, False, fast, fused)
+    if fast == nu and gs == 32:  # the usual group size, unrolled
+        _decode_groups(w, bits, n, scales, zeros, asym, zc, 4, out, k0, False, fast, fused)
+    elif fast == nu:
+        _decode_groups(w, bits, n, scales, zeros, asym, zc, gs // 8, out, k0, False, fast, fused)
     else:
-        _decode_groups(w, bits, n, scales, zeros, asym, zc, gs, out, k0, True, fast, fused)
+        _decode_groups(w, bits, n, scales, zeros, asym, zc, gs // 8, out, k0, True, fast, fused)
     mask = (1 << bits) - 1
     for t in range((8 * rb) // bits - 8 * nu):
         e = 8 * nu + t
