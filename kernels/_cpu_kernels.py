@@ -63,12 +63,12 @@ DENSE_DIRECT_MAX_BITS = 3
 """Densely packed codes up to this wide decode inside the dot product for one row (the segment trick's cost
 grows with the bytes per unit: above 3 bits the tile path is faster even for one row)."""
 
-_jit = njit(fastmath=True, cache=True, nogil=True)
-_jit_parallel = njit(parallel=True, fastmath=True, cache=True, nogil=True)
-_jit_inline = njit(fastmath=True, cache=True, nogil=True, inline="always")
 _BLOCK = 6
 """Weight rows decoded per tile (the micro-kernel's width)."""
 
+_jit = njit(fastmath=True, cache=True, nogil=True)
+_jit_parallel = njit(parallel=True, fastmath=True, cache=True, nogil=True)
+_jit_inline = njit(fastmath=True, cache=True, nogil=True, inline="always")
 _jit_ordered = njit(fastmath={"nnan", "ninf", "nsz", "arcp", "contract", "afn"}, cache=True, nogil=True)
 """Fast math without ``reassoc``: keeps a written summation tree (functions inlined here get these flags)."""
 
@@ -104,7 +104,7 @@ def _phases(x: np.ndarray, per_byte: int, cbits: int, differenced: bool) -> np.n
     return xp
 
 
-# --- direct (few rows) ----------------------------------------------------------------------------
+# --- direct: one row of 2/4/8-bit codes -----------------------------------------------------------
 @_jit
 def _rows_c8(x, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
     m_rows = x.shape[0]
@@ -169,7 +169,7 @@ def _rows_c2(xp, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, 
             out[m, n] = total + bias[n] if has_bias else total
 
 
-# --- 3..16 rows: blocks of weight rows decoded into a float tile -----------------------------------
+# --- tile path: 2..16 rows (and one row of 5/6/7-bit codes) ---------------------------------------
 def _decode_unit_typer(typingctx, w, off, out, k, s, z, bits, exact, fused):  # type: ignore[no-untyped-def]
     """``out[k:k+8]`` from the 8 codes in bytes ``off:off+bits`` of C-contiguous uint8 ``w``: ``(code - z) *
     s``, or with ``fused`` ``code * s + z`` rounded once (the caller then passes ``-zero_point * s``).
@@ -177,7 +177,7 @@ def _decode_unit_typer(typingctx, w, off, out, k, s, z, bits, exact, fused):  # 
     ``bits``, ``exact`` and ``fused`` must be literals. Codes 0-3 lie in the 32 bits from the unit's first
     byte and codes 4-7 in the 32 bits from byte ``bits // 2``: two 4-byte loads, splat into the two
     halves of one 8-lane vector, shifted per lane, masked, converted and scaled: about 9 instructions per
-    8 codes whatever the width. Those loads read up to 3 bytes past a 2-5-bit unit; ``exact`` reads the
+    8 codes whatever the width. Those loads read up to 3 bytes past a 2-6-bit unit; ``exact`` reads the
     unit's ``bits`` bytes as one integer instead (for the units at the very end of ``w``).
     """
     if not (
@@ -371,7 +371,7 @@ def _blocked(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n
 
 @_jit
 def _rows_blocked(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
-    """Rows ``n0:n1`` of ``out`` for 3..16 input rows: weight rows decoded 6 at a time into a float tile."""
+    """Rows ``n0:n1`` of ``out`` on the tile path: weight rows decoded :data:`_BLOCK` at a time."""
     if bits == 2:
         _blocked(x, w, scales, zeros, asym, zc, gs, 2, bias, has_bias, out, n0, n1)
     elif bits == 3:
@@ -477,7 +477,7 @@ def linear_parallel(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, ou
             _rows_c2(xd, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n1)
 
 
-# --- dense 3/5/6/7-bit codes, 1-2 rows ------------------------------------------------------------
+# --- direct: one row of dense 3-bit codes (the segment trick) -------------------------------------
 @_jit_inline
 def _segment_start(bits, b, k):  # type: ignore[no-untyped-def]
     """Bit (within byte ``b`` of a unit) where the byte's ``k``-th code segment starts; 8 if it has none."""
