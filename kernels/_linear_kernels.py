@@ -154,7 +154,7 @@ def _weight_args(layer: QuantizedLinear) -> tuple[Any, ...]:
         if cw is w and cs is s and cz is z and cb is b:
             return cached[1]  # type: ignore[no-any-return]
     args = (
-        layer.weight_packed.numpy(),
+        np.ascontiguousarray(layer.weight_packed.numpy()),  # the tile decode reads rows as one buffer
         layer.scales.numpy(),
         _NO_ZEROS if layer.zero_points is None else layer.zero_points.numpy(),
         layer.zero_points is not None,
