@@ -11,7 +11,12 @@ so it is reported as such, not counted.
 
 Latency is measured (median of repeats, see the evaluator), so two candidates with the same kernels can
 differ by noise; the report gives the dominance verdict at the strict rule and at a tolerance of
-``--latency-tol`` (relative) on latency, and the latencies themselves.
+``--latency-tol`` (relative) on latency, and the latencies themselves. Then each judged baseline is timed
+again *paired* with its challengers (the searched Pareto points of no larger size and higher fidelity):
+both compressed models built side by side, ``--rounds`` rounds alternating A B B A, each a median of a few
+calls, so the machine's drift hits both alike. The report gives the challenger/baseline latency ratio
+(median over rounds, 95 % bootstrap CI) and whether it is *faster* (CI below 1), *slower* (CI above 1) or
+*the same* (not slower by more than ``--equal-margin``: the CI's upper end at most 1 + margin).
 
     .venv/bin/python benchmarks/bench_compression_pareto.py                 # ~10 min on 2 cores
     .venv/bin/python benchmarks/bench_compression_pareto.py --run-dir runs/minilm   # resumable
@@ -140,7 +145,109 @@ def markdown(result: dict[str, Any]) -> str:
     for p in sorted(result["found_pareto"], key=lambda p: -p["values"][QUALITY]):
         v = p["values"]
         lines.append(f"| {p['trial']} | {v[QUALITY]:.4f} | {v[LATENCY]:.3f} | {v[SIZE]:.2f} |")
+    paired = [(r, p) for r in result["baselines"] for p in r.get("paired", [])]
+    if paired:
+        lines += [
+            "",
+            "Paired re-timing of the baselines not strictly dominated against their challengers (searched "
+            "Pareto points of no larger size and higher fidelity), interleaved in one process, 1 thread:",
+            "",
+            "| baseline | challenger | latency ratio challenger/baseline | 95 % CI | verdict |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for r, p in paired:
+            lo, hi = p["ratio_ci95"]
+            lines.append(
+                f"| {r['baseline']} | {p['trial']} | {p['ratio_median']:.4f} | {lo:.4f}-{hi:.4f} | "
+                f"{p['verdict']} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def paired_latency(spec: Any, baseline: Any, challengers: list[Any], rounds: int, calls: int) -> list[dict]:
+    """Challenger/baseline latency ratios from interleaved timing of the compressed models (1 thread)."""
+    import numpy as np
+    import torch
+
+    from evaluators import EvalContext, make_evaluator
+    from evaluators.latency import fixed_threads
+    from spaces import Candidate
+
+    ev: Any = make_evaluator(spec.evaluator.kind, spec.evaluator.options)  # an HF compression evaluator
+    ev.check_params({p.name for p in spec.params})
+    ev.bind_spec(spec)
+    ev.ensure_setup()
+    ev.load()
+    ctx = EvalContext(threads=int(spec.resources.cpu))
+    batch = ev.latency_input(ctx)
+    out = []
+    with fixed_threads(ctx.threads), torch.inference_mode():
+        base = ev.compress(ev.plan(Candidate(baseline.params, number=baseline.number)))
+
+        def median_ms(model: Any) -> float:
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                model(**batch)
+                times.append(time.perf_counter() - t0)
+            return float(np.median(times) * 1e3)
+
+        for c in challengers:
+            model = ev.compress(ev.plan(Candidate(c.params, number=c.number)))
+            for _ in range(3):  # warm-up, both
+                median_ms(base), median_ms(model)
+            ratios = []
+            for r in range(rounds):
+                if r % 2:  # A B, then B A: neither always runs first
+                    b_ms, c_ms = median_ms(base), median_ms(model)
+                else:
+                    c_ms, b_ms = median_ms(model), median_ms(base)
+                ratios.append(c_ms / b_ms)
+            arr = np.array(ratios)
+            boot = np.median(np.random.default_rng(0).choice(arr, (2000, arr.size)), axis=1)
+            lo, hi = np.quantile(boot, [0.025, 0.975])
+            out.append(
+                {
+                    "trial": c.number,
+                    "ratio_median": round(float(np.median(arr)), 4),
+                    "ratio_ci95": [round(float(lo), 4), round(float(hi), 4)],
+                    "rounds": rounds,
+                }
+            )
+            del model
+    return out
+
+
+def paired_verdict(entry: dict, margin: float) -> str:
+    """Faster (CI below 1), slower (CI above 1), or not slower by more than ``margin`` (CI upper end at
+    most 1 + margin: a non-inferiority test, what "the same or a smaller latency" can mean for timings)."""
+    lo, hi = entry["ratio_ci95"]
+    if hi < 1.0:
+        return "faster"
+    if lo > 1.0:
+        return "slower"
+    if hi <= 1.0 + margin:
+        return f"same (not slower by more than {margin:.0%})"
+    return "inconclusive"
+
+
+def add_paired(result: dict, outcome: Any, spec: Any, rounds: int, calls: int, margin: float) -> None:
+    """Time each judged, not strictly dominated baseline paired with its challengers (see the module doc)."""
+    by_number = {t.number: t for t in outcome.trials}
+    front = [by_number[p["trial"]] for p in result["found_pareto"]]
+    for entry in result["baselines"]:
+        if entry.get("extreme_in") != [] or entry["dominated_by"]:
+            continue
+        b = entry["values"]
+        challengers = [t for t in front if t.values[SIZE] <= b[SIZE] and t.values[QUALITY] > b[QUALITY]]
+        challengers = sorted(challengers, key=lambda t: t.values[LATENCY])[:3]
+        if not challengers:
+            entry["paired"] = []
+            continue
+        entry["paired"] = paired_latency(spec, by_number[entry["trial"]], challengers, rounds, calls)
+        for p in entry["paired"]:
+            p["verdict"] = paired_verdict(p, margin)
+    result["equal_margin"] = margin
 
 
 def main() -> None:
@@ -149,6 +256,11 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, default=None, help="keep the study here (default: a temp dir)")
     ap.add_argument("--latency-tol", type=float, default=0.03)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compression_pareto")
+    ap.add_argument("--rounds", type=int, default=100, help="paired timing rounds per challenger")
+    ap.add_argument("--calls", type=int, default=5, help="calls per model and round (median taken)")
+    ap.add_argument(
+        "--equal-margin", type=float, default=0.02, help="'same' latency: ratio CI upper end <= 1 + this"
+    )
     args = ap.parse_args()
 
     from search import run_study
@@ -168,6 +280,7 @@ def main() -> None:
         "loadavg": [load_before, os.getloadavg()[0]],
         **analyse(outcome.trials, args.latency_tol),
     }
+    add_paired(result, outcome, spec, args.rounds, args.calls, args.equal_margin)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     text = markdown(result)
