@@ -11,12 +11,13 @@ so it is reported as such, not counted.
 
 Latency is measured (median of repeats, see the evaluator), so two candidates with the same kernels can
 differ by noise; the report gives the dominance verdict at the strict rule and at a tolerance of
-``--latency-tol`` (relative) on latency, and the latencies themselves. Then each judged baseline is timed
-again *paired* with its challengers (the searched Pareto points of no larger size and higher fidelity):
-both compressed models built side by side, ``--rounds`` rounds alternating A B B A, each a median of a few
-calls, so the machine's drift hits both alike. The report gives the challenger/baseline latency ratio
-(median over rounds, 95 % bootstrap CI) and whether it is *faster* (CI below 1), *slower* (CI above 1) or
-*the same* (not slower by more than ``--equal-margin``: the CI's upper end at most 1 + margin).
+``--latency-tol`` (relative) on latency, and the latencies themselves. Then each judged baseline (strictly
+dominated or not) is timed again *paired* with its challengers (the searched Pareto points of no larger size
+and higher fidelity): both compressed models built side by side, ``--rounds`` rounds alternating A B B A,
+each a median of a few calls, so the machine's drift hits both alike. The report gives the
+challenger/baseline latency ratio (median over rounds, 95 % bootstrap CI) and whether it is *faster* (CI
+below 1), *slower* (CI above 1) or *the same* (not slower by more than ``--equal-margin``: the CI's upper
+end at most 1 + margin).
 
     .venv/bin/python benchmarks/bench_compression_pareto.py                 # ~10 min on 2 cores
     .venv/bin/python benchmarks/bench_compression_pareto.py --run-dir runs/minilm   # resumable
@@ -149,8 +150,8 @@ def markdown(result: dict[str, Any]) -> str:
     if paired:
         lines += [
             "",
-            "Paired re-timing of the baselines not strictly dominated against their challengers (searched "
-            "Pareto points of no larger size and higher fidelity), interleaved in one process, 1 thread:",
+            "Paired re-timing of the judged baselines against their challengers (searched Pareto points of "
+            "no larger size and higher fidelity), interleaved in one process, 1 thread:",
             "",
             "| baseline | challenger | latency ratio challenger/baseline | 95 % CI | verdict |",
             "|---|---:|---:|---:|---|",
@@ -232,11 +233,12 @@ def paired_verdict(entry: dict, margin: float) -> str:
 
 
 def add_paired(result: dict, outcome: Any, spec: Any, rounds: int, calls: int, margin: float) -> None:
-    """Time each judged, not strictly dominated baseline paired with its challengers (see the module doc)."""
+    """Time each judged baseline paired with its challengers (see the module doc), strictly dominated on
+    the study's figures or not: a single capped measurement per trial cannot settle a 1 % difference."""
     by_number = {t.number: t for t in outcome.trials}
     front = [by_number[p["trial"]] for p in result["found_pareto"]]
     for entry in result["baselines"]:
-        if entry.get("extreme_in") != [] or entry["dominated_by"]:
+        if entry.get("extreme_in") != []:  # infeasible, not evaluated, or an extreme point
             continue
         b = entry["values"]
         challengers = [t for t in front if t.values[SIZE] <= b[SIZE] and t.values[QUALITY] > b[QUALITY]]
