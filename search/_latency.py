@@ -140,9 +140,15 @@ class LatencyPolicy:
         self.spec = spec if isinstance(spec, StudySpec) else spec_from_dict(json.loads(spec))
         self.cfg = self.spec.latency
         self.metric = self.cfg.metric
-        self.profile_rows: list[tuple[dict[str, Any], float]] = [
-            (dict(r["signature"]), float(r["latency_ms"])) for r in (profile or {}).get("rows", [])
-        ]
+        # signature -> its measured latency: the profile's rows, then this study's measurements
+        self.known: dict[str, float] = {}
+        # One row per signature: a resumed study's stored trials include the ones that reused a measurement.
+        self.profile_rows: list[tuple[dict[str, Any], float]] = []
+        for r in (profile or {}).get("rows", []):
+            key = _signature_key(r["signature"])
+            if key not in self.known:
+                self.known[key] = float(r["latency_ms"])
+                self.profile_rows.append((dict(r["signature"]), float(r["latency_ms"])))
         self.measured: list[tuple[dict[str, Any], float]] = []
         self.pairs: list[tuple[float, float]] = []  # (predicted before measuring, measured)
         self.values: list[list[float]] = []  # loss vectors of finished feasible trials
@@ -150,10 +156,6 @@ class LatencyPolicy:
         self.n_measured = 0
         self.n_predicted = 0
         self.n_reused = 0
-        # signature -> its measured latency: this study's measurements and the profile's rows
-        self.known: dict[str, float] = {}
-        for signature, value in self.profile_rows:
-            self.known.setdefault(_signature_key(signature), value)
         self.predictor: Any = None
         self.cv_errors: list[float] = []
         self.kinds: dict[str, bool] = {}

@@ -164,6 +164,7 @@ def test_profile_rows_are_reused_for_their_own_signature() -> None:
     policy = LatencyPolicy(make_spec(), profile={"rows": [{"signature": sig, "latency_ms": 0.123}] * 2})
     d = policy.decide(dict(sig), {"accuracy": 0.5, "params": 1.0})
     assert d.reused and not d.measure and d.predicted_ms == 0.123
+    assert len(policy.profile_rows) == 1  # a repeated row (a resumed study's reused trial) fits once
 
 
 def test_profile_rows_count_as_calibration() -> None:
