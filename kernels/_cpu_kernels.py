@@ -425,6 +425,18 @@ def dequantize_parallel(w, scales, zeros, asym, zc, gs, bits, out, chunks):  # t
         _dequantize_rows(w, scales, zeros, asym, zc, gs, bits, out, n0, min(n_rows, n0 + step))
 
 
+@_jit_parallel
+def _blocked_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, chunks):  # type: ignore[no-untyped-def]
+    """The tile path over about ``chunks`` slices of the output features (whole tiles each) in parallel."""
+    n_rows = w.shape[0]
+    step = _BLOCK * ((n_rows + _BLOCK * chunks - 1) // (_BLOCK * chunks))
+    for c in prange((n_rows + step - 1) // step):
+        n0 = c * step
+        _rows_blocked(
+            x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, min(n_rows, n0 + step)
+        )
+
+
 # --- entry points ---------------------------------------------------------------------------------
 @_jit
 def _linear_rows(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
@@ -455,12 +467,7 @@ def linear_parallel(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, ou
     per_byte = 8 // cbits
     chunks = max(1, min(n_rows, chunks))
     if x.shape[0] > DIRECT_MAX_ROWS:
-        step = _BLOCK * ((n_rows + _BLOCK * chunks - 1) // (_BLOCK * chunks))
-        for c in prange((n_rows + step - 1) // step):
-            n0 = c * step
-            _rows_blocked(
-                x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out, n0, min(n_rows, n0 + step)
-            )
+        _blocked_parallel(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out, chunks)
         return
     step = (n_rows + chunks - 1) // chunks
     # activations are rearranged once here, not once per chunk
@@ -586,12 +593,7 @@ def dense_linear_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bia
     n_rows = w.shape[0]
     chunks = max(1, min(n_rows, chunks))
     if x.shape[0] > DIRECT_MAX_ROWS or bits > DENSE_DIRECT_MAX_BITS:
-        step = _BLOCK * ((n_rows + _BLOCK * chunks - 1) // (_BLOCK * chunks))
-        for c in prange((n_rows + step - 1) // step):
-            n0 = c * step
-            _rows_blocked(
-                x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, min(n_rows, n0 + step)
-            )
+        _blocked_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, chunks)
         return
     step = (n_rows + chunks - 1) // chunks
     xsum = _group_sums(x, scales.shape[1], gs)
