@@ -170,14 +170,12 @@ def paired_latency(spec: Any, baseline: Any, challengers: list[Any], rounds: int
     import numpy as np
     import torch
 
-    from evaluators import EvalContext, make_evaluator
+    from evaluators import EvalContext
     from evaluators.latency import fixed_threads
+    from search._workers import _worker_evaluator
     from spaces import Candidate
 
-    ev: Any = make_evaluator(spec.evaluator.kind, spec.evaluator.options)  # an HF compression evaluator
-    ev.check_params({p.name for p in spec.params})
-    ev.bind_spec(spec)
-    ev.ensure_setup()
+    ev: Any = _worker_evaluator(json.dumps(spec.to_dict()))  # set up as a study's worker sets it up
     ev.load()
     ctx = EvalContext(threads=int(spec.resources.cpu))
     batch = ev.latency_input(ctx)
