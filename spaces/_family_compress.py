@@ -68,7 +68,8 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
 }
 GROUP_BY = ("none", "layer", "block", "module_type", "all")
-SPARSITY_KINDS = ("magnitude", "wanda", "2:4")
+SPARSITY_KINDS = ("magnitude", "wanda", "2:4", "channels")
+FFN_UP, FFN_DOWN = "intermediate.dense", "output.dense"  # the BERT FFN pair that ``channels`` prunes
 MAX_LAYERS = 1024
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
@@ -224,10 +225,28 @@ class Allocation:
                         "must hold 0 (dense) and/or 0.5 (the 2:4 pattern) when kind is '2:4'",
                         options["choices"],
                     )
+            elif self.kind == "channels":
+                # structured: whole FFN channels removed, so the matrices (and the time) really shrink
+                wrong = [m for m in self.modules if not m.endswith("." + FFN_UP)]
+                if wrong:
+                    raise _fail(
+                        family,
+                        "targets",
+                        f"must select only FFN up-projections ('<layer>.{FFN_UP}', BERT-style layers) when "
+                        f"kind is 'channels' (it removes channels of '{FFN_UP}' and '{FFN_DOWN}' together); "
+                        f"these are not: {wrong[:4]}",
+                        self.targets,
+                    )
+                default = [0, 0.125, 0.25]
+                self.choices = _choices(family, options.get("choices", default), ints=False, low=0, high=0.9)
             else:
                 default = [0, 0.25, 0.5, 0.75]
                 self.choices = _choices(family, options.get("choices", default), ints=False, low=0, high=0.95)
         self.groups: dict[str, list[str]] = {}
+        # every module whose weights the allocation changes (``channels`` also cuts the down-projection)
+        self.covers = list(self.modules)
+        if self.kind == "channels":
+            self.covers += [m[: -len(FFN_UP)] + FFN_DOWN for m in self.modules]
         for m in self.modules:
             self.groups.setdefault(f"{prefix}.{group_key(m, self.group_by)}", []).append(m)
 
@@ -266,8 +285,12 @@ def expand_sparsity(prefix: str, options: Mapping[str, Any]) -> list[dict[str, A
         prefix: the family item's ``name``; parameters are ``PREFIX.<group>``.
         options: ``targets``, ``modules``/``num_layers``/``layout`` and ``group_by`` as for ``bits``;
             ``kind`` (``magnitude``: layer-wide smallest weights; ``wanda``: |W|·‖X‖ per output row, from
-            calibration data; ``2:4``: two of every four weights), ``choices`` (ratios in [0, 0.95], default
-            [0, 0.25, 0.5, 0.75]; for ``2:4`` a subset of [0, 0.5], 0 meaning dense).
+            calibration data; ``2:4``: two of every four weights; ``channels``: structured, the FFN
+            intermediate channels of least activation-weighted importance are removed from
+            ``<layer>.intermediate.dense`` and ``<layer>.output.dense`` together, which shrinks both
+            matrices; targets must be the ``intermediate.dense`` modules of BERT-style layers), ``choices``
+            (ratios in [0, 0.95], default [0, 0.25, 0.5, 0.75]; for ``2:4`` a subset of [0, 0.5], 0 meaning
+            dense; for ``channels`` in [0, 0.9], default [0, 0.125, 0.25]).
 
     Raises:
         ValueError: an unknown option, a target that matches nothing, or a value that breaks a rule.

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from spaces import SpecError, compression_plan, spec_from_dict
-from spaces._family_compress import compile_target, expand_bits, expand_sparsity, group_key
+from spaces._family_compress import allocations, compile_target, expand_bits, expand_sparsity, group_key
 
 BERT = {"num_layers": 2, "targets": ["encoder.layer.*.**"]}
 
@@ -174,6 +174,15 @@ def test_bits_errors(options: dict[str, Any], match: str) -> None:
         ({**BERT, "choices": [0, 0.99]}, r"must be a non-empty list of distinct numbers in \[0, 0.95\]"),
         ({**BERT, "kind": "2:4", "choices": [0, 0.25]}, "must hold 0 \\(dense\\) and/or 0.5"),
         ({**BERT, "group_size": 32}, r"Unknown option\(s\) \['group_size'\] for family 'sparsity'"),
+        (
+            {**BERT, "kind": "channels"},
+            r"'targets' option of family 'sparsity' must select only FFN up-projections .* these are not: "
+            r"\['encoder\.layer\.0\.attention\.self\.query'",
+        ),
+        (
+            {**BERT, "targets": ["**.intermediate.dense"], "kind": "channels", "choices": [0, 0.95]},
+            r"must be a non-empty list of distinct numbers in \[0, 0.9\]",
+        ),
     ],
 )
 def test_sparsity_errors(options: dict[str, Any], match: str) -> None:
@@ -196,3 +205,31 @@ def test_spec_level_errors_name_the_family() -> None:
 def test_options_must_be_a_mapping() -> None:
     with pytest.raises(TypeError, match="options of family 'bits' must be a mapping"):
         expand_bits("q", ["num_layers", 2])  # type: ignore[arg-type]
+
+
+def test_channels_kind_groups_ffn_up_projections_and_covers_the_down_projections() -> None:
+    opts = {**BERT, "targets": ["encoder.layer.*.intermediate.dense"], "kind": "channels"}
+    params = expand_sparsity("p", opts)
+    assert names(params) == ["p.layer_0", "p.layer_1"] and params[0]["choices"] == [0, 0.125, 0.25]
+    space = study(
+        [
+            {"kind": "family", "name": "q", "family": "bits", "options": {**BERT, "group_size": 32}},
+            {"kind": "family", "name": "p", "family": "sparsity", "options": opts},
+        ]
+    )
+    plan = compression_plan(space, {"q.layer_0": 4, "q.layer_1": 8, "p.layer_0": 0.25, "p.layer_1": 0})
+    assert plan["encoder.layer.0.intermediate.dense"] == {
+        "bits": 4,
+        "group_size": 32,
+        "symmetric": True,
+        "sparsity": "channels",
+        "ratio": 0.25,
+    }
+    assert "sparsity" not in plan["encoder.layer.1.intermediate.dense"]  # ratio 0: nothing removed
+    pruning = allocations(space)[1]
+    assert pruning.covers == [
+        "encoder.layer.0.intermediate.dense",
+        "encoder.layer.1.intermediate.dense",
+        "encoder.layer.0.output.dense",
+        "encoder.layer.1.output.dense",
+    ]
