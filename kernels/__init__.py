@@ -32,6 +32,7 @@ from kernels._size import (
     model_size_bytes,
     size_breakdown,
     sparsity,
+    weight_counts,
 )
 from kernels._sparsity import MagnitudeSparsityConfig, NMSparsityConfig, WandaSparsityConfig
 
@@ -69,4 +70,5 @@ __all__ = [
     "select_modules",
     "size_breakdown",
     "sparsity",
+    "weight_counts",
 ]

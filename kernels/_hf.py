@@ -28,9 +28,10 @@ from kernels._calibrate import calibrate
 from kernels._config import CompressionConfig
 from kernels._io import load_compressed, save_compressed
 from kernels._masks import MASK_BUFFER, get_mask
+from kernels._prune import StructuredPruneConfig, is_encoder_layer
 from kernels._qlinear import QuantizedLinear, is_linear_like
 from kernels._select import select_modules
-from kernels._size import avg_bits, masked_fraction, model_size_bytes
+from kernels._size import avg_bits, masked_fraction, model_size_bytes, weight_counts
 from kernels._sparsity import WandaSparsityConfig
 
 QUANTIZATION_CONFIG = "quantization_config.json"
@@ -142,13 +143,16 @@ def compress_pretrained(
     out_dir: str | os.PathLike[str],
     *,
     calibration_texts: Sequence[str] | None = None,
+    calibration_batches: Sequence[Any] | None = None,
     max_length: int = 128,
     batch_size: int = 8,
 ) -> dict[str, Any]:
     """Compress the transformers model in ``model_dir`` with ``recipe`` and write ``out_dir``.
 
     The model is loaded with ``transformers.AutoModel`` from local files only and without remote code.
-    Activation-aware configs are calibrated on ``calibration_texts`` with the model's own tokenizer.
+    Activation-aware configs are calibrated on ``calibration_batches`` (model inputs, e.g. a study
+    evaluator's own calibration batches, so that Wanda masks and pruned channels come out as in the study)
+    or else on ``calibration_texts`` with the model's own tokenizer.
 
     Returns:
         A summary: bytes before and after; average weight bits and masked sparsity over the modules the recipe
@@ -168,14 +172,20 @@ def compress_pretrained(
     model = transformers.AutoModel.from_pretrained(src, local_files_only=True, trust_remote_code=False).eval()
     base_config = copy.deepcopy(model.config)
     before = model_size_bytes(model)
-    # the scope a study reports avg_bits and sparsity over: the modules the recipe allocates
-    targeted = sorted(n for t in recipe.entries for n in select_modules(model, t) if n)
+    # the scope a study reports avg_bits and sparsity over: the modules the recipe allocates, and the
+    # projections a structured pruning of a layer cuts
+    targeted = sorted(
+        {n for t, cs in recipe.items() for n in _scope(model, t, cs)} & set(weight_counts(model))
+    )
+    original = weight_counts(model, targeted)
     calibration = None
-    if needs_calibration(recipe):
+    if needs_calibration(recipe) and calibration_batches:
+        calibration = calibrate(model, [dict(b) for b in calibration_batches])
+    elif needs_calibration(recipe):
         if not calibration_texts:
             raise ValueError(
                 "This recipe has activation-aware configs (Wanda or importance='activation'), which need "
-                "calibration_texts. Got none."
+                "calibration_batches or calibration_texts. Got neither."
             )
         tokenizer = transformers.AutoTokenizer.from_pretrained(src, local_files_only=True)
         texts = list(calibration_texts)
@@ -218,9 +228,26 @@ def compress_pretrained(
         "bytes_before": before,
         "bytes_after": model_size_bytes(model),
         "avg_bits": avg_bits(model, targeted),
-        "sparsity": masked_fraction(model, targeted),
+        "sparsity": masked_fraction(model, targeted, original=original),
         "files": files,
     }
+
+
+def _scope(model: nn.Module, target: str, configs: Sequence[CompressionConfig]) -> list[str]:
+    """The modules ``target``'s configs change: the selected ones, and for structured pruning the
+    projections it cuts in every encoder layer under them."""
+    selected = select_modules(model, target)
+    names = [n for n in selected if n]
+    for config in (c for c in configs if isinstance(c, StructuredPruneConfig)):
+        cut = ["intermediate.dense", "output.dense"] if config.ffn_ratio else []
+        if config.heads:
+            cut += [f"attention.self.{p}" for p in ("query", "key", "value")] + ["attention.output.dense"]
+        for root, module in selected.items():
+            for sub, layer in module.named_modules():
+                if is_encoder_layer(layer):
+                    prefix = ".".join(p for p in (root, sub) if p)
+                    names += [f"{prefix}.{c}" if prefix else c for c in cut]
+    return names
 
 
 def _hidden(output: Any) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,21 +126,40 @@ def sparsity(model: nn.Module, targets: str | Sequence[str] | None = None) -> fl
     return zeros / total
 
 
-def masked_fraction(model: nn.Module, targets: str | Sequence[str] | None = None) -> float:
+def masked_fraction(
+    model: nn.Module,
+    targets: str | Sequence[str] | None = None,
+    *,
+    original: Mapping[str, int] | None = None,
+) -> float:
     """Share of the weights that sparsity masks remove over Linear-like ``targets`` (default: all).
 
     Weighted by parameter count. Unlike :func:`sparsity`, weights that are zero only because they quantized
     to zero do not count: this is the sparsity a recipe *allocated*, the figure studies budget and report.
+    With ``original`` (``{module name: weight count before compression}``, see :func:`weight_counts`),
+    weights that structured pruning removed count as well, against the original count.
     """
     total = 0
     removed = 0.0
-    for module in _targets(model, targets).values():
-        n = int(getattr(module, "in_features", 0)) * int(getattr(module, "out_features", 0))
-        total += n
-        removed += mask_ratio(module) * n
+    for name, module in _targets(model, targets).items():
+        n = weight_count(module)
+        n0 = n if original is None else original.get(name, n)
+        total += n0
+        removed += (n0 - n) + mask_ratio(module) * n
     if not total:
         raise ValueError(f"masked_fraction found no Linear module among targets {targets!r}.")
     return removed / total
+
+
+def weight_count(module: nn.Module) -> int:
+    """``in_features * out_features`` of a Linear-like module (0 for anything else)."""
+    return int(getattr(module, "in_features", 0)) * int(getattr(module, "out_features", 0))
+
+
+def weight_counts(model: nn.Module, targets: str | Sequence[str] | None = None) -> dict[str, int]:
+    """``{name: weight count}`` of the Linear-like ``targets``: what :func:`masked_fraction` compares a
+    structurally pruned copy against."""
+    return {name: weight_count(m) for name, m in _targets(model, targets).items()}
 
 
 def mask_ratio(module: nn.Module) -> float:

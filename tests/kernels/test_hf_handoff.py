@@ -166,7 +166,7 @@ def test_needs_calibration():
 
 
 def test_activation_aware_recipe_without_texts_is_refused(model_dir, tmp_path):
-    with pytest.raises(ValueError, match="need calibration_texts"):
+    with pytest.raises(ValueError, match="need calibration_batches or calibration_texts"):
         compress_pretrained(model_dir, RECIPE, tmp_path / "out")
 
 
