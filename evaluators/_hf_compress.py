@@ -13,6 +13,7 @@ import abc
 import copy
 import hashlib
 import itertools
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -20,7 +21,7 @@ from pydantic import Field
 
 from evaluators._base import EvalContext, Evaluator, EvaluatorOptions, InitialCandidate
 from spaces import Candidate, StudySpec, compression_plan
-from spaces._family_compress import Allocation, check_allocations
+from spaces._family_compress import FFN_DOWN, FFN_UP, Allocation, check_allocations
 
 if TYPE_CHECKING:
     import torch
@@ -62,14 +63,26 @@ def recipe_from_plan(plan: Mapping[str, Mapping[str, Any]]) -> kernels.Compressi
     for module, step in plan.items():
         configs: list[kernels.CompressionConfig] = []
         kind = step.get("sparsity")
-        if kind == "magnitude":
+        if kind == "channels":
+            layer, down = _ffn_layer(module)
+            # the kept width must stay a whole number of the down-projection's quantization groups (and of
+            # 8-code packing units)
+            round_to = math.lcm(8, int(plan.get(down, {}).get("group_size") or 8))
+            entries[layer] = [
+                kernels.StructuredPruneConfig(
+                    0, ffn_ratio=float(step["ratio"]), importance="activation", round_to=round_to
+                )
+            ]
+        elif kind == "magnitude":
             configs.append(kernels.MagnitudeSparsityConfig(float(step["ratio"])))
         elif kind == "wanda":
             configs.append(kernels.WandaSparsityConfig(float(step["ratio"])))
         elif kind == "2:4":
             configs.append(kernels.NMSparsityConfig(2, 4))
         elif kind is not None:
-            raise ValueError(f"sparsity kind must be one of ['magnitude', 'wanda', '2:4'], but got {kind!r}")
+            raise ValueError(
+                f"sparsity kind must be one of ['magnitude', 'wanda', '2:4', 'channels'], but got {kind!r}"
+            )
         if "bits" in step:
             configs.append(
                 kernels.WeightOnlyQuantConfig(
@@ -81,8 +94,19 @@ def recipe_from_plan(plan: Mapping[str, Mapping[str, Any]]) -> kernels.Compressi
     return kernels.CompressionRecipe(entries)
 
 
+def _ffn_layer(module: str) -> tuple[str, str]:
+    """``(layer, down-projection)`` of a ``<layer>.intermediate.dense`` module (``channels`` pruning)."""
+    suffix = "." + FFN_UP
+    if not module.endswith(suffix):
+        raise ValueError(
+            f"'channels' pruning applies to '<layer>.{FFN_UP}' modules (BERT-style FFN), but got {module!r}"
+        )
+    layer = module[: -len(suffix)]
+    return layer, f"{layer}.{FFN_DOWN}"
+
+
 def needs_calibration(plan: Mapping[str, Mapping[str, Any]]) -> bool:
-    return any(step.get("sparsity") == "wanda" for step in plan.values())
+    return any(step.get("sparsity") in ("wanda", "channels") for step in plan.values())
 
 
 class CompressionEvaluator(Evaluator):
@@ -92,7 +116,9 @@ class CompressionEvaluator(Evaluator):
     the first ``evaluate`` (or warm start) calls :meth:`load`: the base model (:meth:`load_base`), then the
     subclass's reference outputs (:meth:`prepare`); ``evaluate`` deep-copies the base, applies the
     candidate's recipe, and reports :meth:`quality` plus ``avg_bits`` and ``sparsity`` (over every module
-    an allocation targets, weighted by parameter count; an unquantized module counts 32 bits), ``size_mb``
+    an allocation targets, weighted by parameter count; an unquantized module counts 32 bits; ``avg_bits``
+    is over the weights that remain, ``sparsity`` counts masked and structurally removed weights against
+    the uncompressed model's count), ``size_mb``
     (the whole model's stored bytes / 1e6: packed codes, scales, zero points, masks, every float tensor),
     ``target_size_mb`` (the targeted modules only) and the latency of :meth:`latency_input` (batch 1,
     median after warm-up, fixed threads, in the node's measurement lane and through the latency cache).
@@ -135,7 +161,7 @@ class CompressionEvaluator(Evaluator):
     @property
     def targets(self) -> list[str]:
         """Every module some allocation covers (the scope of ``avg_bits`` and ``sparsity``)."""
-        return sorted({m for a in self.allocations for m in a.modules})
+        return sorted({m for a in self.allocations for m in a.covers})
 
     def plan(self, candidate: Candidate) -> dict[str, dict[str, Any]]:
         self.allocations  # noqa: B018 - raises when unbound
@@ -224,9 +250,10 @@ class CompressionEvaluator(Evaluator):
 
         sizes = kernels.size_breakdown(model)
         targets = self.targets
+        original = kernels.weight_counts(self.base, targets)  # structurally removed weights count too
         return {
             "avg_bits": kernels.avg_bits(model, targets),
-            "sparsity": kernels.masked_fraction(model, targets),
+            "sparsity": kernels.masked_fraction(model, targets, original=original),
             "size_mb": kernels.model_size_bytes(model) / 1e6,
             "target_size_mb": sum(sizes[t].total_bytes for t in targets if t in sizes) / 1e6,
         }
@@ -327,6 +354,12 @@ class CompressionEvaluator(Evaluator):
         group's bits and lower another's without adding weight bits (every code is stored in exactly its
         ``bits``, so these are the trades that keep the baseline's size) or breaking the ``avg_bits``
         budget, as long as the summed sensitivities predict a lower error.
+        ``sensitivity-prune-swap-uniform-Bbit`` and ``sensitivity-prune-most-uniform-Bbit`` (spaces with a
+        ``channels`` family): the uniform ``B``-bit baseline with FFN channels removed and the freed weight
+        bits spent on the same kind of trades: no more weight bits than the baseline, smaller matrices (so
+        less time), and a lower predicted error than the baseline's; ``prune-swap`` is the lowest predicted
+        error found, ``prune-most`` the most channels removed while the prediction still beats the
+        baseline (see :meth:`_prune_swaps`). Predictions sum the measured per-group sensitivities.
         """
         if not self.allocations:
             return []
@@ -361,6 +394,10 @@ class CompressionEvaluator(Evaluator):
                 swapped = self._swap(sens, numel, total, uniform, bits_budget)
                 if swapped is not None and swapped not in [p for _, p in out]:
                     out.append((f"sensitivity-swap-uniform-{b}bit", swapped))
+                walk = self._prune_swaps(sens, numel, total, uniform, bits_budget)
+                for label, pruned in zip(("prune-swap", "prune-most"), walk, strict=False):
+                    if pruned not in [p for _, p in out]:
+                        out.append((f"sensitivity-{label}-uniform-{b}bit", pruned))
         return out
 
     def _swap(
@@ -371,35 +408,107 @@ class CompressionEvaluator(Evaluator):
         start: Mapping[str, Any],
         bits_target: float | None,
     ) -> dict[str, Any] | None:
+        traded = self._trade(sens, numel, total, start, bits_target, {})
+        return traded[0] if traded is not None and traded[1] > 1e-9 else None
+
+    def _prune_swaps(
+        self,
+        sens: Mapping[str, Mapping[Any, float]],
+        numel: Mapping[str, int],
+        total: int,
+        start: Mapping[str, Any],
+        bits_target: float | None,
+    ) -> list[dict[str, Any]]:
+        """Walk from ``start`` removing FFN channels one ratio step at a time (the step whose freed bits,
+        spent by :meth:`_trade`, leave the best predicted net gain over ``start``) while the net gain stays
+        positive; the path's best point and its last (most pruned, so fastest) point, when they differ."""
+        channel = [(a, g) for a in self.allocations if a.kind == "channels" for g in a.groups]
+        ratios: dict[str, Any] = {g: start[g] for _, g in channel}
+        path: list[tuple[float, dict[str, Any]]] = []
+        while True:
+            best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
+            for a, group in channel:
+                nxt = next((c for c in a.choices if c > ratios[group] and c in sens[group]), None)
+                if nxt is None:
+                    continue
+                trial = {**ratios, group: nxt}
+                pruned = {
+                    m: float(r)
+                    for (b, g) in channel
+                    for m in (*b.groups[g], *(_ffn_layer(u)[1] for u in b.groups[g]))
+                    if (r := trial[g])
+                }
+                traded = self._trade(sens, numel, total, {**start, **trial}, bits_target, pruned)
+                if traded is None:
+                    continue
+                net = traded[1] - sum(sens[g][r] for g, r in trial.items() if r)
+                if best is None or net > best[0]:
+                    best = (net, trial, traded[0])
+            if best is None or best[0] <= 1e-9:
+                break
+            ratios = best[1]
+            path.append((best[0], best[2]))
+        if not path:
+            return []
+        top, last = max(path, key=lambda p: p[0])[1], path[-1][1]
+        return [top] if top == last else [top, last]
+
+    def _trade(
+        self,
+        sens: Mapping[str, Mapping[Any, float]],
+        numel: Mapping[str, int],
+        total: int,
+        start: Mapping[str, Any],
+        bits_target: float | None,
+        pruned: Mapping[str, float],
+    ) -> tuple[dict[str, Any], float] | None:
+        """Greedy bit trades from ``start`` (the best predicted gain first) that never store more weight
+        bits than ``start`` does before ``pruned`` (``{module: ratio of its weights removed}``) takes its
+        share away; ``(allocation, summed predicted gain)``, or ``None`` if ``start`` breaks the budget."""
         bits = [a for a in self.allocations if a.family == "bits"]
-        size = {g: sum(numel[m] for m in modules) for a in bits for g, modules in a.groups.items()}
+        kept = {m: n * (1.0 - pruned.get(m, 0.0)) for m, n in numel.items()}
+        full = {g: sum(numel[m] for m in modules) for a in bits for g, modules in a.groups.items()}
+        size = {g: sum(kept[m] for m in modules) for a in bits for g, modules in a.groups.items()}
         choices = {g: a.choices for a in bits for g in a.groups}
         state = dict(start)
-        nominal = sum(size[g] * state[g] for g in size)
+        limit = sum(full[g] * state[g] for g in size)  # the unpruned start's weight bits
         covered = {m for a in bits for m in a.modules}
-        float_bits = sum(n for m, n in numel.items() if m not in covered) * FLOAT_BITS
-        if bits_target is not None and (nominal + float_bits) / total > bits_target + 1e-9:
-            return None  # the baseline itself breaks the budget
-        changed = False
+        float_bits = sum(n for m, n in kept.items() if m not in covered) * FLOAT_BITS
+        remaining = total - sum(numel[m] - kept[m] for m in numel)
+
+        def within(spent: float) -> bool:
+            over_budget = bits_target is not None and (spent + float_bits) / remaining > bits_target + 1e-9
+            return spent <= limit + 1e-6 and not over_budget
+
+        spent = sum(size[g] * state[g] for g in size)
+        if not within(spent):
+            return None  # the start itself breaks the budget
+        gained = 0.0
         while True:
-            best: tuple[float, str, Any, str, Any] | None = None
+            best: tuple[float, float, str, Any, str | None, Any] | None = None
             for g in size:
                 for up in (c for c in choices[g] if c > state[g] and c in sens[g]):
+                    cost = size[g] * (up - state[g])
+                    up_gain = sens[g][state[g]] - sens[g][up]
+                    # raise g alone (paid by bits already freed), or paid by lowering another group h
+                    moves: list[tuple[str | None, Any, float, float]] = [(None, None, up_gain, cost)]
                     for h in size:
                         if h == g:
                             continue
                         for down in (c for c in choices[h] if c < state[h] and c in sens[h]):
-                            # no added weight bits: no added bytes, and avg_bits stays within the budget
-                            if size[g] * (up - state[g]) > size[h] * (state[h] - down):
-                                continue
-                            gain = (sens[g][state[g]] - sens[g][up]) - (sens[h][down] - sens[h][state[h]])
-                            if gain > 1e-9 and (best is None or gain > best[0]):
-                                best = (gain, g, up, h, down)
+                            loss = sens[h][down] - sens[h][state[h]]
+                            moves.append((h, down, up_gain - loss, cost - size[h] * (state[h] - down)))
+                    for payer, lowered, gain, delta in moves:
+                        if gain > 1e-9 and within(spent + delta) and (best is None or gain > best[0]):
+                            best = (gain, delta, g, up, payer, lowered)
             if best is None:
-                return state if changed else None
-            _, g, up, h, down = best
-            state[g], state[h] = up, down
-            changed = True
+                return state, gained
+            gain, delta, raised, up, payer, lowered = best
+            state[raised] = up
+            if payer is not None:
+                state[payer] = lowered
+            spent += delta
+            gained += gain
 
     def _greedy(
         self,
@@ -416,7 +525,9 @@ class CompressionEvaluator(Evaluator):
             for g, modules in a.groups.items():
                 state[g] = _mildest(a)
                 alloc_of[g] = a
-                size[g] = sum(numel[m] for m in modules)
+                # a ``channels`` ratio removes that share of the down-projection's weights too
+                cut = [*modules, *(_ffn_layer(m)[1] for m in modules)] if a.kind == "channels" else modules
+                size[g] = sum(numel[m] for m in cut)
         covered_bits = {m for a in self.allocations if a.family == "bits" for m in a.modules}
         float_bits = sum(numel[m] for m in numel if m not in covered_bits) * FLOAT_BITS
 

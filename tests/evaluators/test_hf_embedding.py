@@ -199,10 +199,85 @@ def test_spec_errors(encoder_dir: str) -> None:
         bad.load()
     with pytest.raises(ValueError, match="needs a 'bits' and/or 'sparsity' family in the space; it has none"):
         ev.check_params(set())
-    with pytest.raises(ValueError, match=r"sparsity kind must be one of \['magnitude', 'wanda', '2:4'\]"):
+    with pytest.raises(
+        ValueError, match=r"sparsity kind must be one of \['magnitude', 'wanda', '2:4', 'channels'\]"
+    ):
         recipe_from_plan({"a": {"sparsity": "random", "ratio": 0.5}})
     with pytest.raises(SpecError, match=r"evaluator\.options\.warm_start"):
         make_evaluator(s.evaluator.kind, {"warm_start": "always"})
+
+
+CHANNELS = {
+    "kind": "family",
+    "name": "p",
+    "family": "sparsity",
+    "options": {
+        "num_layers": 2,
+        "targets": ["encoder.layer.*.intermediate.dense"],
+        "kind": "channels",
+        "choices": [0, 0.25, 0.5],
+    },
+}
+
+
+def test_channel_pruning_shrinks_the_ffn_and_counts_removed_weights(encoder_dir: str) -> None:
+    import kernels
+
+    s = spec(encoder_dir, [BITS, CHANNELS])
+    ev = make_evaluator(s.evaluator.kind, {**s.evaluator.options, "warm_start": "off"})
+    ev.bind_spec(s)
+    ev.load()
+    params = {"q.layer_0": 4, "q.layer_1": 8, "p.layer_0": 0.5, "p.layer_1": 0}
+    entries = dict(ev.recipe(Candidate(params)).entries)
+    # the kept width stays a whole number of the down-projection's 16-input quantization groups
+    assert entries["encoder.layer.0"] == (
+        kernels.StructuredPruneConfig(0, ffn_ratio=0.5, importance="activation", round_to=16),
+    )
+    model = ev.compress(ev.plan(Candidate(params)))
+    layer0, layer1 = model.encoder.layer
+    assert (layer0.intermediate.dense.out_features, layer0.output.dense.in_features) == (32, 32)
+    assert layer1.intermediate.dense.out_features == 64
+    m = ev.evaluate(Candidate(params), EvalContext(threads=1))
+    # each layer: q, k, v, o 32x32 and up/down 32x64; layer 0 loses half of up and down (2 * 1024 weights)
+    assert m["sparsity"] == pytest.approx(2048 / (2 * 8192))
+    assert m["avg_bits"] == pytest.approx((6144 * 4 + 8192 * 8) / (6144 + 8192))  # over the weights left
+    unpruned = ev.evaluate(Candidate({**params, "p.layer_0": 0}), EvalContext(threads=1))
+    assert m["size_mb"] < unpruned["size_mb"] and m["fidelity"] < unpruned["fidelity"]
+    sens = ev.sensitivities()
+    assert sens["p.layer_0"][0] == 0.0 and sens["p.layer_0"][0.5] > sens["p.layer_0"][0.25] > 0
+
+
+def test_prune_swaps_spend_freed_bits_where_sensitivity_is_highest(encoder_dir: str) -> None:
+    s = spec(
+        encoder_dir,
+        [{**BITS, "options": {**BITS["options"], "group_by": "block", "choices": [3, 4, 5]}}, CHANNELS],
+        constraints=[{"metric": "avg_bits", "op": "<=", "value": 4.5}],
+    )
+    ev = make_evaluator(s.evaluator.kind, s.evaluator.options)
+    ev.bind_spec(s)
+    ev.load()
+    numel = {n: m.in_features * m.out_features for n, m in ev.base.named_modules() if n in set(ev.targets)}
+    # layer 1's attention gains most from a 5th bit; layer 0's FFN channels are cheap to remove
+    sens: dict[str, dict[Any, float]] = {}
+    for i in (0, 1):
+        sens[f"q.layer_{i}.attention"] = {5: 0.0, 4: 0.01 if i else 0.001, 3: 0.05}
+        sens[f"q.layer_{i}.ffn"] = {5: 0.0, 4: 0.002, 3: 0.02}
+        sens[f"p.layer_{i}"] = {0: 0.0, 0.25: 0.002 if i == 0 else 0.05, 0.5: 0.03 if i == 0 else 0.2}
+    uniform = {**{g: 4 for g in sens if g.startswith("q.")}, "p.layer_0": 0, "p.layer_1": 0}
+    walk = ev._prune_swaps(sens, numel, sum(numel.values()), uniform, 4.5)
+    # removing 25 % of layer 0's FFN (1024 of its 4096 weights, 4 bits each) pays for a 5th bit on layer
+    # 1's attention (4096 weights): net predicted gain 0.01 - 0.002; never more weight bits than uniform 4
+    assert walk and walk[0]["p.layer_0"] == 0.25 and walk[0]["p.layer_1"] == 0
+    assert walk[0]["q.layer_1.attention"] == 5
+    size = {"attention": 4096, "ffn": 4096}
+    kept = {"q.layer_0.ffn": 0.75}
+    stored = sum(
+        size[g.rsplit(".", 1)[1]] * kept.get(g, 1.0) * walk[0][g] for g in uniform if g.startswith("q.")
+    )
+    assert stored <= 4 * 4 * 4096
+    # nothing to gain: no prune step is taken
+    flat = {g: {c: 0.0 for c in v} if g.startswith("q.") else v for g, v in sens.items()}
+    assert ev._prune_swaps(flat, numel, sum(numel.values()), uniform, 4.5) == []
 
 
 def test_swap_trades_bits_between_groups_without_adding_stored_bytes(encoder_dir: str) -> None:
@@ -219,3 +294,34 @@ def test_swap_trades_bits_between_groups_without_adding_stored_bytes(encoder_dir
     assert ev._swap(sens, numel, 3072, {gq: 4, gi: 4}, 3.9) is None  # the baseline breaks the budget
     flat = {gq: {8: 0.0, 4: 0.01, 2: 0.02}, gi: {8: 0.0, 4: 0.01, 2: 0.5}}
     assert ev._swap(flat, numel, 3072, {gq: 4, gi: 4}, 4.5) is None  # no predicted gain
+
+
+def test_frontier_apply_of_a_pruning_export_calibrates_as_the_study_did(
+    encoder_dir: str, tmp_path: Path
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    import kernels
+    from search._results import compression_export
+    from services._cli import app
+
+    s = spec(encoder_dir, [BITS, CHANNELS])
+    ev = make_evaluator(s.evaluator.kind, {**s.evaluator.options, "warm_start": "off"})
+    ev.bind_spec(s)
+    ev.load()
+    params = {"q.layer_0": 4, "q.layer_1": 8, "p.layer_0": 0.25, "p.layer_1": 0.5}
+    trial = ev.evaluate(Candidate(params), EvalContext(threads=1))
+    # what `frontier export` writes for such a point: the recipe, and the study's spec as provenance
+    doc = {"evaluator": {"kind": s.evaluator.kind, "options": dict(s.evaluator.options)}, "params": params}
+    doc |= {"provenance": {"spec": s.to_dict()}, **compression_export(s, params)}
+    export = tmp_path / "point.yaml"
+    export.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(app, ["apply", str(export), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "calibrating on the study's 1 calibration batches" in result.output
+    assert f"sparsity {trial['sparsity']:.3f}" in result.output
+    reloaded = kernels.load_pretrained_compressed(tmp_path / "out")
+    assert reloaded.encoder.layer[1].intermediate.dense.out_features == 32
+    # the same channels were removed as in the trial: the same fidelity
+    assert ev.quality(reloaded)["fidelity"] == pytest.approx(trial["fidelity"], abs=1e-6)
