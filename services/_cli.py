@@ -432,7 +432,8 @@ def apply_recipe(
         except (TypeError, ValueError) as exc:  # SpecError is a ValueError
             raise _fail(f"{recipe_path}: cannot rebuild the study's calibration data: {exc}") from None
         if batches is not None:
-            err.print(f"calibrating on the study's {len(batches)} calibration batches, as its trials did")
+            n = len(batches)
+            err.print(f"calibrating on the study's {n} calibration batch{'es' * (n != 1)}, as its trials did")
         else:
             from evaluators._text import chunk_documents, pydoc_topics, split_chunks
 
