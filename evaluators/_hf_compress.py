@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -381,6 +382,7 @@ class CompressionEvaluator(Evaluator):
             hi = max(max(a.choices) for a in self.allocations if a.family == "sparsity")
             start = sparse_budget if sparse_budget is not None else 0.3
             sparse_levels = [min(hi, start + 0.1 * k) for k in range(levels)]
+        probe = _Probe(sens, numel, total, bits_budget)
         out: list[tuple[str, dict[str, Any]]] = []
         for b, s in zip(bits_levels, sparse_levels, strict=True):
             params = self._greedy(sens, numel, total, b, s)
@@ -391,37 +393,24 @@ class CompressionEvaluator(Evaluator):
             if bits_allocs and all(b in a.choices for a in bits_allocs):
                 uniform = {g: _mildest(a) for a in self.allocations for g in a.groups}
                 uniform.update({g: b for a in bits_allocs for g in a.groups})
-                swapped = self._swap(sens, numel, total, uniform, bits_budget)
+                swapped = self._swap(probe, uniform)
                 if swapped is not None and swapped not in [p for _, p in out]:
                     out.append((f"sensitivity-swap-uniform-{b}bit", swapped))
-                walk = self._prune_swaps(sens, numel, total, uniform, bits_budget)
+                walk = self._prune_swaps(probe, uniform)
                 for label, pruned in zip(("prune-swap", "prune-most"), walk, strict=False):
                     if pruned not in [p for _, p in out]:
                         out.append((f"sensitivity-{label}-uniform-{b}bit", pruned))
         return out
 
-    def _swap(
-        self,
-        sens: Mapping[str, Mapping[Any, float]],
-        numel: Mapping[str, int],
-        total: int,
-        start: Mapping[str, Any],
-        bits_target: float | None,
-    ) -> dict[str, Any] | None:
-        traded = self._trade(sens, numel, total, start, bits_target, {})
+    def _swap(self, probe: _Probe, start: Mapping[str, Any]) -> dict[str, Any] | None:
+        traded = self._trade(probe, start, {})
         return traded[0] if traded is not None and traded[1] > 1e-9 else None
 
-    def _prune_swaps(
-        self,
-        sens: Mapping[str, Mapping[Any, float]],
-        numel: Mapping[str, int],
-        total: int,
-        start: Mapping[str, Any],
-        bits_target: float | None,
-    ) -> list[dict[str, Any]]:
+    def _prune_swaps(self, probe: _Probe, start: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Walk from ``start`` removing FFN channels one ratio step at a time (the step whose freed bits,
         spent by :meth:`_trade`, leave the best predicted net gain over ``start``) while the net gain stays
         positive; the path's best point and its last (most pruned, so fastest) point, when they differ."""
+        sens = probe.sens
         channel = [(a, g) for a in self.allocations if a.kind == "channels" for g in a.groups]
         ratios: dict[str, Any] = {g: start[g] for _, g in channel}
         path: list[tuple[float, dict[str, Any]]] = []
@@ -438,7 +427,7 @@ class CompressionEvaluator(Evaluator):
                     for m in (*b.groups[g], *(_ffn_layer(u)[1] for u in b.groups[g]))
                     if (r := trial[g])
                 }
-                traded = self._trade(sens, numel, total, {**start, **trial}, bits_target, pruned)
+                traded = self._trade(probe, {**start, **trial}, pruned)
                 if traded is None:
                     continue
                 net = traded[1] - sum(sens[g][r] for g, r in trial.items() if r)
@@ -454,17 +443,12 @@ class CompressionEvaluator(Evaluator):
         return [top] if top == last else [top, last]
 
     def _trade(
-        self,
-        sens: Mapping[str, Mapping[Any, float]],
-        numel: Mapping[str, int],
-        total: int,
-        start: Mapping[str, Any],
-        bits_target: float | None,
-        pruned: Mapping[str, float],
+        self, probe: _Probe, start: Mapping[str, Any], pruned: Mapping[str, float]
     ) -> tuple[dict[str, Any], float] | None:
         """Greedy bit trades from ``start`` (the best predicted gain first) that never store more weight
         bits than ``start`` does before ``pruned`` (``{module: ratio of its weights removed}``) takes its
         share away; ``(allocation, summed predicted gain)``, or ``None`` if ``start`` breaks the budget."""
+        sens, numel, bits_target = probe.sens, probe.numel, probe.bits_target
         bits = [a for a in self.allocations if a.family == "bits"]
         kept = {m: n * (1.0 - pruned.get(m, 0.0)) for m, n in numel.items()}
         full = {g: sum(numel[m] for m in modules) for a in bits for g, modules in a.groups.items()}
@@ -474,7 +458,7 @@ class CompressionEvaluator(Evaluator):
         limit = sum(full[g] * state[g] for g in size)  # the unpruned start's weight bits
         covered = {m for a in bits for m in a.modules}
         float_bits = sum(n for m, n in kept.items() if m not in covered) * FLOAT_BITS
-        remaining = total - sum(numel[m] - kept[m] for m in numel)
+        remaining = probe.total - sum(numel[m] - kept[m] for m in numel)
 
         def within(spent: float) -> bool:
             over_budget = bits_target is not None and (spent + float_bits) / remaining > bits_target + 1e-9
@@ -563,6 +547,17 @@ class CompressionEvaluator(Evaluator):
                 return None  # the budget cannot be met within the choices
             state[best[1]] = best[2]
         return None
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What the warm-start walks share: measured sensitivities (``{group: {choice: distortion}}``), the
+    targeted modules' weight counts and their total, and the ``avg_bits`` budget (``None``: none)."""
+
+    sens: Mapping[str, Mapping[Any, float]]
+    numel: Mapping[str, int]
+    total: int
+    bits_target: float | None
 
 
 def _mildest(alloc: Allocation) -> Any:

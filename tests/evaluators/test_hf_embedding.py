@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from evaluators import EvalContext, make_evaluator
-from evaluators._hf_compress import recipe_from_plan
+from evaluators._hf_compress import _Probe, recipe_from_plan
 from evaluators._hf_embedding import prose_sentences, split_sentences, topk_agreement
 from spaces import Candidate, SpecError, spec_from_dict
 from tests.evaluators.conftest import save_char_tokenizer
@@ -264,7 +264,7 @@ def test_prune_swaps_spend_freed_bits_where_sensitivity_is_highest(encoder_dir: 
         sens[f"q.layer_{i}.ffn"] = {5: 0.0, 4: 0.002, 3: 0.02}
         sens[f"p.layer_{i}"] = {0: 0.0, 0.25: 0.002 if i == 0 else 0.05, 0.5: 0.03 if i == 0 else 0.2}
     uniform = {**{g: 4 for g in sens if g.startswith("q.")}, "p.layer_0": 0, "p.layer_1": 0}
-    walk = ev._prune_swaps(sens, numel, sum(numel.values()), uniform, 4.5)
+    walk = ev._prune_swaps(_Probe(sens, numel, sum(numel.values()), 4.5), uniform)
     # removing 25 % of layer 0's FFN (1024 of its 4096 weights, 4 bits each) pays for a 5th bit on layer
     # 1's attention (4096 weights): net predicted gain 0.01 - 0.002; never more weight bits than uniform 4
     assert walk and walk[0]["p.layer_0"] == 0.25 and walk[0]["p.layer_1"] == 0
@@ -277,7 +277,7 @@ def test_prune_swaps_spend_freed_bits_where_sensitivity_is_highest(encoder_dir: 
     assert stored <= 4 * 4 * 4096
     # nothing to gain: no prune step is taken
     flat = {g: {c: 0.0 for c in v} if g.startswith("q.") else v for g, v in sens.items()}
-    assert ev._prune_swaps(flat, numel, sum(numel.values()), uniform, 4.5) == []
+    assert ev._prune_swaps(_Probe(flat, numel, sum(numel.values()), 4.5), uniform) == []
 
 
 def test_swap_trades_bits_between_groups_without_adding_stored_bytes(encoder_dir: str) -> None:
@@ -290,10 +290,10 @@ def test_swap_trades_bits_between_groups_without_adding_stored_bytes(encoder_dir
     numel = {targets[0]: 32 * 32, targets[1]: 32 * 64}
     sens = {gq: {8: 0.0, 4: 0.5, 3: 0.6, 2: 0.9}, gi: {8: 0.0, 4: 0.01, 3: 0.015, 2: 0.02}}
     # query 4 -> 8 (+4 bits x 1024) paid by intermediate 4 -> 2 (-2 bits x 2048): same bytes, 4.0 bits
-    assert ev._swap(sens, numel, 3072, {gq: 4, gi: 4}, 4.5) == {gq: 8, gi: 2}
-    assert ev._swap(sens, numel, 3072, {gq: 4, gi: 4}, 3.9) is None  # the baseline breaks the budget
+    assert ev._swap(_Probe(sens, numel, 3072, 4.5), {gq: 4, gi: 4}) == {gq: 8, gi: 2}
+    assert ev._swap(_Probe(sens, numel, 3072, 3.9), {gq: 4, gi: 4}) is None  # the baseline breaks the budget
     flat = {gq: {8: 0.0, 4: 0.01, 2: 0.02}, gi: {8: 0.0, 4: 0.01, 2: 0.5}}
-    assert ev._swap(flat, numel, 3072, {gq: 4, gi: 4}, 4.5) is None  # no predicted gain
+    assert ev._swap(_Probe(flat, numel, 3072, 4.5), {gq: 4, gi: 4}) is None  # no predicted gain
 
 
 def test_frontier_apply_of_a_pruning_export_calibrates_as_the_study_did(
