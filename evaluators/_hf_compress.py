@@ -22,7 +22,7 @@ from pydantic import Field
 
 from evaluators._base import EvalContext, Evaluator, EvaluatorOptions, InitialCandidate
 from spaces import Candidate, StudySpec, compression_plan
-from spaces._family_compress import FFN_DOWN, FFN_UP, Allocation, check_allocations
+from spaces._family_compress import Allocation, check_allocations, ffn_pair
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +65,7 @@ def recipe_from_plan(plan: Mapping[str, Mapping[str, Any]]) -> kernels.Compressi
         configs: list[kernels.CompressionConfig] = []
         kind = step.get("sparsity")
         if kind == "channels":
-            layer, down = _ffn_layer(module)
+            layer, down = ffn_pair(module)
             # the kept width must stay a whole number of the down-projection's quantization groups (and of
             # 8-code packing units)
             round_to = math.lcm(8, int(plan.get(down, {}).get("group_size") or 8))
@@ -93,17 +93,6 @@ def recipe_from_plan(plan: Mapping[str, Mapping[str, Any]]) -> kernels.Compressi
         if configs:
             entries[module] = configs
     return kernels.CompressionRecipe(entries)
-
-
-def _ffn_layer(module: str) -> tuple[str, str]:
-    """``(layer, down-projection)`` of a ``<layer>.intermediate.dense`` module (``channels`` pruning)."""
-    suffix = "." + FFN_UP
-    if not module.endswith(suffix):
-        raise ValueError(
-            f"'channels' pruning applies to '<layer>.{FFN_UP}' modules (BERT-style FFN), but got {module!r}"
-        )
-    layer = module[: -len(suffix)]
-    return layer, f"{layer}.{FFN_DOWN}"
 
 
 def needs_calibration(plan: Mapping[str, Mapping[str, Any]]) -> bool:
@@ -421,12 +410,7 @@ class CompressionEvaluator(Evaluator):
                 if nxt is None:
                     continue
                 trial = {**ratios, group: nxt}
-                pruned = {
-                    m: float(r)
-                    for (b, g) in channel
-                    for m in (*b.groups[g], *(_ffn_layer(u)[1] for u in b.groups[g]))
-                    if (r := trial[g])
-                }
+                pruned = {m: float(r) for b, g in channel if (r := trial[g]) for m in b.cuts[g]}
                 traded = self._trade(probe, {**start, **trial}, pruned)
                 if traded is None:
                     continue
@@ -506,12 +490,10 @@ class CompressionEvaluator(Evaluator):
         alloc_of: dict[str, Allocation] = {}
         size: dict[str, int] = {}
         for a in self.allocations:
-            for g, modules in a.groups.items():
+            for g, cut in a.cuts.items():
                 state[g] = _mildest(a)
                 alloc_of[g] = a
-                # a ``channels`` ratio removes that share of the down-projection's weights too
-                cut = [*modules, *(_ffn_layer(m)[1] for m in modules)] if a.kind == "channels" else modules
-                size[g] = sum(numel[m] for m in cut)
+                size[g] = sum(numel[m] for m in cut)  # ``channels`` cuts the down-projection too
         covered_bits = {m for a in self.allocations if a.family == "bits" for m in a.modules}
         float_bits = sum(numel[m] for m in numel if m not in covered_bits) * FLOAT_BITS
 

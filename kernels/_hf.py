@@ -28,7 +28,7 @@ from kernels._calibrate import calibrate
 from kernels._config import CompressionConfig
 from kernels._io import load_compressed, save_compressed
 from kernels._masks import MASK_BUFFER, get_mask
-from kernels._prune import StructuredPruneConfig, is_encoder_layer
+from kernels._prune import StructuredPruneConfig, cut_paths, is_encoder_layer
 from kernels._qlinear import QuantizedLinear, is_linear_like
 from kernels._select import select_modules
 from kernels._size import avg_bits, masked_fraction, model_size_bytes, weight_counts
@@ -239,9 +239,7 @@ def _scope(model: nn.Module, target: str, configs: Sequence[CompressionConfig]) 
     selected = select_modules(model, target)
     names = [n for n in selected if n]
     for config in (c for c in configs if isinstance(c, StructuredPruneConfig)):
-        cut = ["intermediate.dense", "output.dense"] if config.ffn_ratio else []
-        if config.heads:
-            cut += [f"attention.self.{p}" for p in ("query", "key", "value")] + ["attention.output.dense"]
+        cut = cut_paths(config)
         for root, module in selected.items():
             for sub, layer in module.named_modules():
                 if is_encoder_layer(layer):

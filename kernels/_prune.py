@@ -60,19 +60,19 @@ class StructuredPruneConfig(CompressionConfig):
         check_int(_OWNER, "round_to", self.round_to, low=1)
 
 
+# a BERT-style layer's projections: what head pruning and FFN pruning cut
+HEAD_PATHS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
+FFN_PATHS = ("intermediate.dense", "output.dense")
+
+
+def cut_paths(config: StructuredPruneConfig) -> tuple[str, ...]:
+    """The projections of each encoder layer that ``config`` shrinks (relative to the layer)."""
+    return (HEAD_PATHS if config.heads else ()) + (FFN_PATHS if config.ffn_ratio else ())
+
+
 def is_encoder_layer(module: nn.Module) -> bool:
     try:
-        parts = [
-            module.get_submodule(p)
-            for p in (
-                "attention.self.query",
-                "attention.self.key",
-                "attention.self.value",
-                "attention.output.dense",
-                "intermediate.dense",
-                "output.dense",
-            )
-        ]
+        parts = [module.get_submodule(p) for p in (*HEAD_PATHS, *FFN_PATHS)]
     except AttributeError:
         return False
     return all(isinstance(p, nn.Linear | QuantizedLinear) for p in parts)

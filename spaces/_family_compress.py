@@ -79,6 +79,18 @@ _BITS_KEYS = (*_COMMON_KEYS, "group_size", "symmetric")
 _SPARSITY_KEYS = (*_COMMON_KEYS, "kind")
 
 
+def ffn_pair(module: str) -> tuple[str, str]:
+    """``(layer, down-projection)`` of a ``<layer>.intermediate.dense`` module, which ``channels`` prunes
+    together with ``<layer>.output.dense``."""
+    suffix = "." + FFN_UP
+    if not module.endswith(suffix):
+        raise ValueError(
+            f"'channels' pruning applies to '<layer>.{FFN_UP}' modules (BERT-style FFN), but got {module!r}"
+        )
+    layer = module[: -len(suffix)]
+    return layer, f"{layer}.{FFN_DOWN}"
+
+
 def _fail(family: str, option: str, rule: str, value: Any) -> ValueError:
     return ValueError(f"The '{option}' option of family '{family}' {rule}. Got {value!r} instead.")
 
@@ -243,12 +255,15 @@ class Allocation:
                 default = [0, 0.25, 0.5, 0.75]
                 self.choices = _choices(family, options.get("choices", default), ints=False, low=0, high=0.95)
         self.groups: dict[str, list[str]] = {}
-        # every module whose weights the allocation changes (``channels`` also cuts the down-projection)
-        self.covers = list(self.modules)
-        if self.kind == "channels":
-            self.covers += [m[: -len(FFN_UP)] + FFN_DOWN for m in self.modules]
         for m in self.modules:
             self.groups.setdefault(f"{prefix}.{group_key(m, self.group_by)}", []).append(m)
+        # every module whose weights the allocation changes, and per group
+        self.covers = self._cut(self.modules)
+        self.cuts = {g: self._cut(modules) for g, modules in self.groups.items()}
+
+    def _cut(self, modules: list[str]) -> list[str]:
+        """``modules`` and, for ``channels``, the down-projections whose inputs go with them."""
+        return [*modules, *(ffn_pair(m)[1] for m in modules)] if self.kind == "channels" else list(modules)
 
     def params(self) -> list[dict[str, Any]]:
         return [{"name": g, "kind": "ordinal", "choices": list(self.choices)} for g in self.groups]
