@@ -173,18 +173,18 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_latency(spec: Any, baseline: Any, challengers: list[Any], rounds: int, calls: int) -> list[dict]:
-    """Challenger/baseline latency ratios from interleaved timing of the compressed models (1 thread)."""
+def paired_latency(
+    ev: Any, spec: Any, baseline: Any, challengers: list[Any], rounds: int, calls: int
+) -> list[dict]:
+    """Challenger/baseline latency ratios from interleaved timing of the compressed models (1 thread);
+    ``ev``: the study's evaluator, loaded."""
     import numpy as np
     import torch
 
     from evaluators import EvalContext
     from evaluators.latency import fixed_threads
-    from search._workers import _worker_evaluator
     from spaces import Candidate
 
-    ev: Any = _worker_evaluator(json.dumps(spec.to_dict()))  # set up as a study's worker sets it up
-    ev.load()
     ctx = EvalContext(threads=int(spec.resources.cpu))
     batch = ev.latency_input(ctx)
     out = []
@@ -241,8 +241,11 @@ def paired_verdict(entry: dict, margin: float) -> str:
 def add_paired(result: dict, outcome: Any, spec: Any, rounds: int, calls: int, margin: float) -> None:
     """Time each judged baseline paired with its challengers (see the module doc), strictly dominated on
     the study's figures or not: a single capped measurement per trial cannot settle a 1 % difference."""
+    from search._workers import _worker_evaluator
+
     by_number = {t.number: t for t in outcome.trials}
     front = [by_number[p["trial"]] for p in result["found_pareto"]]
+    ev: Any = None  # the base model, loaded once for every baseline
     for entry in result["baselines"]:
         if entry.get("extreme_in") != []:  # infeasible, not evaluated, or an extreme point
             continue
@@ -252,7 +255,10 @@ def add_paired(result: dict, outcome: Any, spec: Any, rounds: int, calls: int, m
         if not challengers:
             entry["paired"] = []
             continue
-        entry["paired"] = paired_latency(spec, by_number[entry["trial"]], challengers, rounds, calls)
+        if ev is None:
+            ev = _worker_evaluator(json.dumps(spec.to_dict()))  # set up as a study's worker sets it up
+            ev.load()
+        entry["paired"] = paired_latency(ev, spec, by_number[entry["trial"]], challengers, rounds, calls)
         for p in entry["paired"]:
             p["verdict"] = paired_verdict(p, margin)
     result["equal_margin"] = margin
