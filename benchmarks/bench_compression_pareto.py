@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after site-packages: see frontier/__init__
 
 QUALITY, LATENCY, SIZE = "fidelity", "latency_ms", "size_mb"
 
@@ -181,9 +181,9 @@ def paired_latency(
     import numpy as np
     import torch
 
-    from evaluators import EvalContext
-    from evaluators.latency import fixed_threads
-    from spaces import Candidate
+    from frontier.evaluators import EvalContext
+    from frontier.evaluators.latency import fixed_threads
+    from frontier.spaces import Candidate
 
     ctx = EvalContext(threads=int(spec.resources.cpu))
     batch = ev.latency_input(ctx)
@@ -241,7 +241,7 @@ def paired_verdict(entry: dict, margin: float) -> str:
 def add_paired(result: dict, outcome: Any, spec: Any, rounds: int, calls: int, margin: float) -> None:
     """Time each judged baseline paired with its challengers (see the module doc), strictly dominated on
     the study's figures or not: a single capped measurement per trial cannot settle a 1 % difference."""
-    from search._workers import _worker_evaluator
+    from frontier.search._workers import _worker_evaluator
 
     by_number = {t.number: t for t in outcome.trials}
     front = [by_number[p["trial"]] for p in result["found_pareto"]]
@@ -282,8 +282,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from search import run_study
-    from spaces import load_spec
+    from frontier.search import run_study
+    from frontier.spaces import load_spec
 
     spec = load_spec(args.spec)
     load_before = os.getloadavg()[0]

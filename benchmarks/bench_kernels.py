@@ -36,9 +36,9 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+    sys.path.append(str(REPO))  # after site-packages: see frontier/__init__
 
-import kernels  # noqa: E402
+from frontier import kernels  # noqa: E402
 
 SHAPES: dict[str, tuple[int, int]] = {  # name -> (in_features, out_features)
     "square-4096": (4096, 4096),

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after site-packages: see frontier/__init__
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -72,21 +72,21 @@ HYBRID = {"mode": "hybrid", "calibration": 6, "calibration_every": 30}
 
 @functools.cache
 def _digits() -> Any:
-    from evaluators import make_evaluator
+    from frontier.evaluators import make_evaluator
 
     return make_evaluator("digits-classifier", {"epochs": 4})
 
 
 def architecture(params: dict) -> str:
     """A trial's latency signature (the digits evaluator's: its architecture parameters and FLOPs)."""
-    from spaces import Candidate
+    from frontier.spaces import Candidate
 
     return json.dumps(_digits().latency_signature(Candidate(params)), sort_keys=True)
 
 
 def run(name: str, n: int, latency: dict, run_dir: Path) -> dict:
-    from search import run_study
-    from spaces import spec_from_dict
+    from frontier.search import run_study
+    from frontier.spaces import spec_from_dict
 
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def main() -> None:
 
     from scipy.stats import spearmanr
 
-    from search._engine import init_ray
+    from frontier.search._engine import init_ray
 
     init_ray(None)
     with tempfile.TemporaryDirectory() as tmp:

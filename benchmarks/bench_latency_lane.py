@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after site-packages: see frontier/__init__
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -49,7 +49,7 @@ def trainer(lane_dir: str, mode: object, steps: object) -> None:
     so (IDLE: sleeps; NO_LANE: trains without pause; LANE: each step a lane training section)."""
     import torch
 
-    from evaluators.latency import MeasurementLane
+    from frontier.evaluators.latency import MeasurementLane
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -93,7 +93,7 @@ def main() -> None:
     import torch
     from transformers import AutoModel
 
-    from evaluators.latency import (
+    from frontier.evaluators.latency import (
         MeasurementLane,
         ReferenceWorkload,
         device_fingerprint,

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages: see frontier/__init__
 
-from evaluators.latency import (
+from frontier.evaluators.latency import (
     DeviceTransferPredictor,
     SourceMixPredictor,
     fbnet_flops,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after site-packages: see frontier/__init__
 
 
 def main() -> None:
@@ -32,10 +32,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "moasha.json")
     args = ap.parse_args()
 
-    from search import run_study
-    from search._engine import init_ray
-    from search._pareto import default_reference, hypervolume, pareto_mask, to_loss
-    from spaces import load_spec
+    from frontier.search import run_study
+    from frontier.search._engine import init_ray
+    from frontier.search._pareto import default_reference, hypervolume, pareto_mask, to_loss
+    from frontier.spaces import load_spec
 
     init_ray(None)
     arms: dict[str, dict] = {}

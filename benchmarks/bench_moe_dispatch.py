@@ -26,12 +26,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))  # after site-packages: see frontier/__init__
 
 import torch  # noqa: E402
 
-from evaluators.latency import device_fingerprint, fixed_threads, median_ci  # noqa: E402
-from kernels.moe import MoELayer, moe_reference  # noqa: E402
+from frontier.evaluators.latency import device_fingerprint, fixed_threads, median_ci  # noqa: E402
+from frontier.kernels.moe import MoELayer, moe_reference  # noqa: E402
 
 SHAPES = [(e, k) for e in (4, 8, 16) for k in (1, 2)]
 

@@ -35,7 +35,7 @@ import optuna
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after site-packages: see frontier/__init__
 
 
 _KEYS = {"actors": "stack", "tune": "tune"}
@@ -83,7 +83,7 @@ def spec_dict(table: Path, n: int, concurrency: int, name: str, runner: str = "a
 
 
 def plain_loop(table: Path, n: int, storage: str | None) -> float:
-    from search._optuna import make_storage
+    from frontier.search._optuna import make_storage
 
     frame = pd.read_csv(table)
     lookup = {(r.x, r.y, r.kind): (r.f1, r.f2) for r in frame.itertuples()}
@@ -109,8 +109,8 @@ def plain_loop(table: Path, n: int, storage: str | None) -> float:
 def full_stack(
     table: Path, n: int, concurrency: int, run_dir: Path, name: str, runner: str
 ) -> tuple[float, float]:
-    from search import run_study
-    from spaces import spec_from_dict
+    from frontier.search import run_study
+    from frontier.spaces import spec_from_dict
 
     stamps: list[float] = []
     spec = spec_from_dict(spec_dict(table, n, concurrency, name, runner))
@@ -137,7 +137,7 @@ def main() -> None:
     if args.quick:
         args.trials, args.repeats = 60, 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from search._engine import init_ray
+    from frontier.search._engine import init_ray
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

@@ -3,8 +3,8 @@
 ``import evaluators`` stays light; each evaluator imports torch or pandas only when it runs.
 """
 
-from evaluators import _digits, _hf_causal_lm, _hf_embedding, _lm_train, _tabular  # noqa: F401  (registration)
-from evaluators._base import (
+from frontier.evaluators import _digits, _hf_causal_lm, _hf_embedding, _lm_train, _tabular  # noqa: F401  (registration)
+from frontier.evaluators._base import (
     EvalContext,
     Evaluator,
     EvaluatorOptions,
@@ -12,7 +12,12 @@ from evaluators._base import (
     TrialStopped,
     check_metrics,
 )
-from evaluators._registry import available_evaluators, get_evaluator_class, make_evaluator, register_evaluator
+from frontier.evaluators._registry import (
+    available_evaluators,
+    get_evaluator_class,
+    make_evaluator,
+    register_evaluator,
+)
 
 __all__ = [
     "DeviceTransferPredictor",
@@ -32,7 +37,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # Latency predictors need pandas/scikit-learn: imported on first use, so `import evaluators` stays light.
     if name == "DeviceTransferPredictor":
-        from evaluators.latency import DeviceTransferPredictor
+        from frontier.evaluators.latency import DeviceTransferPredictor
 
         return DeviceTransferPredictor
     raise AttributeError(f"module 'evaluators' has no attribute {name!r}")

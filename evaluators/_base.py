@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from spaces import Candidate, SpecError, StudySpec
-from spaces._errors import format_validation_error
+from frontier.spaces import Candidate, SpecError, StudySpec
+from frontier.spaces._errors import format_validation_error
 
 if TYPE_CHECKING:
-    from evaluators.latency import LatencyCache, LatencyStats, MeasurementLane
+    from frontier.evaluators.latency import LatencyCache, LatencyStats, MeasurementLane
 
 
 class EvaluatorOptions(BaseModel):
@@ -109,8 +109,8 @@ class EvalContext:
         On CPU the figure is normalised by an interleaved :class:`~evaluators.latency.ReferenceWorkload`
         (the latency at the device's calibrated speed; ``raw_median_ms`` keeps the plain median).
         """
-        from evaluators.latency import ReferenceWorkload, device_fingerprint, measure_latency
-        from evaluators.latency._reference import reference_key
+        from frontier.evaluators.latency import ReferenceWorkload, device_fingerprint, measure_latency
+        from frontier.evaluators.latency._reference import reference_key
 
         fingerprint = device_fingerprint(device=self.device, threads=self.threads, dtype=dtype)
         if self.device == "cpu":  # figures on the reference's scale are not comparable with raw ones

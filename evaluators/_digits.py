@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from evaluators._base import EvalContext, Evaluator, EvaluatorOptions
-from evaluators._registry import register_evaluator
-from spaces import Candidate
+from frontier.evaluators._base import EvalContext, Evaluator, EvaluatorOptions
+from frontier.evaluators._registry import register_evaluator
+from frontier.spaces import Candidate
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +71,7 @@ class DigitsClassifier(Evaluator):
     def latency(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
         import torch
 
-        from evaluators.latency import fixed_threads
+        from frontier.evaluators.latency import fixed_threads
 
         if context.latency_input is not None and tuple(context.latency_input) != (64,):
             raise ValueError(
@@ -142,7 +142,7 @@ class DigitsClassifier(Evaluator):
     def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
         import torch
 
-        from evaluators.latency import fixed_threads
+        from frontier.evaluators.latency import fixed_threads
 
         x_tr, x_te, y_tr, y_te = self._data
         torch.manual_seed(context.seed)

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from evaluators._base import EvalContext
-from evaluators._hf_compress import METRICS, CompressionEvaluator, CompressionOptions
-from evaluators._registry import register_evaluator
+from frontier.evaluators._base import EvalContext
+from frontier.evaluators._hf_compress import METRICS, CompressionEvaluator, CompressionOptions
+from frontier.evaluators._registry import register_evaluator
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +88,7 @@ class HFCausalLMPerplexity(CompressionEvaluator):
         return model
 
     def prepare(self) -> None:
-        from evaluators._text import chunk_documents, pydoc_topics, split_chunks
+        from frontier.evaluators._text import chunk_documents, pydoc_topics, split_chunks
 
         o = self.options
         train, val = split_chunks(chunk_documents(pydoc_topics()), val_fraction=o.val_fraction)

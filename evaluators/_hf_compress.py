@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from evaluators._base import EvalContext, Evaluator, EvaluatorOptions, InitialCandidate
-from spaces import Candidate, StudySpec, compression_plan
-from spaces._family_compress import Allocation, check_allocations, ffn_pair
+from frontier.evaluators._base import EvalContext, Evaluator, EvaluatorOptions, InitialCandidate
+from frontier.spaces import Candidate, StudySpec, compression_plan
+from frontier.spaces._family_compress import Allocation, check_allocations, ffn_pair
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    import kernels
+    from frontier import kernels
 
 UNIFORM_BITS = (8, 4, 3)
 UNIFORM_SPARSITY = (0.25, 0.5, 0.75)
@@ -58,7 +58,7 @@ def recipe_from_plan(plan: Mapping[str, Mapping[str, Any]]) -> kernels.Compressi
     :class:`~kernels.WandaSparsityConfig` (needs calibration), ``2:4`` -> :class:`~kernels.NMSparsityConfig`;
     bits -> :class:`~kernels.WeightOnlyQuantConfig`. Targets are the exact module names.
     """
-    import kernels
+    from frontier import kernels
 
     entries: dict[str, list[kernels.CompressionConfig]] = {}
     for module, step in plan.items():
@@ -219,7 +219,7 @@ class CompressionEvaluator(Evaluator):
 
     def calibration(self) -> dict[str, torch.Tensor]:
         """Per-Linear input norms of the base model on the calibration batches (computed once)."""
-        import kernels
+        from frontier import kernels
 
         if self._calibration is None:
             self._calibration = kernels.calibrate(self.base, self.calibration_batches(), self.targets)
@@ -227,7 +227,7 @@ class CompressionEvaluator(Evaluator):
 
     def compress(self, plan: Mapping[str, Mapping[str, Any]]) -> nn.Module:
         """A compressed deep copy of the base model (the base stays untouched)."""
-        import kernels
+        from frontier import kernels
 
         model = copy.deepcopy(self.base)
         if not plan:
@@ -236,7 +236,7 @@ class CompressionEvaluator(Evaluator):
         return kernels.apply_(model, recipe_from_plan(plan), calibration=calib).eval()
 
     def compression_metrics(self, model: nn.Module) -> dict[str, float]:
-        import kernels
+        from frontier import kernels
 
         sizes = kernels.size_breakdown(model)
         targets = self.targets
@@ -251,7 +251,7 @@ class CompressionEvaluator(Evaluator):
     def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
         import torch
 
-        from evaluators.latency import fixed_threads
+        from frontier.evaluators.latency import fixed_threads
 
         plan = self.plan(candidate)
         metrics: dict[str, float] = {}

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from evaluators._base import EvalContext
-from evaluators._hf_compress import METRICS, CompressionEvaluator, CompressionOptions
-from evaluators._registry import register_evaluator
+from frontier.evaluators._base import EvalContext
+from frontier.evaluators._hf_compress import METRICS, CompressionEvaluator, CompressionOptions
+from frontier.evaluators._registry import register_evaluator
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +65,7 @@ def default_encoder() -> str:
 
 def prose_sentences() -> list[str]:
     """Distinct English prose sentences of ``pydoc_data.topics`` (no code lines), in topic order."""
-    from evaluators._text import pydoc_topics
+    from frontier.evaluators._text import pydoc_topics
 
     out: list[str] = []
     seen: set[str] = set()

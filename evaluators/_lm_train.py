@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from evaluators._base import EvalContext, Evaluator, EvaluatorOptions
-from evaluators._registry import register_evaluator
-from spaces import Candidate
+from frontier.evaluators._base import EvalContext, Evaluator, EvaluatorOptions
+from frontier.evaluators._registry import register_evaluator
+from frontier.spaces import Candidate
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -244,7 +244,7 @@ def _native_model(arch: LMArch, *, aux_loss_coef: float, device: Any) -> nn.Modu
     import torch.nn.functional as F
     from torch import nn
 
-    from kernels.moe import MoELayer
+    from frontier.kernels.moe import MoELayer
 
     class Block(nn.Module):
         def __init__(self, spec: LayerArch) -> None:
@@ -546,7 +546,7 @@ class LMTrain(Evaluator):
     def setup(self) -> None:
         import torch
 
-        from evaluators import _text
+        from frontier.evaluators import _text
 
         o = self.options
         if o.text_file is not None:
@@ -590,7 +590,7 @@ class LMTrain(Evaluator):
     def _warm_up(self) -> None:
         """Evaluate a throw-away model for one step so lazy one-time allocations (kernels, thread pools,
         optimizer paths, imports) are not charged to the first trial's ``peak_memory_mb``."""
-        from evaluators.latency import fixed_threads
+        from frontier.evaluators.latency import fixed_threads
 
         tiny = {"depth": 1, "hidden": 8, "head_dim": 4, "experts": 2, "top_k": 1, "expert_ffn": 8}
         with fixed_threads(1):
@@ -622,7 +622,7 @@ class LMTrain(Evaluator):
     @staticmethod
     def param_counts(model: nn.Module) -> tuple[int, int]:
         """``(total, active per token)``; the MoE layers' inactive experts are what separates them."""
-        from kernels.moe import MoELayer, moe_param_counts
+        from frontier.kernels.moe import MoELayer, moe_param_counts
 
         total = sum(p.numel() for p in model.parameters())
         active = total
@@ -637,7 +637,7 @@ class LMTrain(Evaluator):
     def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
         import torch
 
-        from evaluators.latency import fixed_threads
+        from frontier.evaluators.latency import fixed_threads
 
         device = context.device
         if device.startswith("cuda") and not torch.cuda.is_available():

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from evaluators._base import Evaluator
+from frontier.evaluators._base import Evaluator
 
 _REGISTRY: dict[str, type[Evaluator]] = {}
 E = TypeVar("E", bound=type[Evaluator])

@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from evaluators._base import EvalContext, Evaluator, EvaluatorOptions
-from evaluators._registry import register_evaluator
-from spaces import Candidate
+from frontier.evaluators._base import EvalContext, Evaluator, EvaluatorOptions
+from frontier.evaluators._registry import register_evaluator
+from frontier.spaces import Candidate
 
 
 class TabularOptions(EvaluatorOptions):

@@ -7,24 +7,30 @@ imports torch (this is the compute package) but never ray, mlflow or optuna; num
 only when a quantized layer first runs on CPU or CUDA.
 """
 
-from kernels import _prune, _sparsity  # noqa: F401  (handler registration)
-from kernels._apply import CompressionRecipe, apply_
-from kernels._calibrate import calibrate
-from kernels._config import ApplyContext, CompressionConfig, Stage, available_configs, register_handler
-from kernels._hf import (
+from frontier.kernels import _prune, _sparsity  # noqa: F401  (handler registration)
+from frontier.kernels._apply import CompressionRecipe, apply_
+from frontier.kernels._calibrate import calibrate
+from frontier.kernels._config import (
+    ApplyContext,
+    CompressionConfig,
+    Stage,
+    available_configs,
+    register_handler,
+)
+from frontier.kernels._hf import (
     compress_pretrained,
     compressed_tensors_config,
     load_pretrained_compressed,
     needs_calibration,
 )
-from kernels._io import load_compressed, load_recipe, save_compressed
-from kernels._linear_kernels import LinearKernel, available_linear_kernels, register_linear_kernel
-from kernels._masks import reapply_masks
-from kernels._prune import StructuredPruneConfig
-from kernels._qlinear import QuantizedLinear
-from kernels._quant import WeightOnlyQuantConfig
-from kernels._select import select_modules
-from kernels._size import (
+from frontier.kernels._io import load_compressed, load_recipe, save_compressed
+from frontier.kernels._linear_kernels import LinearKernel, available_linear_kernels, register_linear_kernel
+from frontier.kernels._masks import reapply_masks
+from frontier.kernels._prune import StructuredPruneConfig
+from frontier.kernels._qlinear import QuantizedLinear
+from frontier.kernels._quant import WeightOnlyQuantConfig
+from frontier.kernels._select import select_modules
+from frontier.kernels._size import (
     ModuleSize,
     avg_bits,
     mask_ratio,
@@ -34,7 +40,7 @@ from kernels._size import (
     sparsity,
     weight_counts,
 )
-from kernels._sparsity import MagnitudeSparsityConfig, NMSparsityConfig, WandaSparsityConfig
+from frontier.kernels._sparsity import MagnitudeSparsityConfig, NMSparsityConfig, WandaSparsityConfig
 
 __all__ = [
     "ApplyContext",

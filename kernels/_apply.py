@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from kernels._config import ApplyContext, CompressionConfig, _entry_for, config_from_dict
-from kernels._select import get_submodule, select_modules, set_submodule
+from frontier.kernels._config import ApplyContext, CompressionConfig, _entry_for, config_from_dict
+from frontier.kernels._select import get_submodule, select_modules, set_submodule
 
 
 class CompressionRecipe:

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels._qlinear import is_linear_like
-from kernels._select import select_modules
+from frontier.kernels._qlinear import is_linear_like
+from frontier.kernels._select import select_modules
 
 
 def run_batch(model: nn.Module, batch: Any) -> Any:

@@ -23,16 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels._apply import CompressionRecipe, apply_
-from kernels._calibrate import calibrate
-from kernels._config import CompressionConfig
-from kernels._io import load_compressed, save_compressed
-from kernels._masks import MASK_BUFFER, get_mask
-from kernels._prune import StructuredPruneConfig, cut_paths, is_encoder_layer
-from kernels._qlinear import QuantizedLinear, is_linear_like
-from kernels._select import select_modules
-from kernels._size import avg_bits, masked_fraction, model_size_bytes, weight_counts
-from kernels._sparsity import WandaSparsityConfig
+from frontier.kernels._apply import CompressionRecipe, apply_
+from frontier.kernels._calibrate import calibrate
+from frontier.kernels._config import CompressionConfig
+from frontier.kernels._io import load_compressed, save_compressed
+from frontier.kernels._masks import MASK_BUFFER, get_mask
+from frontier.kernels._prune import StructuredPruneConfig, cut_paths, is_encoder_layer
+from frontier.kernels._qlinear import QuantizedLinear, is_linear_like
+from frontier.kernels._select import select_modules
+from frontier.kernels._size import avg_bits, masked_fraction, model_size_bytes, weight_counts
+from frontier.kernels._sparsity import WandaSparsityConfig
 
 QUANTIZATION_CONFIG = "quantization_config.json"
 _TOKENIZER_FILES = (

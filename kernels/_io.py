@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels._apply import CompressionRecipe
-from kernels._config import CompressionConfig, config_from_dict
-from kernels._masks import MASK_BUFFER, mask_nbytes
-from kernels._qlinear import QuantizedLinear
-from kernels._quant import codes_per_unit, pack_codes
-from kernels._select import get_submodule, set_submodule
+from frontier.kernels._apply import CompressionRecipe
+from frontier.kernels._config import CompressionConfig, config_from_dict
+from frontier.kernels._masks import MASK_BUFFER, mask_nbytes
+from frontier.kernels._qlinear import QuantizedLinear
+from frontier.kernels._quant import codes_per_unit, pack_codes
+from frontier.kernels._select import get_submodule, set_submodule
 
 FORMAT = "frontier-compressed"
 FORMAT_VERSION = 2

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from kernels._qlinear import QuantizedLinear
+    from frontier.kernels._qlinear import QuantizedLinear
 
 FAST_MAX_ROWS = 16
 """The numba kernels take inputs of at most this many rows (tokens x batch); larger ones use a matmul."""
@@ -134,7 +134,7 @@ _NO_BIAS = np.zeros(0, np.float32)
 def _numba() -> Any:
     import numba
 
-    from kernels import _cpu_kernels
+    from frontier.kernels import _cpu_kernels
 
     return numba, _cpu_kernels
 
@@ -286,7 +286,7 @@ class _TritonKernel(LinearKernel):
         )
 
     def __call__(self, layer: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
-        from kernels._triton_kernels import packed_linear
+        from frontier.kernels._triton_kernels import packed_linear
 
         return packed_linear(
             x,

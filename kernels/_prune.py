@@ -21,10 +21,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kernels._config import ApplyContext, CompressionConfig, Stage, register_handler
-from kernels._masks import get_mask, set_mask
-from kernels._qlinear import QuantizedLinear
-from kernels._validation import check_choice, check_int, check_ratio, param_error
+from frontier.kernels._config import ApplyContext, CompressionConfig, Stage, register_handler
+from frontier.kernels._masks import get_mask, set_mask
+from frontier.kernels._qlinear import QuantizedLinear
+from frontier.kernels._validation import check_choice, check_int, check_ratio, param_error
 
 _OWNER = "StructuredPruneConfig"
 

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels._config import ApplyContext, register_handler
-from kernels._linear_kernels import LinearKernel, get_linear_kernel, select_kernel
-from kernels._masks import MASK_BUFFER, get_mask, mask_nbytes
-from kernels._quant import (
+from frontier.kernels._config import ApplyContext, register_handler
+from frontier.kernels._linear_kernels import LinearKernel, get_linear_kernel, select_kernel
+from frontier.kernels._masks import MASK_BUFFER, get_mask, mask_nbytes
+from frontier.kernels._quant import (
     WeightOnlyQuantConfig,
     check_layer_shape,
     dequantize_codes,

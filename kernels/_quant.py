@@ -23,8 +23,8 @@ from dataclasses import KW_ONLY, dataclass
 
 import torch
 
-from kernels._config import CompressionConfig, Stage
-from kernels._validation import check_bool, check_int, param_error
+from frontier.kernels._config import CompressionConfig, Stage
+from frontier.kernels._validation import check_bool, check_int, param_error
 
 _OWNER = "WeightOnlyQuantConfig"
 

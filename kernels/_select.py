@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 # the pattern language is the spec's (torch-free, so spaces can validate targets without torch)
-from spaces._targets import compile_target as _compile
+from frontier.spaces._targets import compile_target as _compile
 
 
 def name_matches(pattern: str, name: str) -> bool:

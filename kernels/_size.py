@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels._masks import MASK_BUFFER, get_mask
-from kernels._qlinear import QuantizedLinear, is_linear_like
-from kernels._select import select_modules
+from frontier.kernels._masks import MASK_BUFFER, get_mask
+from frontier.kernels._qlinear import QuantizedLinear, is_linear_like
+from frontier.kernels._select import select_modules
 
 _CATEGORY = {
     "weight": "weight",

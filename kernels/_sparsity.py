@@ -13,10 +13,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from kernels._config import ApplyContext, CompressionConfig, Stage, register_handler
-from kernels._masks import get_mask, set_mask
-from kernels._qlinear import QuantizedLinear, is_linear_like
-from kernels._validation import check_choice, check_int, check_ratio, param_error
+from frontier.kernels._config import ApplyContext, CompressionConfig, Stage, register_handler
+from frontier.kernels._masks import get_mask, set_mask
+from frontier.kernels._qlinear import QuantizedLinear, is_linear_like
+from frontier.kernels._validation import check_choice, check_int, check_ratio, param_error
 
 Importance = Literal["magnitude", "activation"]
 

@@ -1,11 +1,17 @@
 """The study engine: Optuna search on Ray Tune workers, tracked in MLflow, with Pareto logic."""
 
-from search._engine import Progress, StudyOutcome, check_spec, run_study
-from search._mlflow import MlflowTracker, default_tracking_uri, find_parent_run, register_export
-from search._optuna import default_storage, load_study, stored_spec
-from search._pareto import hypervolume, pareto_mask, pareto_trials
-from search._results import StudySummary, TrialRow, export_point, list_studies, select, trial_rows
-from search._samplers import AutoChoice, auto_choice, available_samplers, make_sampler, register_sampler
+from frontier.search._engine import Progress, StudyOutcome, check_spec, run_study
+from frontier.search._mlflow import MlflowTracker, default_tracking_uri, find_parent_run, register_export
+from frontier.search._optuna import default_storage, load_study, stored_spec
+from frontier.search._pareto import hypervolume, pareto_mask, pareto_trials
+from frontier.search._results import StudySummary, TrialRow, export_point, list_studies, select, trial_rows
+from frontier.search._samplers import (
+    AutoChoice,
+    auto_choice,
+    available_samplers,
+    make_sampler,
+    register_sampler,
+)
 
 __all__ = [
     "AutoChoice",

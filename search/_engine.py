@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from search._latency import MEASURED_KEY
-from search._mlflow import MlflowTracker, TrackerThread, default_tracking_uri
-from search._optuna import SAMPLER_ATTR, default_storage, n_done, open_study
-from search._pareto import is_feasible, pareto_mask, pareto_trials, to_loss, trial_metrics
-from search._results import STATE_ATTR, TrialRow, trial_rows
-from search._samplers import auto_choice, make_sampler
-from search._warmstart import enqueue_initial
-from spaces import SpecError, StudySpec, decode
+from frontier.search._latency import MEASURED_KEY
+from frontier.search._mlflow import MlflowTracker, TrackerThread, default_tracking_uri
+from frontier.search._optuna import SAMPLER_ATTR, default_storage, n_done, open_study
+from frontier.search._pareto import is_feasible, pareto_mask, pareto_trials, to_loss, trial_metrics
+from frontier.search._results import STATE_ATTR, TrialRow, trial_rows
+from frontier.search._samplers import auto_choice, make_sampler
+from frontier.search._warmstart import enqueue_initial
+from frontier.spaces import SpecError, StudySpec, decode
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def check_spec(spec: StudySpec) -> None:
     Raises:
         SpecError: naming the field path, what is allowed and what was given.
     """
-    from evaluators import available_evaluators, get_evaluator_class
+    from frontier.evaluators import available_evaluators, get_evaluator_class
 
     try:
         cls = get_evaluator_class(spec.evaluator.kind)
@@ -102,7 +102,7 @@ def _check_latency(spec: StudySpec, cls: type) -> None:
     cfg = spec.latency
     if cfg.mode == "measured":
         return
-    from evaluators.latency import TransferPredictor, available_predictors, get_predictor_class
+    from frontier.evaluators.latency import TransferPredictor, available_predictors, get_predictor_class
 
     if not cls.measures_latency_alone():  # type: ignore[attr-defined]
         raise SpecError(
@@ -151,8 +151,8 @@ def make_scheduler(spec: StudySpec) -> Any:
     cfg = spec.search.scheduler
     if cfg.kind == "fifo":
         return None
-    from search._moasha import MOASHAScheduler
-    from search._workers import STEP_KEY
+    from frontier.search._moasha import MOASHAScheduler
+    from frontier.search._workers import STEP_KEY
 
     return MOASHAScheduler(
         [o.name for o in spec.objectives],
@@ -312,7 +312,7 @@ class _Helpers:
     ) -> _Helpers | None:
         if budget <= 0:
             return None
-        from search._workers import WorkerPool
+        from frontier.search._workers import WorkerPool
 
         init_ray(address or spec.address)
         scheduler = make_scheduler(spec) if scheduler is None else scheduler
@@ -345,7 +345,7 @@ def _run(
     sync_interval_s: float,
     helpers: _Helpers,
 ) -> str:
-    from search._tune import AskTellSearcher, run_trials
+    from frontier.search._tune import AskTellSearcher, run_trials
 
     thread = TrackerThread(tracker, spec.name, storage, interval=sync_interval_s) if tracker else None
     counts = _Counts(spec, study)
@@ -391,14 +391,14 @@ def _run(
 
 def _latency_runtime(spec: StudySpec, study: Any, run_path: Path) -> Any:
     """The lane, cache and (predicted/hybrid) the study's latency policy, a Ray actor the workers call."""
-    from search._latency import LatencyPolicy, latency_runtime, load_profile
+    from frontier.search._latency import LatencyPolicy, latency_runtime, load_profile
 
     if spec.latency.mode == "measured":
         return latency_runtime(spec, run_path)
     import ray
 
-    from evaluators import make_evaluator
-    from spaces import Candidate
+    from frontier.evaluators import make_evaluator
+    from frontier.spaces import Candidate
 
     profile: dict[str, Any] = {"rows": []}
     if spec.latency.device is not None:
@@ -421,7 +421,7 @@ def _remeasure_pareto(spec: StudySpec, study: Any, latency: Any, tracker: Mlflow
     """Measure the final Pareto set's latency afresh before it is reported (hybrid mode)."""
     import ray
 
-    from search._latency import FINAL_ATTR, FINAL_KEY, remeasure
+    from frontier.search._latency import FINAL_ATTR, FINAL_KEY, remeasure
 
     front = pareto_trials(study.get_trials(deepcopy=False), spec.directions)
     if not front:

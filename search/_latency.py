@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from search._pareto import to_loss
-from spaces import StudySpec, spec_from_dict
+from frontier.search._pareto import to_loss
+from frontier.spaces import StudySpec, spec_from_dict
 
 MEASURED_KEY = "latency_measured"
 PREDICTED_KEY = "latency_predicted_ms"
@@ -288,7 +288,7 @@ class LatencyPolicy:
         self.cv_errors = self._cross_validate(frame, latency)
 
     def _new_predictor(self) -> Any:
-        from evaluators.latency import get_predictor
+        from frontier.evaluators.latency import get_predictor
 
         return get_predictor(self.cfg.predictor, seed=self.spec.search.seed or 0)
 
@@ -372,7 +372,7 @@ class LatencyRuntime:
     policy: Any = None
 
     def context_kwargs(self, *, cache: bool = True) -> dict[str, Any]:
-        from evaluators.latency import LatencyCache, MeasurementLane
+        from frontier.evaluators.latency import LatencyCache, MeasurementLane
 
         return {
             "lane": MeasurementLane(self.lane, directory=self.lane_dir) if self.lane else None,
@@ -406,9 +406,9 @@ def remeasure(
     spec_json: str, runtime: LatencyRuntime, params: list[dict[str, Any]], threads: int, device: str
 ) -> list[dict[str, float]]:
     """Measure the latency of each candidate afresh (never from the cache): the final Pareto set."""
-    from evaluators import EvalContext
-    from search._workers import _worker_evaluator
-    from spaces import Candidate
+    from frontier.evaluators import EvalContext
+    from frontier.search._workers import _worker_evaluator
+    from frontier.spaces import Candidate
 
     evaluator = _worker_evaluator(spec_json)
     out = []
@@ -425,7 +425,7 @@ def choose_candidates(
     one the farthest (in standardised signature features) from those chosen (greedy farthest-point)."""
     import optuna
 
-    from spaces import suggest
+    from frontier.spaces import suggest
 
     sampler = optuna.samplers.RandomSampler(seed=seed)
     study = optuna.create_study(sampler=sampler)
@@ -472,9 +472,9 @@ def calibrate(
         ValueError: ``k`` < 2 or ``device`` is not a plain name.
         SpecError: the evaluator cannot measure latency on its own.
     """
-    from evaluators import EvalContext, make_evaluator
-    from evaluators.latency import device_fingerprint
-    from spaces import LatencyConfig, SpecError
+    from frontier.evaluators import EvalContext, make_evaluator
+    from frontier.evaluators.latency import device_fingerprint
+    from frontier.spaces import LatencyConfig, SpecError
 
     if k < 2:
         raise ValueError(f"-k must be >= 2 (a predictor needs at least two measurements). Got {k}.")

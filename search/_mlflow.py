@@ -22,8 +22,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search._latency import SPEARMAN_KEY
-from search._pareto import (
+from frontier.search._latency import SPEARMAN_KEY
+from frontier.search._pareto import (
     BASELINE_ATTR,
     ERROR_ATTR,
     default_reference,
@@ -33,7 +33,7 @@ from search._pareto import (
     to_loss,
     trial_metrics,
 )
-from spaces import StudySpec
+from frontier.spaces import StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class MlflowTracker:
             )
 
     def _log_artifacts(self, done: Sequence[FrozenTrial], front: set[int]) -> None:
-        from search._plot import plot_pareto
+        from frontier.search._plot import plot_pareto
 
         assert self.parent_id is not None
         rows = pareto_rows(done, front, self.spec)
@@ -297,7 +297,7 @@ def _fast_sqlite_store(client: Any) -> None:
     syncs the file to disk: logging a trial took 36 ms with it and 21 ms without, in one measurement.
     MLflow shares one engine per URI in the process, so this is set once; other stores are left alone.
     """
-    from search._optuna import _sqlite_pragmas
+    from frontier.search._optuna import _sqlite_pragmas
 
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     engine = getattr(store, "engine", None)
@@ -319,7 +319,7 @@ def _metric_key(name: str) -> str:
 
 def pareto_rows(trials: Sequence[FrozenTrial], front: set[int], spec: StudySpec) -> list[dict[str, Any]]:
     """The Pareto table: one row per Pareto trial with params, objective values and all metrics."""
-    from spaces import decode
+    from frontier.spaces import decode
 
     out = []
     for t in sorted((t for t in trials if t.number in front), key=lambda t: t.number):
@@ -424,7 +424,7 @@ class TrackerThread:
         self.errors: list[str] = []
 
     def _study(self) -> optuna.Study:
-        from search._optuna import make_storage
+        from frontier.search._optuna import make_storage
 
         return optuna.load_study(study_name=self.study_name, storage=make_storage(self.storage_url))
 

@@ -15,8 +15,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search._pareto import ERROR_ATTR, METRICS_ATTR
-from spaces import StudySpec, spec_from_dict
+from frontier.search._pareto import ERROR_ATTR, METRICS_ATTR
+from frontier.spaces import StudySpec, spec_from_dict
 
 SPEC_ATTR = "frontier.spec"
 SAMPLER_ATTR = "frontier.sampler"
@@ -357,7 +357,7 @@ class WriteThroughStudy:
 
     def ask(self, params: Any) -> tuple[LiveTrial, Any]:
         """Ask the sampler for a candidate over ``params`` and create its persistent RUNNING trial."""
-        from spaces import suggest
+        from frontier.spaces import suggest
 
         if self._waiting:  # trials enqueued in storage (warm starts) go first, in order
             queued = self._waiting.pop(0)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search._pareto import is_feasible
-from spaces import StudySpec
+from frontier.search._pareto import is_feasible
+from frontier.spaces import StudySpec
 
 
 def plot_pareto(trials: Sequence[FrozenTrial], front: set[int], spec: StudySpec, path: Path) -> Path:

@@ -11,9 +11,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search._optuna import SAMPLER_ATTR, load_study, make_storage, stored_spec
-from search._pareto import BASELINE_ATTR, ERROR_ATTR, is_feasible, pareto_trials, trial_metrics
-from spaces import StudySpec, decode
+from frontier.search._optuna import SAMPLER_ATTR, load_study, make_storage, stored_spec
+from frontier.search._pareto import BASELINE_ATTR, ERROR_ATTR, is_feasible, pareto_trials, trial_metrics
+from frontier.spaces import StudySpec, decode
 
 STATE_ATTR = "frontier.state"
 EXPORT_VERSION = 1
@@ -222,12 +222,12 @@ def compression_export(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any
     """For a study with ``bits``/``sparsity`` families: the point's per-module ``allocation`` (bits, group
     size, symmetric, sparsity kind and ratio) and the ``recipe`` (:class:`kernels.CompressionRecipe` dict)
     that ``frontier apply`` and ``kernels.apply_`` re-create it with; empty for other studies."""
-    from spaces import compression_plan
-    from spaces._family_compress import allocations
+    from frontier.spaces import compression_plan
+    from frontier.spaces._family_compress import allocations
 
     if not allocations(spec):
         return {}
-    from evaluators._hf_compress import recipe_from_plan
+    from frontier.evaluators._hf_compress import recipe_from_plan
 
     plan = compression_plan(spec, params)
     return {"allocation": plan, "recipe": recipe_from_plan(plan).to_dict()}

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from spaces import FloatParam, StudySpec
+from frontier.spaces import FloatParam, StudySpec
 
 if TYPE_CHECKING:
     import optuna
@@ -129,7 +129,7 @@ def _startup_trials(n_trials: int) -> int:
 def _auto(spec: StudySpec) -> optuna.samplers.BaseSampler:
     import optuna
 
-    from search._auto import UniqueTPESampler
+    from frontier.search._auto import UniqueTPESampler
 
     choice = auto_choice(spec)
     seed = spec.search.seed

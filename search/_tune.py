@@ -20,10 +20,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search._latency import MEASURED_KEY, SOURCE_ATTR, LatencyRuntime
-from search._optuna import LiveTrial, WriteThroughStudy, tell_result
-from search._workers import DONE_KEY, ERROR_KEY, evaluate_in_worker, trial_seed
-from spaces import StudySpec
+from frontier.search._latency import MEASURED_KEY, SOURCE_ATTR, LatencyRuntime
+from frontier.search._optuna import LiveTrial, WriteThroughStudy, tell_result
+from frontier.search._workers import DONE_KEY, ERROR_KEY, evaluate_in_worker, trial_seed
+from frontier.spaces import StudySpec
 
 # Tune's per-trial JSON/CSV/TensorBoard loggers write several files per trial; Frontier records trials in
 # Optuna and MLflow, so they only cost time.

@@ -12,8 +12,8 @@ import logging
 
 import optuna
 
-from search._pareto import BASELINE_ATTR
-from spaces import StudySpec, encode
+from frontier.search._pareto import BASELINE_ATTR
+from frontier.spaces import StudySpec, encode
 
 log = logging.getLogger(__name__)
 WARM_START_ATTR = "frontier.tag.warm_start"
@@ -25,7 +25,7 @@ def enqueue_initial(spec: StudySpec, study: optuna.Study) -> int:
     A resumed study (any stored trial) gets nothing: its initial candidates were enqueued when it started.
     At most ``search.n_trials`` are enqueued.
     """
-    from evaluators import make_evaluator
+    from frontier.evaluators import make_evaluator
 
     if study.get_trials(deepcopy=False):
         return 0

@@ -25,11 +25,11 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from search._latency import LatencyRuntime, resolve_latency
-from spaces import StudySpec, spec_from_dict
+from frontier.search._latency import LatencyRuntime, resolve_latency
+from frontier.spaces import StudySpec, spec_from_dict
 
 if TYPE_CHECKING:
-    from search._tune import AskTellSearcher
+    from frontier.search._tune import AskTellSearcher
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _worker_evaluator(spec_json: str) -> Any:
     key = hashlib.sha256(spec_json.encode()).hexdigest()
     ev = _EVALUATORS.get(key)
     if ev is None:
-        from evaluators import make_evaluator
+        from frontier.evaluators import make_evaluator
 
         spec = spec_from_dict(json.loads(spec_json))
         ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
@@ -83,8 +83,8 @@ def evaluate_in_worker(
     The evaluation runs in a thread so that intermediate reports and the per-trial timeout are handled
     here, on the trainable's own thread, where Ray Tune expects ``tune.report`` to be called.
     """
-    from evaluators import EvalContext, TrialStopped
-    from spaces import Candidate
+    from frontier.evaluators import EvalContext, TrialStopped
+    from frontier.spaces import Candidate
 
     timeout = config.get("timeout_s")
     events: queue.Queue[tuple[str, Any]] = queue.Queue()

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from services._settings import Settings, get_settings
+from frontier.services._settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from services._api import create_app
+    from frontier.services._api import create_app
 
 __all__ = ["Settings", "create_app", "get_settings"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from services._api import create_app
+        from frontier.services._api import create_app
 
         return create_app
     raise AttributeError(f"module 'services' has no attribute {name!r}")

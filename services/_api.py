@@ -10,10 +10,10 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services._db import Registry
-from services._routers import health, studies
-from services._runner import Scheduler
-from services._settings import Settings, get_settings
+from frontier.services._db import Registry
+from frontier.services._routers import health, studies
+from frontier.services._runner import Scheduler
+from frontier.services._settings import Settings, get_settings
 
 
 class BodyLimit:
@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None, *, start_scheduler: bool = True
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
-            from spaces import StudySpec
+            from frontier.spaces import StudySpec
 
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             spec_schema = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -19,7 +19,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from services._settings import get_settings
+from frontier.services._settings import get_settings
 
 app = typer.Typer(
     name="frontier",
@@ -63,7 +63,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _locations(run_dir: Path | None, storage: str | None, tracking_uri: str | None) -> tuple[Path, str, str]:
-    from search import default_storage, default_tracking_uri
+    from frontier.search import default_storage, default_tracking_uri
 
     settings = get_settings()
     rd = run_dir or settings.run_dir
@@ -97,8 +97,8 @@ def run(
     """Run a study (or resume it: same name and storage) and print its Pareto set."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from search import run_study
-    from spaces import SpecError, load_spec, parse_overrides
+    from frontier.search import run_study
+    from frontier.spaces import SpecError, load_spec, parse_overrides
 
     try:
         spec = load_spec(spec_path, parse_overrides(set_ or []))
@@ -179,7 +179,7 @@ def _pareto_table(rows: list[Any], objectives: list[str], title: str) -> None:
 @app.command()
 def studies(run_dir: RunDir = None, storage: Storage = None, tracking_uri: TrackingUri = None) -> None:
     """List the studies in a storage with their state and trial counts."""
-    from search import list_studies
+    from frontier.search import list_studies
 
     _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
     try:
@@ -217,7 +217,7 @@ def studies(run_dir: RunDir = None, storage: Storage = None, tracking_uri: Track
 
 
 def _rows(study: str, storage_url: str) -> tuple[Any, list[Any]]:
-    from search import load_study, stored_spec, trial_rows
+    from frontier.search import load_study, stored_spec, trial_rows
 
     try:
         st = load_study(study, storage_url)
@@ -317,7 +317,7 @@ def pareto(
 
 def _mlflow_hint(study: str, storage_url: str, tracking: str) -> None:
     """Name the study's MLflow parent run, when the tracking store has it."""
-    from search import find_parent_run
+    from frontier.search import find_parent_run
 
     run_id = find_parent_run(study, storage_url, tracking)
     if run_id:
@@ -347,7 +347,7 @@ def export(
     ] = None,
 ) -> None:
     """Export one Pareto point as YAML: its params, metrics and provenance."""
-    from search import export_point, register_export
+    from frontier.search import export_point, register_export
 
     _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
     try:
@@ -375,9 +375,9 @@ def _study_calibration(doc: Any, model: Path) -> list[Any] | None:
     spec_dict = (doc.get("provenance") or {}).get("spec") if isinstance(doc, dict) else None
     if not isinstance(spec_dict, dict):
         return None
-    from evaluators import make_evaluator
-    from evaluators._hf_compress import CompressionEvaluator
-    from spaces import spec_from_dict
+    from frontier.evaluators import make_evaluator
+    from frontier.evaluators._hf_compress import CompressionEvaluator
+    from frontier.spaces import spec_from_dict
 
     spec_dict = copy.deepcopy(spec_dict)
     spec_dict.setdefault("evaluator", {}).setdefault("options", {})["model"] = str(model)
@@ -406,7 +406,7 @@ def apply_recipe(
     ] = 64,
 ) -> None:
     """Compress a model with a recipe and write a directory that kernels reloads (production hand-off)."""
-    from kernels import CompressionRecipe, compress_pretrained, needs_calibration
+    from frontier.kernels import CompressionRecipe, compress_pretrained, needs_calibration
 
     try:
         doc = yaml.safe_load(recipe_path.read_text())
@@ -435,7 +435,7 @@ def apply_recipe(
             n = len(batches)
             err.print(f"calibrating on the study's {n} calibration batch{'es' * (n != 1)}, as its trials did")
         else:
-            from evaluators._text import chunk_documents, pydoc_topics, split_chunks
+            from frontier.evaluators._text import chunk_documents, pydoc_topics, split_chunks
 
             # calibration prose: the training side of a content-hash split of pydoc_data.topics
             train, _ = split_chunks(chunk_documents(pydoc_topics(), chunk_chars=600), val_fraction=0.2)
@@ -462,8 +462,8 @@ def validate(
     set_: Annotated[list[str] | None, typer.Option("--set")] = None,
 ) -> None:
     """Check a spec without running it."""
-    from search import auto_choice, check_spec
-    from spaces import SpecError, load_spec, parse_overrides
+    from frontier.search import auto_choice, check_spec
+    from frontier.spaces import SpecError, load_spec, parse_overrides
 
     try:
         spec = load_spec(spec_path, parse_overrides(set_ or []))
@@ -528,7 +528,7 @@ def serve(
     """Run the study service (HTTP API; OpenAPI at /docs) until interrupted."""
     import uvicorn
 
-    from services._api import create_app
+    from frontier.services._api import create_app
 
     settings = get_settings()
     update: dict[str, Any] = {}
@@ -719,8 +719,8 @@ def latency_calibrate(
 ) -> None:
     """Measure K chosen candidates on this machine and store the device profile later studies use
     (``latency: {mode: predicted | hybrid, device: NAME}``)."""
-    from search._latency import calibrate, profile_path
-    from spaces import SpecError, load_spec, parse_overrides
+    from frontier.search._latency import calibrate, profile_path
+    from frontier.spaces import SpecError, load_spec, parse_overrides
 
     rd = run_dir or get_settings().run_dir
     try:

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services._db import Registry
-from services._runner import Scheduler
-from services._settings import Settings, get_settings
+from frontier.services._db import Registry
+from frontier.services._runner import Scheduler
+from frontier.services._settings import Settings, get_settings
 
 ADMIN_OWNER = "admin"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from services._settings import Settings
-from spaces import SpecError, StudySpec, spec_from_dict
+from frontier.services._settings import Settings
+from frontier.spaces import SpecError, StudySpec, spec_from_dict
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -135,7 +135,7 @@ def _absolute_options(options: dict[str, Any], roots: Sequence[Path]) -> dict[st
 
 def validate_submission(body: bytes, content_type: str | None, settings: Settings) -> StudySpec:
     """Body -> a spec the service will run, or SpecError naming what is wrong."""
-    from search import check_spec
+    from frontier.search import check_spec
 
     data = parse_body(body, content_type)
     spec = spec_from_dict(data)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from services._db import Registry, StudyRecord, StudyState, utcnow
-from services._settings import Settings
+from frontier.services._db import Registry, StudyRecord, StudyState, utcnow
+from frontier.services._settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def worker_alive(pid: int, study_id: str) -> bool:
             return False
         if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
             return False
-        return b"services._worker" in cmdline and study_id.encode() in cmdline
+        return b"frontier.services._worker" in cmdline and study_id.encode() in cmdline
     try:
         os.kill(pid, 0)
     except OSError:
@@ -122,7 +122,7 @@ class Scheduler:
 
     def prepare_stores(self) -> None:
         """Create the Optuna and MLflow schemas once, here: workers starting together would race to."""
-        from search._optuna import make_storage
+        from frontier.search._optuna import make_storage
 
         make_storage(self.settings.storage_url())
         self._experiment("frontier")
@@ -264,7 +264,7 @@ class Scheduler:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "services._worker", study_id],
+                [sys.executable, "-m", "frontier.services._worker", study_id],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -64,12 +64,12 @@ class Settings(BaseSettings):
         return v
 
     def storage_url(self) -> str:
-        from search import default_storage
+        from frontier.search import default_storage
 
         return self.storage or default_storage(self.run_dir)
 
     def tracking(self) -> str:
-        from search import default_tracking_uri
+        from frontier.search import default_tracking_uri
 
         return self.tracking_uri or default_tracking_uri(self.run_dir)
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from sqlalchemy import update
 
-from services._db import StudyRecord, StudyState, registry_for, utcnow
-from services._runner import worker_tmp_dir
-from services._settings import Settings, get_settings
-from spaces import StudySpec, spec_from_dict
+from frontier.services._db import StudyRecord, StudyState, registry_for, utcnow
+from frontier.services._runner import worker_tmp_dir
+from frontier.services._settings import Settings, get_settings
+from frontier.spaces import StudySpec, spec_from_dict
 
 HV_REFERENCE_ATTR = "frontier.hv_reference"
 
@@ -42,7 +42,7 @@ def study_hypervolume(spec: StudySpec, rows: list[Any], stored_reference: list[f
     """Hypervolume of the feasible complete trials, with the reference point MLflow logging uses."""
     import numpy as np
 
-    from search import hypervolume
+    from frontier.search import hypervolume
 
     values = [
         [r.values[o.name] for o in spec.objectives] for r in rows if r.state == "complete" and r.feasible
@@ -90,7 +90,7 @@ def main(study_id: str) -> int:
 
 
 def _main(study_id: str, settings: Settings) -> int:
-    from search import load_study, run_study
+    from frontier.search import load_study, run_study
 
     registry = registry_for(settings.database())
     with registry.session() as s:

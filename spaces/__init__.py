@@ -3,12 +3,20 @@
 ``import spaces`` is light: it pulls in pydantic and PyYAML, never torch or ray (a test says so).
 """
 
-from spaces._candidate import Candidate, active, decode, distribution, encode, suggest
-from spaces._errors import SpecError
-from spaces._families import available_families, register_family
-from spaces._family_compress import compression_plan
-from spaces._params import CategoricalParam, Condition, FamilyParam, FloatParam, IntParam, OrdinalParam, Param
-from spaces._spec import (
+from frontier.spaces._candidate import Candidate, active, decode, distribution, encode, suggest
+from frontier.spaces._errors import SpecError
+from frontier.spaces._families import available_families, register_family
+from frontier.spaces._family_compress import compression_plan
+from frontier.spaces._params import (
+    CategoricalParam,
+    Condition,
+    FamilyParam,
+    FloatParam,
+    IntParam,
+    OrdinalParam,
+    Param,
+)
+from frontier.spaces._spec import (
     SAMPLER_NAMES,
     Constraint,
     EvaluatorSpec,

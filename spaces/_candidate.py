@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from spaces._params import CategoricalParam, FloatParam, IntParam, OrdinalParam, Param
+from frontier.spaces._params import CategoricalParam, FloatParam, IntParam, OrdinalParam, Param
 
 if TYPE_CHECKING:
     import optuna

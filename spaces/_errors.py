@@ -48,7 +48,7 @@ def _allowed_fields(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def _path(loc: tuple[Any, ...]) -> str:
-    from spaces._params import PARAM_KINDS
+    from frontier.spaces._params import PARAM_KINDS
 
     out = ""
     prev: Any = None

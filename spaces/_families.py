@@ -41,7 +41,7 @@ def expand_family(family: str, prefix: str, options: Mapping[str, Any]) -> list[
 def _load_builtin() -> None:
     import importlib
 
-    for module in ("spaces._family_lm", "spaces._family_compress"):
+    for module in ("frontier.spaces._family_lm", "frontier.spaces._family_compress"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

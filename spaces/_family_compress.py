@@ -38,9 +38,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from spaces._families import register_family
-from spaces._params import FamilyParam
-from spaces._targets import compile_target
+from frontier.spaces._families import register_family
+from frontier.spaces._params import FamilyParam
+from frontier.spaces._targets import compile_target
 
 LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "bert": (

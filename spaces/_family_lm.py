@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from spaces._families import register_family
+from frontier.spaces._families import register_family
 
 MAX_LAYERS = 64
 

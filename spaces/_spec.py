@@ -18,8 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from spaces._errors import SpecError, format_validation_error
-from spaces._params import FamilyParam, IntParam, Param, SpaceItem
+from frontier.spaces._errors import SpecError, format_validation_error
+from frontier.spaces._params import FamilyParam, IntParam, Param, SpaceItem
 
 SamplerName = Literal["auto", "tpe", "nsga2", "nsga3", "gp", "random"]
 SAMPLER_NAMES: tuple[str, ...] = ("auto", "tpe", "nsga2", "nsga3", "gp", "random")
@@ -207,7 +207,7 @@ class StudySpec(_Frozen):
     @classmethod
     def _expandable(cls, space: tuple[SpaceItem, ...]) -> tuple[SpaceItem, ...]:
         expand_space(space)  # raises on unknown families, bad references or duplicate names
-        from spaces._family_compress import check_allocations
+        from frontier.spaces._family_compress import check_allocations
 
         check_allocations(space)  # no module gets two bit-widths or two sparsities
         return space
@@ -247,7 +247,7 @@ class StudySpec(_Frozen):
 def _expand_families(space: tuple[SpaceItem, ...]) -> list[Param]:
     from pydantic import TypeAdapter
 
-    from spaces._families import expand_family
+    from frontier.spaces._families import expand_family
 
     adapter: TypeAdapter[Param] = TypeAdapter(Param)
     out: list[Param] = []

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+import frontier  # noqa: F401  (puts this checkout's root behind site-packages: see frontier/__init__)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -94,7 +96,7 @@ def ray_session():
     """One local Ray for the in-process engine tests (starting Ray costs seconds)."""
     import ray
 
-    from search._engine import init_ray
+    from frontier.search._engine import init_ray
 
     init_ray(None)
     yield ray

@@ -42,7 +42,7 @@ def start_local_ray() -> None:
     """
     import ray
 
-    from search._engine import init_ray
+    from frontier.search._engine import init_ray
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search._pareto import hypervolume, pareto_mask, to_loss
+from frontier.search._pareto import hypervolume, pareto_mask, to_loss
 
 Key = tuple[Any, ...]
 

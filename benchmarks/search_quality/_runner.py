@@ -12,10 +12,10 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.search_quality._problems import SEED_COLUMN, Problem
-from search import make_sampler
-from search._optuna import tell_result
-from search._workers import trial_seed
-from spaces import StudySpec, spec_from_dict, suggest
+from frontier.search import make_sampler
+from frontier.search._optuna import tell_result
+from frontier.search._workers import trial_seed
+from frontier.spaces import StudySpec, spec_from_dict, suggest
 
 Key = tuple[Any, ...]
 
@@ -61,7 +61,7 @@ def run_engine(
     problem: Problem, table: Path, workdir: Path, *, sampler: str, n_trials: int, seed: int
 ) -> Trace:
     """One study through ``search.run_study`` (Ray Tune workers, SQLite storage, no MLflow)."""
-    from search import run_study
+    from frontier.search import run_study
 
     run_dir = workdir / "runs"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from evaluators.latency._measure import LatencyStats
+from frontier.evaluators.latency._measure import LatencyStats
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS latency (
@@ -108,7 +108,7 @@ class LatencyCache:
         The first caller for a fingerprint calibrates and stores it; every later figure for that
         fingerprint, in any process, uses the stored value, so all figures in the cache share one scale.
         """
-        from evaluators.latency._reference import reference_key
+        from frontier.evaluators.latency._reference import reference_key
 
         key = hashlib.sha256(_canonical([dict(fingerprint), reference_key()]).encode()).hexdigest()
         with self._connect() as conn:

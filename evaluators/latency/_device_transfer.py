@@ -8,10 +8,10 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from evaluators.latency._base import TransferPredictor, check_latency, check_rows
-from evaluators.latency._encoding import ConfigEncoding
-from evaluators.latency._registry import register_predictor
-from evaluators.latency._source_mix import nonnegative_mix
+from frontier.evaluators.latency._base import TransferPredictor, check_latency, check_rows
+from frontier.evaluators.latency._encoding import ConfigEncoding
+from frontier.evaluators.latency._registry import register_predictor
+from frontier.evaluators.latency._source_mix import nonnegative_mix
 
 # Hyper-prior of the residual model, in log-variance units of the standardised residual. The feature
 # groups start small (e^-4): with K ~ 10 points the source mix should explain most of the target and the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from evaluators.latency._base import LatencyPredictor
+from frontier.evaluators.latency._base import LatencyPredictor
 
 _REGISTRY: dict[str, type[LatencyPredictor]] = {}
 P = TypeVar("P", bound=type[LatencyPredictor])

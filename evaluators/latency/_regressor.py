@@ -7,9 +7,9 @@ from typing import Any, Literal, Self
 import numpy as np
 import pandas as pd
 
-from evaluators.latency._base import LatencyPredictor, check_configs, check_latency
-from evaluators.latency._encoding import ConfigEncoding
-from evaluators.latency._registry import register_predictor
+from frontier.evaluators.latency._base import LatencyPredictor, check_configs, check_latency
+from frontier.evaluators.latency._encoding import ConfigEncoding
+from frontier.evaluators.latency._registry import register_predictor
 
 RegressorModel = Literal["gradient-boosting", "random-forest"]
 _MODELS: tuple[str, ...] = ("gradient-boosting", "random-forest")

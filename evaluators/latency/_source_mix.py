@@ -8,8 +8,8 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from evaluators.latency._base import TransferPredictor, check_latency, check_rows
-from evaluators.latency._registry import register_predictor
+from frontier.evaluators.latency._base import TransferPredictor, check_latency, check_rows
+from frontier.evaluators.latency._registry import register_predictor
 
 
 def nonnegative_mix(sources: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:

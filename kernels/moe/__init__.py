@@ -24,9 +24,9 @@ per-layer expert counts or widths, per-layer top-k, or a shared expert on a non-
 :class:`MoELayer`. Note the aux-loss scale differs: transformers' Mixtral/Qwen loss is ``top_k`` times ours.
 """
 
-from kernels.moe._layer import ACTIVATIONS, MoELayer, moe_param_counts
-from kernels.moe._losses import load_balancing_loss, router_z_loss
-from kernels.moe._reference import moe_reference
+from frontier.kernels.moe._layer import ACTIVATIONS, MoELayer, moe_param_counts
+from frontier.kernels.moe._losses import load_balancing_loss, router_z_loss
+from frontier.kernels.moe._reference import moe_reference
 
 __all__ = [
     "ACTIVATIONS",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.moe._losses import load_balancing_loss, router_z_loss
+from frontier.kernels.moe._losses import load_balancing_loss, router_z_loss
 
 Activation = Literal["swiglu", "gelu"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)

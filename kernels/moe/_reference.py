@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels.moe._layer import MoELayer
+from frontier.kernels.moe._layer import MoELayer
 
 
 def _plain_ffn(x: Tensor, gate: Tensor | None, up: Tensor, down: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from services._deps import SchedulerDep
+from frontier.services._deps import SchedulerDep
 
 router = APIRouter(tags=["health"])
 

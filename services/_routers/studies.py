@@ -12,11 +12,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from services._db import StudyRecord, StudyState, utcnow
-from services._deps import PrincipalDep, RegistryDep, SchedulerDep, SettingsDep
-from services._policy import UnsupportedMediaType, spec_hash, validate_submission
-from services._settings import Settings
-from spaces import SpecError
+from frontier.services._db import StudyRecord, StudyState, utcnow
+from frontier.services._deps import PrincipalDep, RegistryDep, SchedulerDep, SettingsDep
+from frontier.services._policy import UnsupportedMediaType, spec_hash, validate_submission
+from frontier.services._settings import Settings
+from frontier.spaces import SpecError
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -215,7 +215,7 @@ def get_study(rec: VisibleStudy, settings: SettingsDep) -> StudyOut:
 
 
 def _rows(rec: StudyRecord, settings: Settings) -> list[dict[str, Any]]:
-    from search import load_study, stored_spec, trial_rows
+    from frontier.search import load_study, stored_spec, trial_rows
 
     if rec.state == StudyState.queued.value:
         return []
@@ -261,7 +261,7 @@ def export(
     ] = None,
 ) -> PlainTextResponse:
     """One Pareto point as YAML: the same document as ``frontier export``."""
-    from search import export_point
+    from frontier.search import export_point
 
     if rec.state == StudyState.queued.value:
         raise HTTPException(status.HTTP_409_CONFLICT, detail="the study is queued: it has no trials yet")

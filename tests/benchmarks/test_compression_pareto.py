@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.bench_compression_pareto import analyse, dominates
-from search._results import TrialRow
+from frontier.search._results import TrialRow
 
 
 def _row(n, fidelity, latency, size, *, feasible=True, pareto=False, baseline=None):

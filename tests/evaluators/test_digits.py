@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from evaluators import EvalContext, TrialStopped, make_evaluator
-from spaces import Candidate
+from frontier.evaluators import EvalContext, TrialStopped, make_evaluator
+from frontier.spaces import Candidate
 
 
 @pytest.fixture(scope="module")

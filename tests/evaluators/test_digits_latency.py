@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluators import EvalContext, make_evaluator
-from evaluators.latency import LatencyCache, MeasurementLane
-from spaces import Candidate
+from frontier.evaluators import EvalContext, make_evaluator
+from frontier.evaluators.latency import LatencyCache, MeasurementLane
+from frontier.spaces import Candidate
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from evaluators import EvalContext, make_evaluator
-from spaces import Candidate, SpecError, spec_from_dict
+from frontier.evaluators import EvalContext, make_evaluator
+from frontier.spaces import Candidate, SpecError, spec_from_dict
 from tests.evaluators.conftest import save_char_tokenizer
 
 torch = pytest.importorskip("torch")

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from evaluators import EvalContext, make_evaluator
-from evaluators._hf_compress import _Probe, recipe_from_plan
-from evaluators._hf_embedding import prose_sentences, split_sentences, topk_agreement
-from spaces import Candidate, SpecError, spec_from_dict
+from frontier.evaluators import EvalContext, make_evaluator
+from frontier.evaluators._hf_compress import _Probe, recipe_from_plan
+from frontier.evaluators._hf_embedding import prose_sentences, split_sentences, topk_agreement
+from frontier.spaces import Candidate, SpecError, spec_from_dict
 from tests.evaluators.conftest import save_char_tokenizer
 
 torch = pytest.importorskip("torch")
@@ -104,7 +104,7 @@ def test_sparsity_metric_is_the_masked_share_of_the_targets(evaluator: Any) -> N
 
 
 def test_candidate_to_recipe(evaluator: Any) -> None:
-    import kernels
+    from frontier import kernels
 
     recipe = evaluator.recipe(Candidate({"q.layer_0": 4, "q.layer_1": 8, "s.layer_1": 0.25}))
     entries = dict(recipe.entries)
@@ -182,7 +182,7 @@ def test_sentences_are_disjoint_and_topk_agreement() -> None:
 
 def test_spec_errors(encoder_dir: str) -> None:
     with pytest.raises(SpecError, match="every parameter must come from a 'bits' or 'sparsity' family"):
-        from search import check_spec
+        from frontier.search import check_spec
 
         check_spec(spec(encoder_dir, [BITS, {"name": "lr", "kind": "float", "low": 0.1, "high": 1.0}]))
     s = spec(encoder_dir, [BITS])
@@ -221,7 +221,7 @@ CHANNELS = {
 
 
 def test_channel_pruning_shrinks_the_ffn_and_counts_removed_weights(encoder_dir: str) -> None:
-    import kernels
+    from frontier import kernels
 
     s = spec(encoder_dir, [BITS, CHANNELS])
     ev = make_evaluator(s.evaluator.kind, {**s.evaluator.options, "warm_start": "off"})
@@ -302,9 +302,9 @@ def test_frontier_apply_of_a_pruning_export_calibrates_as_the_study_did(
     import yaml
     from typer.testing import CliRunner
 
-    import kernels
-    from search._results import compression_export
-    from services._cli import app
+    from frontier import kernels
+    from frontier.search._results import compression_export
+    from frontier.services._cli import app
 
     s = spec(encoder_dir, [BITS, CHANNELS])
     ev = make_evaluator(s.evaluator.kind, {**s.evaluator.options, "warm_start": "off"})

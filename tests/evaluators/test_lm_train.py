@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-import evaluators._lm_train  # noqa: F401  (registers lm-train until evaluators/__init__ imports it)
-from evaluators import EvalContext, TrialStopped, make_evaluator
-from evaluators import _text as text
-from evaluators._lm_train import LMTrain, architecture
-from spaces import Candidate, SpecError
+import frontier.evaluators._lm_train  # noqa: F401  (registers lm-train until evaluators/__init__ imports it)
+from frontier.evaluators import EvalContext, TrialStopped, make_evaluator
+from frontier.evaluators import _text as text
+from frontier.evaluators._lm_train import LMTrain, architecture
+from frontier.spaces import Candidate, SpecError
 
 TINY = {
     "steps": 6,

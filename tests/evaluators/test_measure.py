@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from evaluators.latency import device_fingerprint, measure_latency, median_ci
+from frontier.evaluators.latency import device_fingerprint, measure_latency, median_ci
 
 
 class FakeClock:
@@ -125,7 +125,7 @@ def test_without_reference_the_stats_have_no_raw_fields():
 
 
 def test_reference_workload_calibrates_a_positive_time():
-    from evaluators.latency import ReferenceWorkload
+    from frontier.evaluators.latency import ReferenceWorkload
 
     ref = ReferenceWorkload()
     ms = ref.calibrate(seconds=0.05)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from evaluators import EvalContext, make_evaluator
-from spaces import Candidate, SpecError
+from frontier.evaluators import EvalContext, make_evaluator
+from frontier.spaces import Candidate, SpecError
 
 
 def ev(table, **opts):

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-import kernels
-from kernels import (
+from frontier import kernels
+from frontier.kernels import (
     CompressionConfig,
     MagnitudeSparsityConfig,
     NMSparsityConfig,
@@ -14,7 +14,7 @@ from kernels import (
     WandaSparsityConfig,
     WeightOnlyQuantConfig,
 )
-from kernels._config import _HANDLERS
+from frontier.kernels._config import _HANDLERS
 
 EXAMPLES: dict[type[CompressionConfig], CompressionConfig] = {
     WeightOnlyQuantConfig: WeightOnlyQuantConfig(4, group_size=32, symmetric=False),

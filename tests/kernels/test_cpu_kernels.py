@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import QuantizedLinear, WeightOnlyQuantConfig, available_linear_kernels
-from kernels import _linear_kernels as lk
+from frontier.kernels import QuantizedLinear, WeightOnlyQuantConfig, available_linear_kernels
+from frontier.kernels import _linear_kernels as lk
 
 
 @pytest.fixture(params=["serial", "parallel"])

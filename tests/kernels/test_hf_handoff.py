@@ -11,7 +11,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from kernels import (
+from frontier.kernels import (
     CompressionRecipe,
     MagnitudeSparsityConfig,
     NMSparsityConfig,
@@ -77,7 +77,7 @@ def test_compress_pretrained_writes_a_directory_that_reproduces_the_model(model_
     # Rebuilt from the directory alone (no base weights): same outputs as compressing again in memory.
     import transformers
 
-    from kernels import calibrate
+    from frontier.kernels import calibrate
 
     reloaded = load_pretrained_compressed(tmp_path / "out")
     fresh = transformers.AutoModel.from_pretrained(model_dir).eval()
@@ -176,7 +176,7 @@ def test_a_directory_without_config_json_is_refused(tmp_path):
 
 
 def test_frontier_apply_from_an_export_and_from_a_bare_recipe(model_dir, tmp_path):
-    from services._cli import app
+    from frontier.services._cli import app
 
     runner = CliRunner()
     export = tmp_path / "point.yaml"
@@ -208,7 +208,7 @@ def test_frontier_apply_from_an_export_and_from_a_bare_recipe(model_dir, tmp_pat
 
 
 def test_frontier_apply_names_an_unknown_config_type(model_dir, tmp_path):
-    from services._cli import app
+    from frontier.services._cli import app
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"recipe": {"version": 1, "entries": {"x": [{"type": "EvalConfig"}]}}}))

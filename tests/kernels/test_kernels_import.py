@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_import_kernels_is_free_of_orchestration_and_jit_libraries() -> None:
     code = (
-        "import sys, kernels; "
+        "import sys, frontier.kernels; "
         "heavy = ('ray', 'mlflow', 'optuna', 'numba', 'triton', 'transformers'); "
         "bad = [m for m in heavy if m in sys.modules]; "
         "print(bad)"
@@ -19,7 +19,7 @@ def test_import_kernels_is_free_of_orchestration_and_jit_libraries() -> None:
 
 
 def test_public_api_is_exactly_all() -> None:
-    import kernels
+    from frontier import kernels
 
     public = {n for n in dir(kernels) if not n.startswith("_")}
     assert set(kernels.__all__) <= public

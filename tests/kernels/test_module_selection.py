@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from kernels import select_modules
+from frontier.kernels import select_modules
 
 
 def _model() -> nn.Module:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-from kernels import QuantizedLinear, WeightOnlyQuantConfig
-from kernels._quant import dequantize_codes, pack_codes, quantize_weight, unpack_codes
+from frontier import kernels
+from frontier.kernels import QuantizedLinear, WeightOnlyQuantConfig
+from frontier.kernels._quant import dequantize_codes, pack_codes, quantize_weight, unpack_codes
 
 BITS = range(2, 9)
 

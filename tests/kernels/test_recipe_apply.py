@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-from kernels import (
+from frontier import kernels
+from frontier.kernels import (
     CompressionRecipe,
     MagnitudeSparsityConfig,
     NMSparsityConfig,

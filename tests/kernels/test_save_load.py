@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-from kernels import (
+from frontier import kernels
+from frontier.kernels import (
     CompressionRecipe,
     NMSparsityConfig,
     StructuredPruneConfig,
     WandaSparsityConfig,
     WeightOnlyQuantConfig,
 )
-from kernels._quant import unpack_codes
+from frontier.kernels._quant import unpack_codes
 
 
 def test_save_and_reload_reproduces_outputs(

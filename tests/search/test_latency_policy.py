@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search._latency import LatencyPolicy, resolve_latency, signature_frame
-from spaces import Candidate, spec_from_dict
+from frontier.search._latency import LatencyPolicy, resolve_latency, signature_frame
+from frontier.spaces import Candidate, spec_from_dict
 
 
 def make_spec(**latency: object) -> object:

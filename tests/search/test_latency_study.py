@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search import check_spec, run_study
-from spaces import SpecError, spec_from_dict
+from frontier.search import check_spec, run_study
+from frontier.spaces import SpecError, spec_from_dict
 
 pytestmark = pytest.mark.integration
 

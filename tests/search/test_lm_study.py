@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search import run_study
-from spaces import spec_from_dict
+from frontier.search import run_study
+from frontier.spaces import spec_from_dict
 
 pytestmark = pytest.mark.integration
 

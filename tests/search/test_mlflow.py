@@ -8,9 +8,9 @@ import time
 import optuna
 import pytest
 
-from search._mlflow import MlflowTracker, TrackerThread, default_tracking_uri
-from search._optuna import default_storage, make_storage
-from spaces import spec_from_dict
+from frontier.search._mlflow import MlflowTracker, TrackerThread, default_tracking_uri
+from frontier.search._optuna import default_storage, make_storage
+from frontier.spaces import spec_from_dict
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from search._moasha import (
+from frontier.search._moasha import (
     MOASHAScheduler,
     crowding_distance,
     moasha_decide,

@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search._optuna import WriteThroughStudy, _TrialWriter, make_storage, tell_result
-from spaces import spec_from_dict
+from frontier.search._optuna import WriteThroughStudy, _TrialWriter, make_storage, tell_result
+from frontier.spaces import spec_from_dict
 
 
 def _studies(tmp_path: Path, name: str) -> tuple[optuna.Study, str]:

@@ -4,8 +4,8 @@ import numpy as np
 import optuna
 import pytest
 
-from search import hypervolume, pareto_mask, pareto_trials
-from search._pareto import default_reference, to_loss
+from frontier.search import hypervolume, pareto_mask, pareto_trials
+from frontier.search._pareto import default_reference, to_loss
 
 
 def test_hypervolume_hand_checked_2d():

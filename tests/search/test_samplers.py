@@ -8,9 +8,9 @@ import numpy as np
 import optuna
 import pytest
 
-from search import auto_choice, available_samplers, make_sampler, pareto_trials
-from search._optuna import tell_result
-from spaces import SAMPLER_NAMES, spec_from_dict, suggest
+from frontier.search import auto_choice, available_samplers, make_sampler, pareto_trials
+from frontier.search._optuna import tell_result
+from frontier.spaces import SAMPLER_NAMES, spec_from_dict, suggest
 
 SPACE = [
     {"name": "depth", "kind": "int", "low": 1, "high": 3},

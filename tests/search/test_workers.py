@@ -9,9 +9,9 @@ from typing import Any
 import optuna
 import pytest
 
-import search._workers as workers
-from search import run_study
-from spaces import spec_from_dict
+import frontier.search._workers as workers
+from frontier.search import run_study
+from frontier.spaces import spec_from_dict
 
 pytestmark = pytest.mark.integration
 

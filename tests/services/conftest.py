@@ -112,7 +112,7 @@ class Service:
         self.proc = None
 
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-f", "services._worker "], capture_output=True, text=True)
+        out = subprocess.run(["pgrep", "-f", "frontier.services._worker "], capture_output=True, text=True)
         mine = []
         for pid in out.stdout.split():
             try:

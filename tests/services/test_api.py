@@ -84,7 +84,7 @@ def test_trials_pareto_and_export(svc: Service, finished: dict[str, Any]) -> Non
 def test_export_matches_the_cli(svc: Service, finished: dict[str, Any]) -> None:
     from typer.testing import CliRunner
 
-    from services._cli import app
+    from frontier.services._cli import app
 
     front = [r["number"] for r in svc.client(ALICE).get(f"/studies/{finished['id']}/pareto").json()]
     select = f"trial={front[0]}"
@@ -223,7 +223,7 @@ def test_cli_submit_status_watch_cancel(
 ) -> None:
     from typer.testing import CliRunner
 
-    from services._cli import app
+    from frontier.services._cli import app
 
     monkeypatch.setenv("FRONTIER_SERVER", svc.url)
     monkeypatch.setenv("FRONTIER_TOKEN", BOB)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services import Settings
-from services._api import create_app
-from services._policy import check_policy, parse_body
-from spaces import SpecError, spec_from_dict
+from frontier.services import Settings
+from frontier.services._api import create_app
+from frontier.services._policy import check_policy, parse_body
+from frontier.spaces import SpecError, spec_from_dict
 
 ALICE, BOB, ADMIN = "alice-token-1", "bob-token-22", "admin-token-333"
 

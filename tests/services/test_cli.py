@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from services._cli import app
+from frontier.services._cli import app
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

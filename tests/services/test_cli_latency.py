@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from search import run_study
-from services._cli import app
-from spaces import spec_from_dict
+from frontier.search import run_study
+from frontier.services._cli import app
+from frontier.spaces import spec_from_dict
 
 runner = CliRunner()
 
@@ -70,8 +70,8 @@ def test_calibrate_errors(tmp_path: Path) -> None:
 
 
 def test_calibrate_function_errors(tmp_path: Path) -> None:
-    from search._latency import calibrate
-    from spaces import SpecError
+    from frontier.search._latency import calibrate
+    from frontier.spaces import SpecError
 
     spec = spec_from_dict(SPEC)
     with pytest.raises(

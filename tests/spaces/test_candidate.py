@@ -3,7 +3,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from spaces import Candidate, decode, encode, spec_from_dict, suggest
+from frontier.spaces import Candidate, decode, encode, spec_from_dict, suggest
 
 SPACE = {
     "name": "c",

@@ -6,8 +6,14 @@ from typing import Any
 
 import pytest
 
-from spaces import SpecError, compression_plan, spec_from_dict
-from spaces._family_compress import allocations, compile_target, expand_bits, expand_sparsity, group_key
+from frontier.spaces import SpecError, compression_plan, spec_from_dict
+from frontier.spaces._family_compress import (
+    allocations,
+    compile_target,
+    expand_bits,
+    expand_sparsity,
+    group_key,
+)
 
 BERT = {"num_layers": 2, "targets": ["encoder.layer.*.**"]}
 
@@ -103,7 +109,7 @@ def test_plan_combines_bits_and_sparsity() -> None:
 
 def test_targets_follow_kernels_select_rules() -> None:
     pytest.importorskip("torch")
-    from kernels._select import name_matches
+    from frontier.kernels._select import name_matches
 
     cases = ["encoder.layer.*.attention.self.query", "encoder.**.dense", "**", "encoder.layer.?.output.dense"]
     mods = [

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 import pytest
 
-from spaces import SpecError, available_families, spec_from_dict, suggest
+from frontier.spaces import SpecError, available_families, spec_from_dict, suggest
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -154,7 +154,7 @@ def test_option_errors_name_option_rule_and_value(family, options, match):
 
 
 def test_options_must_be_a_mapping():
-    from spaces._family_lm import expand_nas
+    from frontier.spaces._family_lm import expand_nas
 
     with pytest.raises(TypeError, match="options of family 'nas' must be a mapping"):
         expand_nas("lm", [1, 2])  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spaces import LatencyConfig, SpecError, spec_from_dict
+from frontier.spaces import LatencyConfig, SpecError, spec_from_dict
 
 BASE = {
     "name": "x",

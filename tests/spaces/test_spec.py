@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spaces import SpecError, StudySpec, load_spec, parse_overrides, spec_from_dict
+from frontier.spaces import SpecError, StudySpec, load_spec, parse_overrides, spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -233,7 +233,7 @@ def test_specs_are_frozen():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_loads_and_checks(path):
-    from search import check_spec
+    from frontier.search import check_spec
 
     spec = load_spec(path)
     check_spec(spec)
@@ -241,7 +241,7 @@ def test_every_config_loads_and_checks(path):
 
 def test_import_spaces_pulls_in_neither_torch_nor_ray():
     code = (
-        "import sys, spaces, evaluators, search._samplers; "
+        "import sys, frontier, frontier.spaces, frontier.evaluators, frontier.search._samplers; "
         "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
-from evaluators import EvalContext
-from evaluators.latency import LatencyCache, LatencyStats, MeasurementLane, device_fingerprint, fixed_threads
+from frontier.evaluators import EvalContext
+from frontier.evaluators.latency import (
+    LatencyCache,
+    LatencyStats,
+    MeasurementLane,
+    device_fingerprint,
+    fixed_threads,
+)
 
 STATS = LatencyStats(1.5, 1.4, 1.6, 0.03, 40, True)
 SIG = {"evaluator": "x", "params": {"depth": 2, "arch": "mlp"}}

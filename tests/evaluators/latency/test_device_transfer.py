@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from evaluators.latency import DeviceTransferPredictor, SourceMixPredictor, TransferPredictor
+from frontier.evaluators.latency import DeviceTransferPredictor, SourceMixPredictor, TransferPredictor
 
 
 def known_target(configs: pd.DataFrame, sources: pd.DataFrame) -> np.ndarray:
@@ -136,7 +136,7 @@ def test_table_rules(table):
 
 
 def test_importing_the_predictors_does_not_import_torch():
-    code = "import sys, evaluators.latency; print('torch' in sys.modules)"
+    code = "import sys, frontier.evaluators.latency; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

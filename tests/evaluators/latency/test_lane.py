@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluators.latency import LaneTimeout, MeasurementLane
+from frontier.evaluators.latency import LaneTimeout, MeasurementLane
 
 
 def _trainer(directory: str, log: str, stop_at: float, go: object = None) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluators.latency import (
+from frontier.evaluators.latency import (
     LookupTablePredictor,
     RegressorPredictor,
     fbnet_flops,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from evaluators.latency import (
+from frontier.evaluators.latency import (
     LatencyPredictor,
     TransferPredictor,
     available_predictors,

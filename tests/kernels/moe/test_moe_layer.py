@@ -8,8 +8,8 @@ from typing import Literal
 import pytest
 import torch
 
-import kernels.moe as moe
-from kernels.moe import MoELayer, load_balancing_loss, moe_param_counts, moe_reference, router_z_loss
+import frontier.kernels.moe as moe
+from frontier.kernels.moe import MoELayer, load_balancing_loss, moe_param_counts, moe_reference, router_z_loss
 
 # (num_experts, top_k, shared_expert, activation, normalize_top_k)
 Case = tuple[int, int, bool, Literal["swiglu", "gelu"], bool]
