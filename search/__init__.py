@@ -2,6 +2,7 @@
 
 from frontier.search._engine import Progress, StudyOutcome, check_spec, run_study
 from frontier.search._mlflow import MlflowTracker, default_tracking_uri, find_parent_run, register_export
+from frontier.search._mlflow_model import log_model_dir
 from frontier.search._optuna import default_storage, load_study, stored_spec
 from frontier.search._pareto import hypervolume, pareto_mask, pareto_trials
 from frontier.search._results import StudySummary, TrialRow, export_point, list_studies, select, trial_rows
@@ -30,6 +31,7 @@ __all__ = [
     "hypervolume",
     "list_studies",
     "load_study",
+    "log_model_dir",
     "make_sampler",
     "pareto_mask",
     "pareto_trials",

@@ -350,14 +350,8 @@ def find_parent_run(study: str, storage_url: str, tracking_uri: str) -> str | No
     return runs[0].info.run_id if runs else None
 
 
-def register_export(doc: dict[str, Any], *, name: str, storage_url: str, tracking_uri: str) -> str:
-    """Register an exported Pareto point in the MLflow Model Registry; return the new version.
-
-    The export YAML is logged as the artifact ``export/point.yaml`` of the trial's child run, and a model
-    version of ``name`` points at it, tagged with the study, trial, objective values and spec, so that
-    production can fetch it by name and version (``models:/NAME/VERSION``).
-    """
-    import yaml
+def trial_run(doc: dict[str, Any], *, storage_url: str, tracking_uri: str) -> Any:
+    """The MLflow child run of an export's trial (under its study's parent run); ``ValueError`` if none."""
     from mlflow.tracking import MlflowClient
 
     study, number = doc["study"], int(doc["trial"])
@@ -375,27 +369,103 @@ def register_export(doc: dict[str, Any], *, name: str, storage_url: str, trackin
         raise ValueError(
             f"trial {number} of study '{study}' has no MLflow run yet; run `frontier run` to sync"
         )
-    run_id = children[0].info.run_id
+    return children[0]
+
+
+def version_tags(doc: dict[str, Any], *, storage_url: str) -> dict[str, str]:
+    """The model-version tags of an export: study, trial, storage, selection, spec, every objective and
+    metric value and, for a compression study, its recipe (JSON)."""
+    prov = doc.get("provenance") or {}
+    tags = {
+        STUDY_TAG: str(doc["study"]),
+        TRIAL_TAG: str(doc["trial"]),
+        STORAGE_TAG: storage_url,
+        "frontier.selected_by": str(prov.get("selected_by")),
+        "frontier.spec": json.dumps(prov.get("spec"), sort_keys=True)[:5000],
+        **{f"objective.{k}": f"{v:.6g}" for k, v in (doc.get("objectives") or {}).items()},
+        **{
+            f"metric.{_metric_key(k)}": f"{v:.6g}"
+            for k, v in (doc.get("metrics") or {}).items()
+            if _is_number(v)
+        },
+    }
+    if doc.get("recipe") is not None:
+        recipe = json.dumps(doc["recipe"], sort_keys=True)
+        # MLflow caps a version tag at 100,000 characters; the full recipe is also in export/point.yaml
+        tags["frontier.recipe"] = recipe if len(recipe) <= 100_000 else "see export/point.yaml of the run"
+    return tags
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def register_export(
+    doc: dict[str, Any],
+    *,
+    name: str,
+    storage_url: str,
+    tracking_uri: str,
+    model_dir: str | Path,
+    alias: str | None = None,
+) -> str:
+    """Register an exported Pareto point's applied model in the MLflow Model Registry; return the version.
+
+    The applied Hugging Face directory is logged as an MLflow pyfunc model in the trial's child run (see
+    :func:`frontier.search.log_model_dir`; it loads with ``mlflow.pyfunc.load_model`` and no Frontier), the
+    export YAML beside it as ``export/point.yaml``, and a new version of ``name`` is created from the
+    model, tagged with the study, trial, storage, selection, objective and metric values and recipe
+    (:func:`version_tags`). With ``alias``, the alias moves to the new version, so production loads
+    ``models:/NAME@ALIAS``.
+
+    Args:
+        doc: the export document (:func:`frontier.search.export_point`).
+        name: the registered model's name (created if new).
+        storage_url: the study's Optuna storage.
+        tracking_uri: the MLflow tracking URI the study was tracked in.
+        model_dir: the applied model directory (``frontier apply`` output).
+        alias: a registry alias to point at the new version, e.g. ``production``.
+    """
+    import yaml
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from frontier.search._mlflow_model import log_model_dir, read_model_dir
+
+    read_model_dir(model_dir)  # a bad directory fails before anything is written to the store
+    if alias is not None:
+        _check_alias(alias)
+    child = trial_run(doc, storage_url=storage_url, tracking_uri=tracking_uri)
+    run_id = child.info.run_id
+    client = MlflowClient(tracking_uri=tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "point.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         client.log_artifact(run_id, str(path), artifact_path="export")
-    from mlflow.exceptions import MlflowException
-
+    info = log_model_dir(model_dir, run_id=run_id, tracking_uri=tracking_uri)
     with contextlib.suppress(MlflowException):  # already registered: add a version to it
         client.create_registered_model(name, description="Pareto points exported from Frontier studies")
-    tags = {
-        "frontier.study": study,
-        "frontier.trial": str(number),
-        "frontier.storage": storage_url,
-        "frontier.selected_by": str(doc["provenance"]["selected_by"]),
-        "frontier.spec": json.dumps(doc["provenance"]["spec"], sort_keys=True)[:5000],
-        **{f"objective.{k}": f"{v:.6g}" for k, v in doc["objectives"].items()},
-    }
     version = client.create_model_version(
-        name, source=f"{children[0].info.artifact_uri}/export", run_id=run_id, tags=tags
+        name,
+        source=info.model_uri,
+        run_id=run_id,
+        tags=version_tags(doc, storage_url=storage_url),
+        model_id=info.model_id,
     )
+    if alias is not None:
+        client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
+
+
+def _check_alias(alias: str) -> None:
+    """MLflow's alias rule, checked before anything is logged (MLflow checks it only at the end)."""
+    import re
+
+    if not re.fullmatch(r"[\w-]{1,255}", alias) or re.fullmatch(r"[vV]\d+|latest", alias, re.IGNORECASE):
+        raise ValueError(
+            f"the alias must be letters, digits, '_' or '-' and not 'latest' or v<number> (which name "
+            f"versions); got '{alias}'. Use e.g. 'production' or 'staging'"
+        )
 
 
 class TrackerThread:

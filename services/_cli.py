@@ -326,6 +326,15 @@ def _mlflow_hint(study: str, storage_url: str, tracking: str) -> None:
         )
 
 
+ModelDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-dir",
+        help="The point's applied model directory (`frontier apply` output) [default: apply it now].",
+    ),
+]
+
+
 @app.command()
 def export(
     study: Annotated[str, typer.Argument(help="Study name.")],
@@ -343,12 +352,22 @@ def export(
     tracking_uri: TrackingUri = None,
     register: Annotated[
         str | None,
-        typer.Option("--register", help="Also register the point in the MLflow Model Registry under NAME."),
+        typer.Option(
+            "--register",
+            help="Also log the applied model in the trial's MLflow run and register it under NAME.",
+        ),
     ] = None,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="With --register: point this registry alias at it.")
+    ] = None,
+    model_dir: ModelDir = None,
 ) -> None:
     """Export one Pareto point as YAML: its params, metrics and provenance."""
-    from frontier.search import export_point, register_export
+    from frontier.search import export_point
 
+    if register is None and (alias is not None or model_dir is not None):
+        given = "--alias" if alias is not None else "--model-dir"
+        raise _fail(f"{given} is for registering: pass --register NAME with it")
     _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
     try:
         doc = export_point(study, storage_url, select, tracking)
@@ -361,11 +380,101 @@ def export(
         output.write_text(text)
         console.print(f"wrote trial {doc['trial']} of {study} to {output}")
     if register:
+        _register(
+            doc, name=register, alias=alias, model_dir=model_dir, storage_url=storage_url, tracking=tracking
+        )
+
+
+def _register(
+    doc: dict[str, Any],
+    *,
+    name: str,
+    alias: str | None,
+    model_dir: Path | None,
+    storage_url: str,
+    tracking: str,
+    out: Console = err,
+) -> None:
+    """Log the point's applied model in its trial's MLflow run and register a version (``--register``,
+    ``promote``); without ``model_dir`` the point is applied into a temporary directory first."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from frontier.search import register_export
+
+    with tempfile.TemporaryDirectory(prefix="frontier-register-") as tmp:
+        if model_dir is None:
+            model_dir = _apply_point(doc, Path(tmp) / "model")
+            out.print(f"applied trial {doc['trial']} of {doc['study']} into a temporary directory")
         try:
-            version = register_export(doc, name=register, storage_url=storage_url, tracking_uri=tracking)
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-        err.print(f"registered '{register}' version {version} in the MLflow Model Registry of {tracking}")
+            version = register_export(
+                doc,
+                name=name,
+                alias=alias,
+                model_dir=model_dir,
+                storage_url=storage_url,
+                tracking_uri=tracking,
+            )
+        except (ValueError, MlflowException) as exc:
+            raise _fail(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
+    out.print(f"registered '{name}' version {version} in the MLflow Model Registry of {tracking}")
+    uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
+    if alias:
+        out.print(f"alias '{alias}' -> version {version}")
+    out.print(f"load it: mlflow.pyfunc.load_model({uri!r})  (tracking URI {tracking})", highlight=False)
+
+
+def _apply_point(doc: dict[str, Any], out_dir: Path) -> Path:
+    """Re-create an export's model in ``out_dir`` (the production hand-off), for registering it."""
+    what = f"trial {doc['trial']} of study '{doc['study']}'"
+    try:
+        from frontier.services._handoff import apply_document
+    except ImportError as exc:
+        raise _fail(
+            f"cannot apply {what} here ({exc}); apply it with `frontier apply` and pass --model-dir DIR"
+        ) from None
+    try:
+        apply_document(doc, out_dir)
+    except (TypeError, ValueError, OSError) as exc:
+        raise _fail(
+            f"cannot apply {what} to register it: {exc}. Pass --model-dir DIR with the model directory "
+            "to register"
+        ) from None
+    return out_dir
+
+
+@app.command()
+def promote(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    select: Annotated[
+        str,
+        typer.Option("--select", help="The Pareto point, e.g. 'latency_ms<=2, max(accuracy)' or 'trial=12'."),
+    ],
+    name: Annotated[str, typer.Option("--name", help="Registered model name (created if new).")],
+    alias: Annotated[str, typer.Option("--alias", help="Registry alias to point at it.")] = "production",
+    model_dir: ModelDir = None,
+    run_dir: RunDir = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Register a Pareto point's applied model in the MLflow Model Registry and point an alias at it."""
+    from frontier.search import export_point
+
+    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
+    try:
+        doc = export_point(study, storage_url, select, tracking)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    _register(
+        doc,
+        name=name,
+        alias=alias,
+        model_dir=model_dir,
+        storage_url=storage_url,
+        tracking=tracking,
+        out=console,
+    )
 
 
 def _study_calibration(doc: Any, model: Path) -> list[Any] | None:
