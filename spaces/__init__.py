@@ -4,6 +4,7 @@
 """
 
 from frontier.spaces._candidate import Candidate, active, decode, distribution, encode, suggest
+from frontier.spaces._deploy import RUNTIMES, RuntimeRules, check_deploy
 from frontier.spaces._errors import SpecError
 from frontier.spaces._families import available_families, register_family
 from frontier.spaces._family_compress import compression_plan
@@ -19,6 +20,7 @@ from frontier.spaces._params import (
 from frontier.spaces._spec import (
     SAMPLER_NAMES,
     Constraint,
+    DeployTarget,
     EvaluatorSpec,
     LatencyConfig,
     Objective,
@@ -34,11 +36,13 @@ from frontier.spaces._spec import (
 )
 
 __all__ = [
+    "RUNTIMES",
     "SAMPLER_NAMES",
     "Candidate",
     "CategoricalParam",
     "Condition",
     "Constraint",
+    "DeployTarget",
     "EvaluatorSpec",
     "FamilyParam",
     "FloatParam",
@@ -48,6 +52,7 @@ __all__ = [
     "OrdinalParam",
     "Param",
     "Resources",
+    "RuntimeRules",
     "SchedulerConfig",
     "SearchConfig",
     "SpecError",
@@ -55,6 +60,7 @@ __all__ = [
     "Tracking",
     "active",
     "available_families",
+    "check_deploy",
     "compression_plan",
     "decode",
     "distribution",

@@ -206,7 +206,9 @@ class Allocation:
                 "(e.g. ['encoder.layer.*.attention.self.*']). Got none."
             )
         self.targets = _strings(family, "targets", options["targets"])
-        self.modules = _select(family, _module_names(family, options), self.targets)
+        # the model description's Linear names, and those the targets select
+        self.described = _module_names(family, options)
+        self.modules = _select(family, self.described, self.targets)
         self.group_by = options.get("group_by", "layer")
         if self.group_by not in GROUP_BY:
             raise _fail(family, "group_by", f"must be one of {list(GROUP_BY)}", self.group_by)

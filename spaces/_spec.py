@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from frontier.spaces._deploy import DeployFormat, Runtime, check_deploy, deploy_notes
 from frontier.spaces._errors import SpecError, format_validation_error
 from frontier.spaces._params import FamilyParam, IntParam, Param, SpaceItem
 
@@ -183,6 +184,25 @@ class LatencyConfig(_Frozen):
         return (self.seq_len,) if self.seq_len is not None else self.input_shape
 
 
+class DeployTarget(_Frozen):
+    """Where a study's best points deploy (``deploy:`` in a spec); absent: no deployment constraint.
+
+    With a target, the spec refuses, before anything runs, a space that contains points the runtime cannot
+    load (asymmetric weights; for vLLM also widths other than 4/8, group sizes other than per-channel/32/64/
+    128, fused Q/K/V or gate/up projections that can get different schemes, per-layer FFN widths; for
+    ``vllm-cpu`` 4 bits only): see ``spaces._deploy.RUNTIMES`` and ``docs/deploy.md``.
+
+    Attributes:
+        format: how an exported point is written: ``compressed-tensors`` (a ``pack-quantized`` model
+            directory, integer weight-only, 2..8 bits).
+        runtime: what loads it: ``transformers`` (CPU or GPU, decompresses to dense), ``vllm`` (GPU) or
+            ``vllm-cpu``.
+    """
+
+    format: DeployFormat = "compressed-tensors"
+    runtime: Runtime
+
+
 class Tracking(_Frozen):
     uri: str | None = None
     experiment: str | None = None
@@ -202,6 +222,7 @@ class StudySpec(_Frozen):
     tracking: Tracking = Field(default_factory=Tracking)
     address: str | None = None
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    deploy: DeployTarget | None = None  # after space: its check reads the validated space
 
     @field_validator("space")
     @classmethod
@@ -230,6 +251,20 @@ class StudySpec(_Frozen):
                 f"'{latency.metric}' is not an objective (objectives: {names}); set latency.metric"
             )
         return latency
+
+    @field_validator("deploy")
+    @classmethod
+    def _deployable(cls, deploy: DeployTarget | None, info: ValidationInfo) -> DeployTarget | None:
+        space = info.data.get("space")
+        if deploy is not None and space is not None:  # a bad space has its own error already
+            check_deploy(space, deploy.runtime)
+        return deploy
+
+    @property
+    def deploy_notes(self) -> list[str]:
+        """What the export of this study's points is, where it differs from what the search measured (e.g.
+        pruned weights that ship as dense zeros); empty without a ``deploy`` target."""
+        return [] if self.deploy is None else deploy_notes(self.space, self.deploy.runtime)
 
     @property
     def params(self) -> tuple[Param, ...]:

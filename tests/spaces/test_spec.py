@@ -117,7 +117,7 @@ def test_minimal_spec_has_defaults():
         ("resources.gpu", -1, r"resources.gpu: Input should be greater than or equal to 0 \(got -1\)"),
         ("tracking.url", "x", r"tracking.url: unknown field; allowed fields: \['experiment', 'uri'\]"),
         ("storage", 3, r"storage: Input should be a valid string \(got 3\)"),
-        ("extra", 1, r"extra: unknown field; allowed fields: \['address', 'constraints', 'evaluator'"),
+        ("extra", 1, r"extra: unknown field; allowed fields: \['address', 'constraints', 'deploy', 'eval"),
     ],
 )
 def test_each_field_error_names_path_rule_and_value(path, value, match):
