@@ -55,12 +55,14 @@ class RuntimeRules:
             quantization method, and refuses checkpoints whose shards differ ("all shards of fused layers
             must have the same precision", ``is_layer_skipped`` / the compressed-tensors scheme lookup);
             transformers keeps every Linear separate.
-        channels: which structured FFN channel pruning (sparsity ``kind: channels``) loads: ``per-layer``
-            (any kept width per layer; transformers, issue #19: the export records the pruned shapes) or
-            ``uniform`` (one kept width for every layer: vLLM builds every layer's MLP from the one
-            ``config.intermediate_size``, which ``kernels`` sets only when all layers share a width, so the
-            family must give every FFN of the model description one ratio: ``group_by: all`` or a single
-            choice, targeting every ``intermediate.dense``).
+        channels: which structured FFN channel pruning (sparsity ``kind: channels``) loads.
+            ``per-layer``: any kept width per layer (transformers; the compressed-tensors writer pads the
+            FFNs with zero channels to one ``intermediate_size``, see :func:`deploy_notes`). ``uniform``: one
+            kept width for every layer, which is ``config.intermediate_size`` (vLLM builds every layer's MLP
+            from it); so the family must give every FFN of the model description one ratio (``group_by:
+            all`` or a single choice, targeting every ``intermediate.dense``). vLLM would load a padded
+            export too, but no faster than its widest layer, and the padding is exact only where the width
+            differences are whole quantization groups of the down projection, which the spec cannot know.
         symmetric_only: asymmetric weights (a zero point) do not load: transformers' decompression of
             ``pack-quantized`` with zero points fails on the zero-point shape (llm-compressor #1618), and
             vLLM's WNA16 path has no zero-point input for the symmetric ``uint4b8``/``uint8b128`` types.
@@ -170,25 +172,16 @@ def _check_fused(runtime: str, bits: list[_Item]) -> None:
             )
 
 
-def _check_uniform_channels(runtime: str, it: _Item) -> None:
-    """A ``channels`` family gives every FFN of the model description the same kept width."""
+def _uneven_channels(it: _Item) -> tuple[str, str] | None:
+    """Why a ``channels`` family can give FFNs of the model description different kept widths (the field
+    and the reason, with its fix), or None when every point keeps one width (one ``intermediate_size``)."""
     a = it.alloc
-    every_ffn = [m for m in a.described if m.endswith("." + FFN_UP)]
-    left = [m for m in every_ffn if m not in a.modules]
-    rule = (
-        f"runtime '{runtime}' builds every FFN from one config.intermediate_size, so every layer must keep "
-        "one width"
-    )
+    left = [m for m in a.described if m.endswith("." + FFN_UP) and m not in a.modules]
     if left:
-        raise ValueError(
-            f"{it.field('targets')}={a.targets}: {rule}, but {left[:2]} keep their full width; target every "
-            f"'{FFN_UP}', or use runtime 'transformers'"
-        )
+        return "targets", f"{left[:2]} keep their full width; target every '{FFN_UP}'"
     if a.group_by != "all" and len(a.choices) > 1:
-        raise ValueError(
-            f"{it.field('group_by')}={a.group_by!r}: {rule}, but each group picks its own ratio from "
-            f"{a.choices}; use group_by 'all', or runtime 'transformers'"
-        )
+        return "group_by", f"each group picks its own ratio from {a.choices}; use group_by 'all'"
+    return None
 
 
 def check_deploy(space: Iterable[Any], runtime: str) -> None:
@@ -234,8 +227,14 @@ def check_deploy(space: Iterable[Any], runtime: str) -> None:
         _check_fused(runtime, bits)
     if rules.channels == "uniform":
         for it in items:
-            if it.alloc.kind == "channels":
-                _check_uniform_channels(runtime, it)
+            uneven = _uneven_channels(it) if it.alloc.kind == "channels" else None
+            if uneven is not None:
+                option, why = uneven
+                raise ValueError(
+                    f"{it.field(option)}={getattr(it.alloc, option)!r}: runtime '{runtime}' builds every FFN "
+                    f"from one config.intermediate_size, so every layer must keep one width, but {why}, or "
+                    "deploy.runtime 'transformers'"
+                )
 
 
 def deploy_notes(space: Iterable[Any], runtime: str) -> list[str]:
@@ -243,21 +242,30 @@ def deploy_notes(space: Iterable[Any], runtime: str) -> list[str]:
 
     Pruned weights of ``magnitude``/``wanda``/``2:4`` families ship as dense zeros: no runtime serves
     sparse compressed-tensors weights, so they cost dense storage and time there. ``channels`` pruning
-    ships as smaller matrices.
+    with one kept width for every layer ships as a smaller ``intermediate_size``; with widths that differ
+    between layers (``transformers`` only), the export pads every FFN with zero channels to one width, which
+    stock transformers loads at that width (``kernels.load_pretrained_compressed`` rebuilds the smaller
+    model from the recorded widths).
     """
     notes: list[str] = []
     for it in _items(space):
-        if it.alloc.family != "sparsity":
+        a = it.alloc
+        head = f"space[{it.index}] ({it.label}, kind '{a.kind}')"
+        if a.family != "sparsity":
             continue
-        if it.alloc.kind == "channels":
+        if a.kind != "channels":
             notes.append(
-                f"space[{it.index}] ({it.label}, kind 'channels'): pruned FFN channels ship as smaller "
-                f"matrices, which runtime '{runtime}' loads from the saved shapes"
+                f"{head}: pruned weights ship as dense zeros; runtime '{runtime}' serves no sparse "
+                "compressed weights, so they save no storage or time there"
+            )
+        elif _uneven_channels(it) is None:
+            notes.append(
+                f"{head}: every layer keeps one FFN width, which ships as a smaller intermediate_size"
             )
         else:
             notes.append(
-                f"space[{it.index}] ({it.label}, kind '{it.alloc.kind}'): pruned weights ship as dense "
-                f"zeros; runtime '{runtime}' serves no sparse compressed weights, so they save no storage or "
-                "time there"
+                f"{head}: FFN widths that differ between layers ship padded with zero channels to one "
+                f"intermediate_size, which runtime '{runtime}' loads at that width, no smaller than the "
+                "widest layer (kernels.load_pretrained_compressed rebuilds the smaller model)"
             )
     return notes
