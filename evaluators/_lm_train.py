@@ -18,6 +18,8 @@ from frontier.evaluators._registry import register_evaluator
 from frontier.spaces import Candidate
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import Tensor, nn
 
 _ARCH_KEYS = (
@@ -37,6 +39,7 @@ _KNOWN = _ARCH_KEYS + _TRAIN_KEYS
 _LAYER_SUFFIX = re.compile(r"_(\d+)$")
 
 Backend = Literal["native", "transformers", "auto"]
+KeepWeights = Literal["none", "pareto", "all"]
 
 
 class LMTrainOptions(EvaluatorOptions):
@@ -64,6 +67,13 @@ class LMTrainOptions(EvaluatorOptions):
         backend: ``native`` (our transformer for every candidate), ``transformers`` (Llama for every
             candidate; one it cannot express fails), ``auto`` (Llama when it can express the candidate).
         seed: fixed seed for weights and batches; default the trial's seed (``context.seed``).
+        keep_weights: save each finished trial's trained model: ``none`` (default), ``all``, or ``pareto``
+            (the study deletes those of trials that end off the Pareto set when it finishes, and again
+            when a resumed study finishes). A trial writes into its work directory,
+            ``<run_dir>/trials/<study>/<trial number>/``: ``frontier_lm.json`` (architecture, model
+            path, tokenizer, parameters, metrics) and ``model.safetensors``. ``frontier export`` names it
+            as ``checkpoint``; :func:`evaluators._lm_export.write_hf_checkpoint` turns it into a
+            ``transformers`` checkpoint. Trials stopped early by a scheduler keep nothing.
     """
 
     steps: int = Field(default=300, ge=1, le=10_000_000)
@@ -86,6 +96,7 @@ class LMTrainOptions(EvaluatorOptions):
     latency_time_cap_s: float = Field(default=0.5, gt=0)
     backend: Backend = "native"
     seed: int | None = Field(default=None, ge=0)
+    keep_weights: KeepWeights = "none"
 
     @model_validator(mode="after")
     def _one_source(self) -> LMTrainOptions:
@@ -592,7 +603,9 @@ class LMTrain(Evaluator):
         optimizer paths, imports) are not charged to the first trial's ``peak_memory_mb``."""
         from frontier.evaluators.latency import fixed_threads
 
-        tiny = {"depth": 1, "hidden": 8, "head_dim": 4, "experts": 2, "top_k": 1, "expert_ffn": 8}
+        tiny: dict[str, Any] = {"depth": 1, "hidden": 8, "head_dim": 4}
+        if self.options.backend != "transformers":  # Llama cannot express an MoE layer
+            tiny.update(experts=2, top_k=1, expert_ffn=8)
         with fixed_threads(1):
             self._run(Candidate(tiny), EvalContext(), device="cpu", seed=0, steps=1, warm_up=True)
         if self.options.backend != "native":
@@ -642,9 +655,17 @@ class LMTrain(Evaluator):
         device = context.device
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"lm-train: context.device is {device!r} but torch sees no CUDA device")
+        keep = self.options.keep_weights
+        if keep != "none" and context.workdir is None:
+            raise RuntimeError(
+                f"lm-train: keep_weights={keep!r} saves the trained model in the trial's work directory, "
+                "but context.workdir is None. Run the evaluator in a study (its workers set it) or pass "
+                "EvalContext(workdir=...); or set keep_weights 'none'"
+            )
         seed = self.options.seed if self.options.seed is not None else context.seed
+        save_to = None if keep == "none" else context.workdir
         with fixed_threads(context.threads):
-            return self._run(candidate, context, device=device, seed=seed)
+            return self._run(candidate, context, device=device, seed=seed, save_to=save_to)
 
     def _run(
         self,
@@ -655,6 +676,7 @@ class LMTrain(Evaluator):
         seed: int,
         steps: int | None = None,
         warm_up: bool = False,
+        save_to: Path | None = None,
     ) -> dict[str, float]:
         import torch
         import torch.nn.functional as F
@@ -740,6 +762,18 @@ class LMTrain(Evaluator):
                 }
                 if step < steps:
                     context.report(step, metrics)
+        if save_to is not None:
+            from frontier.evaluators._lm_export import save_trial_checkpoint
+
+            save_trial_checkpoint(
+                model,
+                arch,
+                save_to,
+                llama=hf,
+                tokenizer=o.tokenizer,
+                params=candidate.params,
+                metrics=metrics,
+            )
         return metrics
 
     def _validate(self, runner: _Runner, *, device: str) -> float:

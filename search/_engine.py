@@ -19,7 +19,7 @@ from frontier.search._latency import MEASURED_KEY
 from frontier.search._mlflow import MlflowTracker, TrackerThread, default_tracking_uri
 from frontier.search._optuna import SAMPLER_ATTR, default_storage, n_done, open_study
 from frontier.search._pareto import is_feasible, pareto_mask, pareto_trials, to_loss, trial_metrics
-from frontier.search._results import STATE_ATTR, TrialRow, trial_rows
+from frontier.search._results import STATE_ATTR, WEIGHTS_ATTR, TrialRow, trial_rows
 from frontier.search._samplers import auto_choice, make_sampler
 from frontier.search._warmstart import enqueue_initial
 from frontier.spaces import SpecError, StudySpec, decode
@@ -264,6 +264,7 @@ def run_study(
         if helpers is not None:
             helpers.close()
     study.set_user_attr(STATE_ATTR, state)
+    _keep_weights(spec, study, run_path)
     if tracker is not None:
         tracker.sync(study)
         tracker.finish("FINISHED" if state in ("finished", "stopped") else "KILLED")
@@ -277,6 +278,27 @@ def run_study(
         trials=trial_rows(study, spec),
         ray_address=_ray_address(),
     )
+
+
+def _keep_weights(spec: StudySpec, study: Any, run_path: Path) -> None:
+    """An evaluator option ``keep_weights`` (``lm-train``): record where the trials' work directories
+    are (``frontier export`` names a trial's as its ``checkpoint``) and, for ``pareto``, delete those of
+    trials off the Pareto set. Runs when a study (or a resumed one) finishes, over all its trials."""
+    import shutil
+
+    from frontier.search._workers import trial_workdir
+
+    keep = spec.evaluator.options.get("keep_weights", "none")
+    if keep == "none":
+        return
+    root = trial_workdir(run_path, spec.name, 0).parent
+    study.set_user_attr(WEIGHTS_ATTR, str(root))
+    if keep != "pareto" or not root.is_dir():
+        return
+    front = {t.number for t in pareto_trials(study.get_trials(deepcopy=False), spec.directions)}
+    for path in root.iterdir():
+        if path.is_dir() and path.name.isdigit() and int(path.name) not in front:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _ray_address() -> str | None:
@@ -321,7 +343,7 @@ class _Helpers:
             helpers.latency = _latency_runtime(spec, study, run_path)
             if helpers.scheduler is None and not spec.search.uses_tune:
                 # FIFO on long-lived actors (search.runner), without Ray Tune's per-trial machinery
-                helpers.pool = WorkerPool(spec, helpers.latency)
+                helpers.pool = WorkerPool(spec, helpers.latency, run_dir=run_path)
                 helpers.pool.start()
         except BaseException:
             helpers.close()

@@ -16,6 +16,7 @@ from frontier.search._pareto import BASELINE_ATTR, ERROR_ATTR, is_feasible, pare
 from frontier.spaces import StudySpec, decode
 
 STATE_ATTR = "frontier.state"
+WEIGHTS_ATTR = "frontier.trials_dir"  # the trials' work directories, for studies that keep weights
 EXPORT_VERSION = 1
 
 
@@ -214,8 +215,21 @@ def export_point(
             "spec": spec.to_dict(),
         },
     }
+    doc["checkpoint"] = _checkpoint(study, row.number)
     doc.update(compression_export(spec, row.params))
     return doc
+
+
+def _checkpoint(study: optuna.Study, number: int) -> str | None:
+    """The trial's saved weights (its work directory, when the evaluator kept them: ``lm-train``'s
+    ``keep_weights``), or None."""
+    from pathlib import Path
+
+    root = study.user_attrs.get(WEIGHTS_ATTR)
+    if root is None:
+        return None
+    path = Path(root) / str(number)
+    return str(path) if path.is_dir() and any(path.iterdir()) else None
 
 
 def compression_export(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from frontier.search._latency import LatencyRuntime, resolve_latency
@@ -43,6 +44,12 @@ _EVALUATORS: dict[str, Any] = {}
 def trial_seed(study_seed: int | None, number: int) -> int:
     digest = hashlib.sha256(f"{study_seed or 0}:{number}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+def trial_workdir(run_dir: str | Path, study: str, number: int) -> Path:
+    """A trial's work directory (``EvalContext.workdir``): ``<run_dir>/trials/<study>/<number>``. Created by
+    the evaluator that writes there (``lm-train`` with ``keep_weights``), not for every trial."""
+    return Path(run_dir) / "trials" / study / str(number)
 
 
 def _worker_evaluator(spec_json: str) -> Any:
@@ -77,8 +84,12 @@ def evaluate_in_worker(
     spec_json: str,
     report: Callable[[dict[str, Any]], None],
     latency: LatencyRuntime | None = None,
+    run_dir: str | None = None,
 ) -> None:
     """Run one evaluation; every outcome (metrics, error, timeout) is sent through ``report``.
+
+    ``run_dir`` (the study's run directory) gives the trial its ``EvalContext.workdir``
+    (:func:`trial_workdir`); without it the evaluator sees ``workdir=None``.
 
     The evaluation runs in a thread so that intermediate reports and the per-trial timeout are handled
     here, on the trainable's own thread, where Ray Tune expects ``tune.report`` to be called.
@@ -97,9 +108,13 @@ def evaluate_in_worker(
     def body() -> None:
         try:
             ev = _worker_evaluator(spec_json)
+            workdir = None
+            if run_dir is not None:
+                workdir = trial_workdir(run_dir, json.loads(spec_json)["name"], config["number"])
             ctx = EvalContext(
                 trial_number=config["number"],
                 seed=config["seed"],
+                workdir=workdir,
                 threads=config["threads"],
                 device=config.get("device", "cpu"),
                 reporter=reporter,
@@ -164,9 +179,12 @@ HARD_TIMEOUT_GRACE_S = 60.0
 class TrialWorker:
     """A Ray actor that evaluates one trial per call; its evaluator is set up once and reused."""
 
-    def __init__(self, spec_json: str, latency: LatencyRuntime | None = None) -> None:
+    def __init__(
+        self, spec_json: str, latency: LatencyRuntime | None = None, run_dir: str | None = None
+    ) -> None:
         self.spec_json = spec_json
         self.latency = latency
+        self.run_dir = run_dir
 
     def ready(self) -> bool:
         """Answered once the worker process is up (trials are handed only to workers that are)."""
@@ -180,7 +198,7 @@ class TrialWorker:
             last.clear()
             last.update(result)
 
-        evaluate_in_worker(config, self.spec_json, report, self.latency)
+        evaluate_in_worker(config, self.spec_json, report, self.latency, self.run_dir)
         return last
 
 
@@ -191,9 +209,12 @@ class WorkerPool:
     :meth:`run` runs the searcher's trials on them, :meth:`close` kills them (also after an interrupt).
     """
 
-    def __init__(self, spec: StudySpec, latency: LatencyRuntime | None = None) -> None:
+    def __init__(
+        self, spec: StudySpec, latency: LatencyRuntime | None = None, run_dir: str | Path | None = None
+    ) -> None:
         self.spec = spec
         self.latency = latency
+        self.run_dir = None if run_dir is None else str(run_dir)
         self._worker: Any = None
         self._spec_json = ""
         self._starting: dict[Any, Any] = {}  # ready() ref -> actor
@@ -213,7 +234,7 @@ class WorkerPool:
             self._spawn()
 
     def _spawn(self) -> None:
-        actor = self._worker.remote(self._spec_json, self.latency)
+        actor = self._worker.remote(self._spec_json, self.latency, self.run_dir)
         self._starting[actor.ready.remote()] = actor
 
     def close(self) -> None:
