@@ -430,7 +430,7 @@ def register_export(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from frontier.search._mlflow_model import log_model_dir, read_model_dir
+    from frontier.search._mlflow_model import log_model_dir, read_model_dir, use_tracking_uri
 
     read_model_dir(model_dir)  # a bad directory fails before anything is written to the store
     if alias is not None:
@@ -445,13 +445,14 @@ def register_export(
     info = log_model_dir(model_dir, run_id=run_id, tracking_uri=tracking_uri)
     with contextlib.suppress(MlflowException):  # already registered: add a version to it
         client.create_registered_model(name, description="Pareto points exported from Frontier studies")
-    version = client.create_model_version(
-        name,
-        source=info.model_uri,
-        run_id=run_id,
-        tags=version_tags(doc, storage_url=storage_url),
-        model_id=info.model_id,
-    )
+    with use_tracking_uri(tracking_uri):  # the SQL registry looks the models:/ source up in the default store
+        version = client.create_model_version(
+            name,
+            source=info.model_uri,
+            run_id=run_id,
+            tags=version_tags(doc, storage_url=storage_url),
+            model_id=info.model_id,
+        )
     if alias is not None:
         client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)

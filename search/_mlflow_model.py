@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -75,17 +76,25 @@ def pip_requirements(config: dict[str, Any]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
-    """``Model.log`` writes through the process-wide tracking URI; point it at ours for the call only."""
+def use_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI at ``uri`` for the block, then restore it (and the
+    ``MLFLOW_TRACKING_URI`` variable, which ``set_tracking_uri`` also writes).
+
+    ``Model.log`` writes through the process-wide URI, and the SQL model registry resolves a
+    ``models:/<model_id>`` source with a default ``MlflowClient()``, so both must run inside this block when
+    the store is not the process's default one.
+    """
     import mlflow
     from mlflow.tracking._tracking_service import utils
 
-    before = utils._tracking_uri
+    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        utils._tracking_uri = before
+        mlflow.set_tracking_uri(before)
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def log_model_dir(model_dir: str | Path, *, run_id: str, tracking_uri: str) -> Any:
@@ -118,7 +127,7 @@ def log_model_dir(model_dir: str | Path, *, run_id: str, tracking_uri: str) -> A
         model_type="transformers-directory",
         tags={"frontier.output": output},
     )
-    with _tracking_uri(tracking_uri):
+    with use_tracking_uri(tracking_uri):
         return Model.log(
             artifact_path=None,
             name=LOGGED_MODEL_NAME,
