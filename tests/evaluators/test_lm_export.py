@@ -234,3 +234,58 @@ def test_keep_weights_needs_a_workdir_and_none_writes_nothing(lm, tmp_path):
     assert not (tmp_path / "trial").exists()
     ckpt = saved(tmp_path, DENSE)
     assert {p.name for p in ckpt.iterdir()} == {MANIFEST, WEIGHTS}
+
+
+# --------------------------------------------------------------------------------- through a study
+
+
+def study_spec(keep: str, n_trials: int) -> Any:
+    """Depth 1 or 2 at one width: fewer parameters and no MoE layer dominate, so 2-layer trials end off the
+    Pareto set of (total_params, moe_layers) whatever their perplexity."""
+    return spec_from_dict(
+        {
+            "name": f"keep-{keep}",
+            "evaluator": {"kind": "lm-train", "options": {**TINY, "steps": 2, "keep_weights": keep}},
+            "space": [
+                {"name": "depth", "kind": "int", "low": 1, "high": 2},
+                {"name": "experts", "kind": "categorical", "choices": [0, 2]},
+                {"name": "hidden", "kind": "categorical", "choices": [16]},
+            ],
+            "objectives": [
+                {"name": "total_params", "direction": "minimize"},
+                {"name": "moe_layers", "direction": "minimize"},
+            ],
+            "search": {"sampler": "random", "n_trials": n_trials, "seed": 3, "concurrency": 1},
+        }
+    )
+
+
+def kept(run_dir: Path, study: str) -> set[int]:
+    root = run_dir / "trials" / study
+    return {int(p.name) for p in root.iterdir() if (p / MANIFEST).is_file()} if root.is_dir() else set()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_keep_weights_through_studies(ray_session, tmp_path):
+    from frontier.search import export_point, run_study
+
+    # pareto: only the Pareto trials keep their weights, also after a resume moves the front.
+    out = run_study(study_spec("pareto", 4), run_dir=tmp_path, track=False)
+    assert out.count("complete") == 4, [r.error for r in out.trials]
+    front = {r.number for r in out.pareto}
+    assert front and len(front) < 4 and kept(tmp_path, "keep-pareto") == front
+    out = run_study(study_spec("pareto", 7), run_dir=tmp_path, track=False)
+    assert out.count("complete") == 7 and kept(tmp_path, "keep-pareto") == {r.number for r in out.pareto}
+    doc = export_point("keep-pareto", out.storage, None)
+    assert doc["checkpoint"] == str(tmp_path.resolve() / "trials" / "keep-pareto" / str(doc["trial"]))
+    summary = write_hf_checkpoint(doc, tmp_path / "hf")
+    assert summary["architecture"] in ("LlamaForCausalLM", "Qwen2MoeForCausalLM")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf").config.vocab_size == 256
+
+    # all: every finished trial keeps its weights; none: nothing is written and exports name no checkpoint.
+    out = run_study(study_spec("all", 3), run_dir=tmp_path, track=False)
+    assert kept(tmp_path, "keep-all") == {r.number for r in out.trials if r.state == "complete"} == {0, 1, 2}
+    out = run_study(study_spec("none", 2), run_dir=tmp_path, track=False)
+    assert not (tmp_path / "trials" / "keep-none").exists()
+    assert export_point("keep-none", out.storage, None)["checkpoint"] is None

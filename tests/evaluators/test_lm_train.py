@@ -160,6 +160,8 @@ def test_option_errors():
         make_evaluator("lm-train", {"steps": 0})
     with pytest.raises(SpecError, match=r"evaluator.options.colour: unknown field"):
         make_evaluator("lm-train", {"colour": 1})
+    with pytest.raises(SpecError, match=r"evaluator.options.keep_weights: .*'none', 'pareto' or 'all'"):
+        make_evaluator("lm-train", {"keep_weights": "best"})
     with pytest.raises(SpecError, match="'text_file' and 'dataset' are alternative corpora: give one"):
         make_evaluator("lm-train", {"text_file": "a.txt", "dataset": "wikitext"})
     with pytest.raises(
