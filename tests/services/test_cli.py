@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -167,7 +168,46 @@ def test_ui_serves_the_tracking_store(ran):
         os.killpg(pid, signal.SIGTERM)
 
 
-def test_export_register_creates_a_model_version(ran):
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny seeded BertModel directory (the applied model a Pareto point would register)."""
+    import torch
+    import transformers
+
+    path = tmp_path_factory.mktemp("bert")
+    config = transformers.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).eval().save_pretrained(path)
+    return path
+
+
+def _pareto_number(tmp) -> int:
+    res = runner.invoke(app, ["pareto", "toy", "--run-dir", str(tmp / "run"), "-f", "json"])
+    return int(json.loads(res.output)[0]["number"])
+
+
+def _mlflow_outputs(tracking: str, uri: str, ids: list[list[int]]):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking)
+    try:
+        return mlflow.pyfunc.load_model(uri).predict(ids)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _transformers_outputs(path, ids):
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    with torch.inference_mode():
+        return model(torch.tensor(ids)).last_hidden_state.numpy()
+
+
+def test_export_register_creates_a_model_version(ran, bert_dir):
     from mlflow.tracking import MlflowClient
 
     tmp, _ = ran
@@ -175,13 +215,77 @@ def test_export_register_creates_a_model_version(ran):
     front = json.loads(runner.invoke(app, ["pareto", "toy", "--run-dir", run_dir, "-f", "json"]).output)
     number = front[0]["number"]
     res = runner.invoke(
-        app, ["export", "toy", "--run-dir", run_dir, "--select", f"trial={number}", "--register", "toy-point"]
-    )
+        app,
+        [
+            "export", "toy", "--run-dir", run_dir, "--select", f"trial={number}",
+            "--register", "toy-point", "--model-dir", str(bert_dir),
+        ],
+    )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "registered 'toy-point' version 1" in res.output
-    client = MlflowClient(f"sqlite:///{(tmp / 'run' / 'mlflow.db').resolve()}")
+    assert "mlflow.pyfunc.load_model('models:/toy-point/1')" in " ".join(res.output.split())
+    tracking = f"sqlite:///{(tmp / 'run' / 'mlflow.db').resolve()}"
+    client = MlflowClient(tracking)
     (version,) = client.search_model_versions("name='toy-point'")
     assert version.tags["frontier.study"] == "toy" and version.tags["frontier.trial"] == str(number)
     assert float(version.tags["objective.f1"]) == pytest.approx(front[0]["values"]["f1"], rel=1e-5)
+    assert float(version.tags["metric.cost"]) == pytest.approx(front[0]["metrics"]["cost"], rel=1e-5)
     local = client.download_artifacts(version.run_id, "export/point.yaml", str(tmp))
     assert yaml.safe_load(Path(local).read_text())["trial"] == number
+    ids = [[1, 5, 9, 2]]
+    np.testing.assert_allclose(
+        _mlflow_outputs(tracking, "models:/toy-point/1", ids), _transformers_outputs(bert_dir, ids), atol=1e-5
+    )
+
+
+def test_promote_registers_the_model_dir_under_an_alias(ran, bert_dir):
+    from mlflow.tracking import MlflowClient
+
+    tmp, _ = ran
+    number = _pareto_number(tmp)
+    args = ["promote", "toy", "--run-dir", str(tmp / "run"), "--select", f"trial={number}"]
+    res = runner.invoke(app, [*args, "--name", "toy-prod", "--model-dir", str(bert_dir)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "registered 'toy-prod' version 1" in text and "alias 'production' -> version 1" in text
+    assert "mlflow.pyfunc.load_model('models:/toy-prod@production')" in text
+    tracking = f"sqlite:///{(tmp / 'run' / 'mlflow.db').resolve()}"
+    version = MlflowClient(tracking).get_model_version_by_alias("toy-prod", "production")
+    assert version.tags["frontier.selected_by"] == f"trial={number}"
+    ids = [[3, 4, 5], [6, 7, 8]]
+    np.testing.assert_allclose(
+        _mlflow_outputs(tracking, "models:/toy-prod@production", ids),
+        _transformers_outputs(bert_dir, ids),
+        atol=1e-5,
+    )
+    # promoting again adds a version and moves the alias to it
+    res = runner.invoke(app, [*args, "--name", "toy-prod", "--model-dir", str(bert_dir)])
+    assert res.exit_code == 0, res.output
+    assert str(MlflowClient(tracking).get_model_version_by_alias("toy-prod", "production").version) == "2"
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ([], "has no recipe (its study searched no compression), so there is no model to apply"),
+        (["--model-dir", "/nonexistent/model"], "the model directory must be an existing directory"),
+        (["--model-dir", "BERT", "--alias", "latest"], "the alias must be letters, digits"),
+    ],
+)
+def test_promote_errors(ran, bert_dir, extra, match):
+    tmp, _ = ran
+    extra = [str(bert_dir) if e == "BERT" else e for e in extra]
+    args = ["promote", "toy", "--run-dir", str(tmp / "run"), "--select", f"trial={_pareto_number(tmp)}"]
+    res = runner.invoke(app, [*args, "--name", "toy-bad", *extra])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "error:" in text and match in text
+
+
+def test_export_alias_or_model_dir_without_register_is_an_error(ran, bert_dir):
+    tmp, _ = ran
+    base = ["export", "toy", "--run-dir", str(tmp / "run"), "--select", f"trial={_pareto_number(tmp)}"]
+    res = runner.invoke(app, [*base, "--alias", "production"])
+    assert res.exit_code == 2 and "--alias is for registering: pass --register NAME" in res.output
+    res = runner.invoke(app, [*base, "--model-dir", str(bert_dir)])
+    assert res.exit_code == 2 and "--model-dir is for registering: pass --register NAME" in res.output
