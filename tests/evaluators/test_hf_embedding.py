@@ -299,6 +299,8 @@ def test_swap_trades_bits_between_groups_without_adding_stored_bytes(encoder_dir
 def test_frontier_apply_of_a_pruning_export_calibrates_as_the_study_did(
     encoder_dir: str, tmp_path: Path
 ) -> None:
+    import json
+
     import yaml
     from typer.testing import CliRunner
 
@@ -319,8 +321,13 @@ def test_frontier_apply_of_a_pruning_export_calibrates_as_the_study_did(
     export.write_text(yaml.safe_dump(doc))
     result = CliRunner().invoke(app, ["apply", str(export), "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert "calibrating on the study's 1 calibration batch," in result.output
+    assert "calibrated on the study's 1 calibration batch," in result.output
     assert f"sparsity {trial['sparsity']:.3f}" in result.output
+    # a compressed-tensors directory: the per-layer FFN widths are padded with exact zero channels there,
+    # and Frontier's loader slices them back off
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["quantization_config"]["format"] == "pack-quantized"
+    assert written["frontier_structure"]["ffn_widths"]["encoder.layer.1"] == 32
     reloaded = kernels.load_pretrained_compressed(tmp_path / "out")
     assert reloaded.encoder.layer[1].intermediate.dense.out_features == 32
     # the same channels were removed as in the trial: the same fidelity

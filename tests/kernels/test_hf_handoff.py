@@ -1,8 +1,10 @@
-"""Production hand-off: compress a transformers directory, reload it from the written directory alone,
-describe the allocation in the compressed-tensors layout, and the ``frontier apply`` command."""
+"""Production hand-off: compress a transformers directory into a compressed-tensors directory, reload it
+from the written directory alone, describe the allocation in the compressed-tensors layout, and the
+``frontier apply`` command (stock transformers loading it: tests/kernels/test_ct_handoff.py)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -66,14 +68,14 @@ def test_compress_pretrained_writes_a_directory_that_reproduces_the_model(model_
     # (32x64, 8 bits) and down (64x32, float, half masked by Wanda)
     assert summary["sparsity"] == pytest.approx(1024 / 7168)
     assert summary["avg_bits"] == pytest.approx((3072 * 4 + 2048 * 8 + 2048 * 32) / 7168)
-    assert {
-        "config.json",
-        "recipe.json",
-        "manifest.json",
-        "state_dict.pt",
-        "quantization_config.json",
-    } <= set(summary["files"])
+    # a standard HF directory: the quantization_config lives in config.json, the weights in safetensors
+    assert {"config.json", "model.safetensors"} <= set(summary["files"])
+    assert not {"recipe.json", "manifest.json", "state_dict.pt"} & set(summary["files"])
     assert "vocab.txt" in summary["files"]  # the tokenizer travels with the model
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized"
+    # the Wanda masks ship as dense zeros, and the config says so
+    assert config["quantization_config"]["sparsity_config"]["format"] == "dense"
     # Rebuilt from the directory alone (no base weights): same outputs as compressing again in memory.
     import transformers
 
