@@ -407,6 +407,10 @@ def save_compressed_tensors(
         written[STRUCTURE_KEY] = record
     else:
         written.pop("pruned_heads", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, QuantizedLinear) and written.get("tie_word_embeddings"):
+        # a quantized head is no longer the input embedding's tensor: tied, the loader would overwrite one
+        written["tie_word_embeddings"] = False
     qconfig = compressed_tensors_config(model)
     if qconfig is not None:
         written["quantization_config"] = qconfig

@@ -53,21 +53,22 @@ for name in ("frontier", "numba"):
     else:
         raise SystemExit(f"{name} is importable in the consumer venv")
 import json, torch, transformers
-ids, mask = json.loads(sys.argv[1])
+ids, mask, auto = json.loads(sys.argv[1])
 out = {}
 for path in sys.argv[3:]:
-    model = transformers.AutoModel.from_pretrained(path).eval()
+    model = getattr(transformers, auto).from_pretrained(path).eval()
     with torch.inference_mode():
-        out[path] = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+        o = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    out[path] = o.logits if auto == "AutoModelForCausalLM" else o.last_hidden_state
     plain = (n for n, m in model.named_modules() if type(m) is torch.nn.Linear)
     out[path + ":float"] = sorted(n for n in plain if not hasattr(model.get_submodule(n), "weight_scale"))
 torch.save(out, sys.argv[2])
 """
 
 
-def _consumer_outputs(tmp_path: Path, *dirs: Path) -> dict[str, object]:
+def _consumer_outputs(tmp_path: Path, *dirs: Path, auto: str = "AutoModel") -> dict[str, object]:
     result = tmp_path / "consumer.pt"
-    proc = run_consumer(CONSUMER_LOAD, json.dumps([IDS, MASK]), str(result), *map(str, dirs))
+    proc = run_consumer(CONSUMER_LOAD, json.dumps([IDS, MASK, auto]), str(result), *map(str, dirs))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(result, weights_only=False)
 
@@ -75,7 +76,8 @@ def _consumer_outputs(tmp_path: Path, *dirs: Path) -> dict[str, object]:
 def _frontier_outputs(path: Path) -> torch.Tensor:
     model = load_pretrained_compressed(path)
     with torch.inference_mode():
-        return model(input_ids=torch.tensor(IDS), attention_mask=torch.tensor(MASK)).last_hidden_state
+        out = model(input_ids=torch.tensor(IDS), attention_mask=torch.tensor(MASK))
+    return out.logits if getattr(out, "last_hidden_state", None) is None else out.last_hidden_state
 
 
 @pytest.fixture(scope="module")
@@ -257,4 +259,38 @@ def test_a_pruned_model_loads_in_stock_transformers_with_frontiers_outputs(tmp_p
     summary = compress_pretrained(base, recipe, tmp_path / "out")
     assert summary["reload_max_abs_diff"] == 0.0
     got = _consumer_outputs(tmp_path, tmp_path / "out")
+    assert float((got[str(tmp_path / "out")] - _frontier_outputs(tmp_path / "out")).abs().max()) <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantize_head", [False, True], ids=["float-head", "quantized-head"])
+def test_a_causal_lm_keeps_its_head_and_loads_with_automodelforcausallm(tmp_path, quantize_head):
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=30522,  # the fixed ids above
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
+    entries: dict = {
+        "model.layers.*.mlp.*": WeightOnlyQuantConfig(4, group_size=32),
+        "re:.*self_attn\\.(q|k|v|o)_proj": WeightOnlyQuantConfig(3, group_size=16),
+    }
+    if quantize_head:
+        entries["lm_head"] = WeightOnlyQuantConfig(8)
+    summary = compress_pretrained(tmp_path / "base", CompressionRecipe(entries), tmp_path / "out")
+    assert summary["reload_max_abs_diff"] == 0.0
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["architectures"] == ["LlamaForCausalLM"]
+    # a quantized head is its own tensor now; a float one stays tied to the embeddings (saved once)
+    assert written["tie_word_embeddings"] is not quantize_head
+    got = _consumer_outputs(tmp_path, tmp_path / "out", auto="AutoModelForCausalLM")
+    assert got[f"{tmp_path / 'out'}:float"] == ([] if quantize_head else ["lm_head"])
     assert float((got[str(tmp_path / "out")] - _frontier_outputs(tmp_path / "out")).abs().max()) <= 1e-4
