@@ -375,6 +375,7 @@ def write_hf_checkpoint(
     trial = load_trial_model(source)
     config = hf_config(trial.arch)
     out = Path(out_dir).expanduser()
+    hf_model: Any
     if trial.llama:
         hf_model = trial.model
     else:

@@ -84,11 +84,10 @@ def evaluate_in_worker(
     spec_json: str,
     report: Callable[[dict[str, Any]], None],
     latency: LatencyRuntime | None = None,
-    run_dir: str | None = None,
 ) -> None:
     """Run one evaluation; every outcome (metrics, error, timeout) is sent through ``report``.
 
-    ``run_dir`` (the study's run directory) gives the trial its ``EvalContext.workdir``
+    ``config["run_dir"]`` (the study's run directory) gives the trial its ``EvalContext.workdir``
     (:func:`trial_workdir`); without it the evaluator sees ``workdir=None``.
 
     The evaluation runs in a thread so that intermediate reports and the per-trial timeout are handled
@@ -109,8 +108,8 @@ def evaluate_in_worker(
         try:
             ev = _worker_evaluator(spec_json)
             workdir = None
-            if run_dir is not None:
-                workdir = trial_workdir(run_dir, json.loads(spec_json)["name"], config["number"])
+            if config.get("run_dir") is not None:
+                workdir = trial_workdir(config["run_dir"], json.loads(spec_json)["name"], config["number"])
             ctx = EvalContext(
                 trial_number=config["number"],
                 seed=config["seed"],
@@ -179,12 +178,9 @@ HARD_TIMEOUT_GRACE_S = 60.0
 class TrialWorker:
     """A Ray actor that evaluates one trial per call; its evaluator is set up once and reused."""
 
-    def __init__(
-        self, spec_json: str, latency: LatencyRuntime | None = None, run_dir: str | None = None
-    ) -> None:
+    def __init__(self, spec_json: str, latency: LatencyRuntime | None = None) -> None:
         self.spec_json = spec_json
         self.latency = latency
-        self.run_dir = run_dir
 
     def ready(self) -> bool:
         """Answered once the worker process is up (trials are handed only to workers that are)."""
@@ -198,7 +194,7 @@ class TrialWorker:
             last.clear()
             last.update(result)
 
-        evaluate_in_worker(config, self.spec_json, report, self.latency, self.run_dir)
+        evaluate_in_worker(config, self.spec_json, report, self.latency)
         return last
 
 
@@ -234,7 +230,7 @@ class WorkerPool:
             self._spawn()
 
     def _spawn(self) -> None:
-        actor = self._worker.remote(self._spec_json, self.latency, self.run_dir)
+        actor = self._worker.remote(self._spec_json, self.latency)
         self._starting[actor.ready.remote()] = actor
 
     def close(self) -> None:
@@ -268,6 +264,8 @@ class WorkerPool:
                 if not isinstance(config, dict):  # Searcher.FINISHED: budget or deadline reached
                     exhausted = True
                     break
+                if self.run_dir is not None:  # the trial's EvalContext.workdir lies under it
+                    config = {**config, "run_dir": self.run_dir}
                 issued += 1
                 actor = idle.pop()
                 hard = None if timeout is None else time.monotonic() + timeout + HARD_TIMEOUT_GRACE_S
