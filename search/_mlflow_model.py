@@ -60,18 +60,22 @@ def read_model_dir(model_dir: str | Path) -> dict[str, Any]:
 
 def pip_requirements(config: dict[str, Any]) -> list[str]:
     """What the model's code needs, pinned to this environment's versions (torch without its local build
-    tag such as ``+cpu``, which no public index serves); ``compressed-tensors`` for a compressed-tensors
-    ``quantization_config``, which transformers needs to load such a directory."""
-    names = ["mlflow", "torch", "transformers", "numpy"]
-    quant = config.get("quantization_config")
-    if isinstance(quant, dict) and quant.get("quant_method") == "compressed-tensors":
-        names.append("compressed-tensors")
+    tag such as ``+cpu``, which no public index serves); for a compressed-tensors ``quantization_config``
+    also ``compressed-tensors``, which transformers needs to load such a directory, pinned to the
+    ``version`` the config was written for (else the installed one)."""
     out = []
-    for name in names:
+    for name in ("mlflow", "torch", "transformers", "numpy"):
         try:
             out.append(f"{name}=={metadata.version(name).split('+')[0]}")
         except metadata.PackageNotFoundError:
             out.append(name)
+    quant = config.get("quantization_config")
+    if isinstance(quant, dict) and quant.get("quant_method") == "compressed-tensors":
+        version = quant.get("version")
+        if not version:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                version = metadata.version("compressed-tensors")
+        out.append(f"compressed-tensors=={version}" if version else "compressed-tensors")
     return out
 
 

@@ -361,3 +361,77 @@ def test_version_tags_sanitise_metric_keys_and_skip_non_numbers():
     tags = version_tags(doc, storage_url="sqlite:///x.db")
     assert tags["metric.latency_le_2"] == "1.25" and "metric.note" not in tags and "metric.flag" not in tags
     assert json.loads(tags["frontier.spec"]) == {"name": "s"}
+
+
+# runs in a venv with stock torch, transformers, compressed-tensors and mlflow and no Frontier
+CONSUMER = """
+import json, sys
+try:
+    import frontier
+except ImportError:
+    pass
+else:
+    raise SystemExit("frontier is importable in the consumer venv")
+import mlflow, numpy as np, torch, transformers
+mlflow.set_tracking_uri(sys.argv[1])
+ids = json.loads(sys.argv[4])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+reference = transformers.AutoModel.from_pretrained(sys.argv[3]).eval()
+with torch.inference_mode():
+    expected = reference(input_ids=torch.tensor(ids)).last_hidden_state.numpy()
+got = model.predict(ids)
+quantized = sum(hasattr(m, "weight_scale") for m in reference.modules())
+print(json.dumps({"max_abs_diff": float(np.abs(got - expected).max()), "shape": list(got.shape),
+                  "quantized_modules": quantized}))
+"""
+
+
+@pytest.mark.slow
+def test_a_compressed_directory_loads_through_mlflow_where_frontier_is_not_installed(registered, tmp_path):
+    """What `promote` registers for a compression study: the point applied by the hand-off into a
+    compressed-tensors directory, loaded by MLflow in a venv with compressed-tensors and no Frontier."""
+    import mlflow
+
+    from frontier.kernels import CompressionRecipe, WeightOnlyQuantConfig
+    from frontier.services._handoff import apply_document
+    from tests._consumer import PINS, run_consumer
+
+    ffn = WeightOnlyQuantConfig(4, group_size=32)
+    recipe = CompressionRecipe({"encoder.layer.*.intermediate.dense": ffn})
+    doc = json.loads(json.dumps(registered["doc"]))
+    doc["recipe"] = recipe.to_dict()
+    doc["evaluator"]["options"]["model"] = str(registered["bert"])
+    applied = tmp_path / "applied"
+    apply_document(doc, applied)
+    config = json.loads((applied / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    version = register_export(
+        doc,
+        name="tiny-bert-ct",
+        storage_url=registered["storage"],
+        tracking_uri=registered["tracking"],
+        model_dir=applied,
+        alias="production",
+    )
+    tags = mlflow.MlflowClient(registered["tracking"]).get_model_version("tiny-bert-ct", version).tags
+    assert json.loads(tags["frontier.recipe"]) == json.loads(json.dumps(recipe.to_dict()))
+    mlflow.set_tracking_uri(registered["tracking"])
+    try:
+        shipped = Path(mlflow.artifacts.download_artifacts("models:/tiny-bert-ct@production"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    ct_version = config["quantization_config"]["version"]
+    assert f"compressed-tensors=={ct_version}" in (shipped / "requirements.txt").read_text().split()
+
+    proc = run_consumer(
+        CONSUMER,
+        registered["tracking"],
+        "models:/tiny-bert-ct@production",
+        str(applied),
+        json.dumps(IDS),
+        pins=(*PINS, f"mlflow=={mlflow.__version__}"),
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["quantized_modules"] == 2, "transformers loads the two FFN up-projections compressed"
+    assert result["shape"] == [2, 5, 32] and result["max_abs_diff"] <= 1e-5
