@@ -12,6 +12,7 @@ from frontier.evaluators._base import (
     TrialStopped,
     check_metrics,
 )
+from frontier.evaluators._lm_export import write_hf_checkpoint
 from frontier.evaluators._registry import (
     available_evaluators,
     get_evaluator_class,
@@ -31,6 +32,7 @@ __all__ = [
     "get_evaluator_class",
     "make_evaluator",
     "register_evaluator",
+    "write_hf_checkpoint",
 ]
 
 
