@@ -192,7 +192,11 @@ def _get(row: TrialRow, metric: str) -> float:
 def export_point(
     study_name: str, storage_url: str, expr: str | None, tracking_uri: str | None = None
 ) -> dict:
-    """The export document for one Pareto point: params, metrics and provenance (see ``frontier export``)."""
+    """The export document for one Pareto point: params, metrics and provenance (see ``frontier export``).
+
+    ``checkpoint`` names the trial's saved weights (its work directory) when the study kept them
+    (``lm-train``'s ``keep_weights``; :func:`evaluators.write_hf_checkpoint` reads it), else None.
+    """
     study = load_study(study_name, storage_url)
     spec = stored_spec(study)
     rows = trial_rows(study, spec)
