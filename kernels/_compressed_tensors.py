@@ -184,7 +184,8 @@ class _Layer:
 
     def __init__(self, module: nn.Module) -> None:
         self.quantized = isinstance(module, QuantizedLinear)
-        self.bias: torch.Tensor | None = None if module.bias is None else module.bias.detach()
+        bias = getattr(module, "bias", None)
+        self.bias: torch.Tensor | None = None if bias is None else bias.detach()
         if isinstance(module, QuantizedLinear):
             self.bits, self.group_size = module.bits, module.group_size
             self.codes: torch.Tensor = module.codes()
@@ -289,7 +290,8 @@ def _structure(model: nn.Module, base_config: dict[str, Any]) -> tuple[dict[str,
         record["attention_heads"] = heads
     # FFN: one width is intermediate_size; several are padded to the widest (else to the base width)
     by_name = dict(layers)
-    widths = {name: int(layer.get_submodule("intermediate.dense").out_features) for name, layer in layers}
+    ups: dict[str, Any] = {name: layer.get_submodule("intermediate.dense") for name, layer in layers}
+    widths = {name: int(up.out_features) for name, up in ups.items()}
     if len(set(widths.values())) > 1:
         candidates = sorted({max(widths.values()), int(base_config.get("intermediate_size") or 0)} - {0})
         chosen, why_not = None, []
@@ -388,6 +390,7 @@ def save_compressed_tensors(
         layer = padded.get(name) or _Layer(module)
         if not layer.quantized and name not in padded and MASK_BUFFER not in module._buffers:
             # untouched float Linear: the module's own tensors (tied weights stay shared)
+            assert isinstance(module, nn.Linear)
             state[f"{name}.weight"] = module.weight
             if module.bias is not None:
                 state[f"{name}.bias"] = module.bias
@@ -395,7 +398,8 @@ def save_compressed_tensors(
         for param, tensor in layer.tensors(dtype).items():
             state[f"{name}.{param}"] = tensor
     state = {k: v for k, v in state.items() if not k.endswith(MASK_BUFFER)}
-    model.save_pretrained(out, state_dict=state)
+    hf: Any = model  # a transformers PreTrainedModel (checked above)
+    hf.save_pretrained(out, state_dict=state)
 
     written = json.loads((out / "config.json").read_text())
     if record:
@@ -407,7 +411,7 @@ def save_compressed_tensors(
         written[STRUCTURE_KEY] = record
     else:
         written.pop("pruned_heads", None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
     if isinstance(head, QuantizedLinear) and written.get("tie_word_embeddings"):
         # a quantized head is no longer the input embedding's tensor: tied, the loader would overwrite one
         written["tie_word_embeddings"] = False

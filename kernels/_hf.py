@@ -283,7 +283,8 @@ def _unpad(model: nn.Module, structure: dict[str, Any]) -> None:
         cut(f"{layer_name}.attention.output.dense", cols=width)
         attn.num_attention_heads = int(spec["kept"])
         attn.all_head_size = width
-        get_submodule(model, f"{layer_name}.attention").pruned_heads = set(spec["pruned"])
+        attention: Any = get_submodule(model, f"{layer_name}.attention")
+        attention.pruned_heads = set(spec["pruned"])
         if isinstance(getattr(attn, "layer_idx", None), int):
             pruned[attn.layer_idx] = list(spec["pruned"])
     widths = structure.get("ffn_widths") or {}

@@ -132,7 +132,6 @@ def test_minilm_mixed_4_8_bit_loads_in_stock_transformers_with_frontiers_outputs
         )
 
 
-@pytest.mark.slow
 def test_a_4_bit_minilm_encoder_takes_at_most_0_7_of_the_base_directory(minilm, tmp_path):
     recipe = CompressionRecipe({"encoder.layer.**": WeightOnlyQuantConfig(4, group_size=32)})
     summary = compress_pretrained(minilm, recipe, tmp_path / "out")
