@@ -35,8 +35,15 @@ from ray import tune
 from ray.tune.search import Searcher
 
 
-def _trainable(config: dict[str, Any], spec_json: str = "", latency: LatencyRuntime | None = None) -> None:
-    evaluate_in_worker(config, spec_json, tune.report, latency)
+def _trainable(
+    config: dict[str, Any],
+    spec_json: str = "",
+    latency: LatencyRuntime | None = None,
+    run_dir: str | None = None,
+) -> None:
+    # the study's run directory travels as the FIFO pool passes it (config["run_dir"]): it gives the
+    # evaluator its EvalContext.workdir (e.g. lm-train's keep_weights)
+    evaluate_in_worker({**config, "run_dir": run_dir}, spec_json, tune.report, latency)
 
 
 class AskTellSearcher(Searcher):
@@ -193,7 +200,8 @@ def run_trials(
     spec_json = json.dumps(spec.to_dict())
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, spec_json=spec_json, latency=latency), resources
+        tune.with_parameters(_trainable, spec_json=spec_json, latency=latency, run_dir=str(run_dir)),
+        resources,
     )
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner = tune.Tuner(
