@@ -26,10 +26,11 @@ import json
 import os
 from typing import Any
 
-import mlflow
 import numpy as np
 import torch
 import transformers
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
 
 ARTIFACT = "hf_model"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
@@ -39,7 +40,7 @@ def is_causal_lm(config: dict[str, Any]) -> bool:
     return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
 
 
-class HFDirectoryModel(mlflow.pyfunc.PythonModel):
+class HFDirectoryModel(PythonModel):
     def load_context(self, context: Any) -> None:
         path = context.artifacts[ARTIFACT]
         with open(os.path.join(path, "config.json")) as f:
@@ -127,4 +128,4 @@ def _token_ids(row: Any, i: int) -> list[int]:
     )
 
 
-mlflow.models.set_model(HFDirectoryModel())
+set_model(HFDirectoryModel())

@@ -96,7 +96,7 @@ def use_tracking_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None (unset) is what it was
         if env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = env
 
