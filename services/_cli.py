@@ -427,10 +427,11 @@ def _register(
 def _apply_point(doc: dict[str, Any], out_dir: Path) -> Path:
     """Re-create an export's model in ``out_dir`` (the production hand-off), for registering it."""
     what = f"trial {doc['trial']} of study '{doc['study']}'"
-    if doc.get("recipe") is None:  # apply_document would read the whole export as a recipe
+    if doc.get("recipe") is None and not doc.get("checkpoint"):
         raise _fail(
-            f"{what} has no recipe (its study searched no compression), so there is no model to apply and "
-            "register; pass --model-dir DIR with the model directory to register"
+            f"{what} has no recipe (its study searched no compression) and no kept weights (checkpoint), "
+            "so there is no model to apply and register; pass --model-dir DIR with the model directory to "
+            "register"
         )
     try:
         from frontier.services._handoff import apply_document

@@ -267,7 +267,7 @@ def test_promote_registers_the_model_dir_under_an_alias(ran, bert_dir):
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        ([], "has no recipe (its study searched no compression), so there is no model to apply"),
+        ([], "has no recipe (its study searched no compression) and no kept weights (checkpoint)"),
         (["--model-dir", "/nonexistent/model"], "the model directory must be an existing directory"),
         (["--model-dir", "BERT", "--alias", "latest"], "the alias must be letters, digits"),
     ],
