@@ -81,8 +81,9 @@ def compress_pretrained(
     or else on ``calibration_texts`` with the model's own tokenizer.
 
     Returns:
-        A summary: bytes before and after; average weight bits and masked sparsity over the modules the recipe
-        targets (the figures a compression study reports); the files written; and the largest
+        A summary: ``causal_lm`` (loaded as ``AutoModelForCausalLM``); bytes before and after; average
+        weight bits and masked sparsity over the modules the recipe targets (the figures a compression
+        study reports); the files written; and the largest
         difference between the compressed model's outputs and those of the model reloaded from ``out_dir``
         (on a fixed probe input; 0.0 when the directory reproduces the model exactly).
 
@@ -144,6 +145,7 @@ def compress_pretrained(
         "model": str(src),
         "reload_max_abs_diff": float((expected - got).abs().max()),
         "out": str(out),
+        "causal_lm": auto is transformers.AutoModelForCausalLM,
         "bytes_before": before,
         "bytes_after": model_size_bytes(model),
         "disk_bytes": _disk_bytes(out, files),

@@ -482,6 +482,9 @@ def promote(
     )
 
 
+_TRIAL_FIGURES = ("perplexity", "fidelity", "latency_ms", "total_params", "size_mb")
+
+
 @app.command("apply")
 def apply_recipe(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML/JSON (or an export).")],
@@ -509,6 +512,23 @@ def apply_recipe(
         summary = apply_document(doc, output, model=model, calibration_texts=calibration_texts)
     except ValueError as exc:
         raise _fail(f"{recipe_path}: {exc}") from None
+    if "architecture" in summary:  # an lm-train trial's kept weights
+        console.print(
+            f"wrote {output}: {summary['architecture']} ({summary['num_parameters']:,} parameters), "
+            f"{summary['disk_bytes'] / 1e6:.2f} MB on disk (MB = 10**6 bytes); its logits differ from the "
+            f"trial's model by at most {summary['max_abs_logit_diff']:.3g}"
+        )
+        measured = doc.get("metrics") or {}
+        trial_metrics = {k: measured[k] for k in _TRIAL_FIGURES if k in measured}
+        if trial_metrics:
+            console.print(
+                "  the trial measured: " + ", ".join(f"{k} {_fmt(v)}" for k, v in trial_metrics.items())
+            )
+        console.print("  load it with plain transformers:")
+        console.print(
+            f"    transformers.AutoModelForCausalLM.from_pretrained({str(output)!r})", soft_wrap=True
+        )
+        return
     if summary["calibration"] == "study":
         n = summary["calibration_batches"]
         err.print(f"calibrated on the study's {n} calibration batch{'es' * (n != 1)}, as its trials did")
@@ -522,8 +542,9 @@ def apply_recipe(
         f"  reloaded from the directory: outputs differ by at most {summary['reload_max_abs_diff']:.3g}"
     )
     console.print(f"  files: {', '.join(summary['files'])}")
+    auto = "AutoModelForCausalLM" if summary.get("causal_lm") else "AutoModel"
     console.print("  load it with plain transformers (pip install compressed-tensors):")
-    console.print(f"    transformers.AutoModel.from_pretrained({str(output)!r})", soft_wrap=True)
+    console.print(f"    transformers.{auto}.from_pretrained({str(output)!r})", soft_wrap=True)
     console.print(
         f"  in Frontier: frontier.kernels.load_pretrained_compressed({str(output)!r})", soft_wrap=True
     )

@@ -57,11 +57,15 @@ def apply_document(
     model: Path | None = None,
     calibration_texts: int = 64,
 ) -> dict[str, Any]:
-    """Compress a model with the recipe in ``doc`` and write ``out_dir`` (compressed-tensors format).
+    """Write the model a document describes into ``out_dir``, as a stock Hugging Face model directory.
+
+    A compression export (or a bare recipe) compresses its model with the recipe (compressed-tensors
+    ``pack-quantized``); an ``lm-train`` export whose trial kept its weights (``keep_weights``) becomes a
+    transformers causal-LM checkpoint (:func:`frontier.evaluators.write_hf_checkpoint`).
 
     Args:
-        doc: a parsed ``frontier export`` document (its ``recipe``, and the study's spec as provenance) or
-            a bare recipe dict (``CompressionRecipe.to_dict()``).
+        doc: a parsed ``frontier export`` document (its ``recipe``, and the study's spec as provenance; or
+            its trial's ``checkpoint``) or a bare recipe dict (``CompressionRecipe.to_dict()``).
         out_dir: the directory to write.
         model: the transformers model directory; default: the export's model, else the packaged MiniLM.
         calibration_texts: prose chunks to calibrate activation-aware configs on when the document does not
@@ -69,12 +73,16 @@ def apply_document(
 
     Returns:
         :func:`~frontier.kernels.compress_pretrained`'s summary, plus ``calibration``: ``"study"`` (the
-        study's own batches), ``"texts"`` or ``None``, and ``calibration_batches`` (how many study batches).
+        study's own batches), ``"texts"`` or ``None``, and ``calibration_batches`` (how many study batches);
+        for a trial checkpoint, :func:`~frontier.evaluators.write_hf_checkpoint`'s summary plus
+        ``disk_bytes``.
 
     Raises:
         ValueError: the document holds no valid recipe, the study's calibration data cannot be rebuilt, or
             the model cannot be compressed / written with that recipe (the message says which).
     """
+    if isinstance(doc, dict) and "recipe" not in doc and "checkpoint" in doc:
+        return _write_trial_checkpoint(doc, Path(out_dir))
     from frontier.kernels import CompressionRecipe, compress_pretrained, needs_calibration
 
     data = doc.get("recipe", doc) if isinstance(doc, dict) else doc
@@ -107,3 +115,18 @@ def apply_document(
     except TypeError as exc:
         raise ValueError(str(exc)) from None
     return {**summary, "calibration": how, "calibration_batches": len(batches) if batches is not None else 0}
+
+
+def _write_trial_checkpoint(doc: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """An ``lm-train`` export: its trial's kept weights as a transformers checkpoint."""
+    if not doc.get("checkpoint"):
+        raise ValueError(
+            f"trial {doc.get('trial')} of study '{doc.get('study')}' kept no weights, so there is no model "
+            "to write. lm-train keeps them with the evaluator option keep_weights: pareto (or all); run the "
+            "study with it (a resumed study keeps the weights of the trials it runs from then on)"
+        )
+    from frontier.evaluators import write_hf_checkpoint
+
+    summary = write_hf_checkpoint(doc, out_dir)
+    disk = sum(f.stat().st_size for f in Path(out_dir).rglob("*") if f.is_file())
+    return {**summary, "disk_bytes": disk}
