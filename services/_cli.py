@@ -485,6 +485,15 @@ def promote(
 _TRIAL_FIGURES = ("perplexity", "fidelity", "latency_ms", "total_params", "size_mb")
 
 
+def _print_trial_figures(doc: Any) -> None:
+    """The figures the study measured for an exported trial, to read beside what ``apply`` wrote."""
+    measured = (doc.get("metrics") or {}) if isinstance(doc, dict) else {}
+    figures = {k: measured[k] for k in _TRIAL_FIGURES if k in measured}
+    if figures:
+        trial = f"trial {doc.get('trial')}" if doc.get("trial") is not None else "the trial"
+        console.print(f"  {trial} measured: " + ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items()))
+
+
 @app.command("apply")
 def apply_recipe(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML/JSON (or an export).")],
@@ -518,12 +527,7 @@ def apply_recipe(
             f"{summary['disk_bytes'] / 1e6:.2f} MB on disk (MB = 10**6 bytes); its logits differ from the "
             f"trial's model by at most {summary['max_abs_logit_diff']:.3g}"
         )
-        measured = doc.get("metrics") or {}
-        trial_metrics = {k: measured[k] for k in _TRIAL_FIGURES if k in measured}
-        if trial_metrics:
-            console.print(
-                "  the trial measured: " + ", ".join(f"{k} {_fmt(v)}" for k, v in trial_metrics.items())
-            )
+        _print_trial_figures(doc)
         console.print("  load it with plain transformers:")
         console.print(
             f"    transformers.AutoModelForCausalLM.from_pretrained({str(output)!r})", soft_wrap=True
@@ -535,12 +539,13 @@ def apply_recipe(
     after, base = summary["disk_bytes"], summary["base_disk_bytes"]
     console.print(
         f"wrote {output}: {after / 1e6:.2f} MB on disk vs the base model's {base / 1e6:.2f} MB "
-        f"(MB (10**6 bytes); {base / after:.2f}x smaller), avg bits {summary['avg_bits']:.2f}, "
+        f"(MB = 10**6 bytes; {base / after:.2f}x smaller), avg bits {summary['avg_bits']:.2f}, "
         f"sparsity {summary['sparsity']:.3f}"
     )
     console.print(
         f"  reloaded from the directory: outputs differ by at most {summary['reload_max_abs_diff']:.3g}"
     )
+    _print_trial_figures(doc)
     console.print(f"  files: {', '.join(summary['files'])}")
     auto = "AutoModelForCausalLM" if summary.get("causal_lm") else "AutoModel"
     console.print("  load it with plain transformers (pip install compressed-tensors):")

@@ -59,7 +59,7 @@ def test_lm_train_trial_to_compressed_checkpoint_that_stock_transformers_loads(t
     res = CliRunner().invoke(app, ["apply", str(export), "-o", str(tmp_path / "llama")])
     assert res.exit_code == 0, res.output
     assert "LlamaForCausalLM" in res.output and "AutoModelForCausalLM.from_pretrained" in res.output
-    assert f"the trial measured: perplexity {metrics['perplexity']:.4g}" in res.output
+    assert f"trial 3 measured: perplexity {metrics['perplexity']:.4g}" in res.output
 
     recipe = CompressionRecipe(
         {
