@@ -88,6 +88,11 @@ class SearchConfig(_Frozen):
             ``concurrency`` long-lived Ray actors with ``resources`` each, one call per candidate, without
             Tune's per-trial machinery (tens of ms per trial less, see ``benchmarks/bench_overhead.py``;
             FIFO only); ``auto`` (default): ``actors`` for FIFO studies, ``tune`` with a scheduler.
+        trial_timeout_s: the longest one trial's evaluation may run; a trial past it fails and its worker
+            process is replaced. The evaluator's setup is not counted (``setup_timeout_s``).
+        setup_timeout_s: the longest a worker may take to start and set its evaluator up (load models and
+            data, compile kernels) before its first trial; a worker past it stops the study with an error.
+            Generous by default: on a busy machine a first setup (numba compiling kernels) takes minutes.
     """
 
     sampler: SamplerName = "auto"
@@ -96,6 +101,7 @@ class SearchConfig(_Frozen):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     concurrency: int = Field(default=1, ge=1, le=1024)
     trial_timeout_s: float | None = Field(default=None, gt=0)
+    setup_timeout_s: float | None = Field(default=1800.0, gt=0)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     runner: Runner = "auto"
 
