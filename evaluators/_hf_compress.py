@@ -33,7 +33,16 @@ if TYPE_CHECKING:
 UNIFORM_BITS = (8, 4, 3)
 UNIFORM_SPARSITY = (0.25, 0.5, 0.75)
 FLOAT_BITS = 32
-METRICS = ("avg_bits", "sparsity", "size_mb", "target_size_mb", "latency_ms", "latency_ci_ms", "latency_cv")
+METRICS = (
+    "avg_bits",
+    "sparsity",
+    "size_mb",
+    "target_size_mb",
+    "latency_ms",
+    "latency_norm_ms",
+    "latency_ci_ms",
+    "latency_cv",
+)
 
 
 class CompressionOptions(EvaluatorOptions):
@@ -270,11 +279,7 @@ class CompressionEvaluator(Evaluator):
                     input_shape=tuple(next(iter(batch.values())).shape),
                     time_cap_s=self.options.latency_time_cap_s,
                 )
-                metrics.update(
-                    latency_ms=stats.median_ms,
-                    latency_ci_ms=(stats.ci_high_ms - stats.ci_low_ms) / 2,
-                    latency_cv=stats.cv,
-                )
+                metrics.update(stats.metrics())
             with context.training():
                 metrics.update(self.quality(model))
                 metrics.update(self.compression_metrics(model))

@@ -140,8 +140,9 @@ class HFEmbeddingFidelity(CompressionEvaluator):
     reference mean-pooled embedding; 1 means unchanged) and ``top10_agreement`` (share of each sentence's 10
     nearest neighbours among the evaluation sentences that stay the same). Plus the compression metrics
     of :class:`~evaluators._hf_compress.CompressionEvaluator`: ``avg_bits``, ``sparsity``, ``size_mb``,
-    ``target_size_mb``, ``latency_ms`` (batch 1, ``latency_seq_len`` tokens), ``latency_ci_ms``,
-    ``latency_cv``. The base model and the reference embeddings are computed once per worker.
+    ``target_size_mb``, ``latency_ms`` (batch 1, ``latency_seq_len`` tokens, wall clock),
+    ``latency_norm_ms`` (at the machine's calibrated speed), ``latency_ci_ms``, ``latency_cv``. The base
+    model and the reference embeddings are computed once per worker.
     """
 
     Options = HFEmbeddingOptions

@@ -507,11 +507,14 @@ class LMTrain(Evaluator):
     Metrics:
         perplexity: ``exp`` of the mean validation cross-entropy per token (per byte by default).
         val_loss: that cross-entropy (nats per token).
-        latency_ms: median time to generate one token at batch 1: an incremental decode step with a KV
-            cache already holding ``latency_context`` tokens (the cache is not grown between repeats),
-            measured with :func:`evaluators.latency.measure_latency` before training.
-        latency_ci_ms: half-width of the 95 % confidence interval of ``latency_ms``.
-        prefill_ms: median time of one forward pass over ``prefill_batch x prefill_seq`` tokens.
+        latency_ms: median wall-clock time to generate one token at batch 1: an incremental decode step
+            with a KV cache already holding ``latency_context`` tokens (the cache is not grown between
+            repeats), measured with :func:`evaluators.latency.measure_latency` before training.
+        latency_norm_ms: the same at the machine's calibrated speed (CPU: scaled by an interleaved
+            reference workload, so a shared machine's drift cancels; equal to ``latency_ms`` on a GPU).
+        latency_ci_ms: half-width of the 95 % confidence interval of ``latency_norm_ms``.
+        prefill_ms: median wall-clock time of one forward pass over ``prefill_batch x prefill_seq`` tokens;
+            ``prefill_norm_ms`` the same at the calibrated speed.
         total_params: every parameter (tied embedding counted once).
         active_params: parameters used per token: dense parameters, the router, ``top_k`` routed experts
             and the shared expert of each MoE layer (:func:`kernels.moe.moe_param_counts`).
@@ -529,8 +532,10 @@ class LMTrain(Evaluator):
             "perplexity",
             "val_loss",
             "latency_ms",
+            "latency_norm_ms",
             "latency_ci_ms",
             "prefill_ms",
+            "prefill_norm_ms",
             "total_params",
             "active_params",
             "peak_memory_mb",
@@ -835,11 +840,9 @@ class LMTrain(Evaluator):
                 time_cap_s=cap,
                 sync=sync,
             )
-        return {
-            "latency_ms": decode.median_ms,
-            "latency_ci_ms": (decode.ci_high_ms - decode.ci_low_ms) / 2,
-            "prefill_ms": prefill.median_ms,
-        }
+        metrics = decode.metrics()
+        del metrics["latency_cv"]
+        return {**metrics, "prefill_ms": prefill.wall_ms, "prefill_norm_ms": prefill.median_ms}
 
 
 def _load_tokenizer(path: str) -> Any:

@@ -42,6 +42,28 @@ class LatencyStats:
     reference_reps: int = 0
 
     @property
+    def wall_ms(self) -> float:
+        """The plain median wall-clock time of one call, as measured on this machine now."""
+        return self.median_ms if self.raw_median_ms is None else self.raw_median_ms
+
+    def metrics(self, name: str = "latency") -> dict[str, float]:
+        """The trial metrics of this figure, one name each:
+
+        - ``{name}_ms``: the raw wall-clock median (:attr:`wall_ms`), what a user timing the model here sees;
+        - ``{name}_norm_ms``: the median at the machine's calibrated speed (the candidate's times scaled by an
+          interleaved reference workload, so a shared machine's drift cancels); equal to ``{name}_ms`` where
+          no reference runs (GPUs). Studies on shared CPUs optimise this one;
+        - ``{name}_ci_ms``: half-width of the 95 % confidence interval of ``{name}_norm_ms``;
+        - ``{name}_cv``: coefficient of variation of the samples.
+        """
+        return {
+            f"{name}_ms": self.wall_ms,
+            f"{name}_norm_ms": self.median_ms,
+            f"{name}_ci_ms": (self.ci_high_ms - self.ci_low_ms) / 2,
+            f"{name}_cv": self.cv,
+        }
+
+    @property
     def rel_half_width(self) -> float:
         return (self.ci_high_ms - self.ci_low_ms) / 2 / self.median_ms if self.median_ms > 0 else math.inf
 

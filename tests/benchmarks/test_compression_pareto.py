@@ -11,7 +11,7 @@ def _row(n, fidelity, latency, size, *, feasible=True, pareto=False, baseline=No
         number=n,
         state="complete",
         params={},
-        values={"fidelity": fidelity, "latency_ms": latency, "size_mb": size},
+        values={"fidelity": fidelity, "latency_norm_ms": latency, "size_mb": size},
         metrics={"avg_bits": 4.0},
         constraints={},
         feasible=feasible,
@@ -21,11 +21,11 @@ def _row(n, fidelity, latency, size, *, feasible=True, pareto=False, baseline=No
 
 
 def test_dominance_is_strict_in_fidelity_and_weak_in_cost():
-    b = {"fidelity": 0.9, "latency_ms": 1.0, "size_mb": 50.0}
-    assert dominates({"fidelity": 0.91, "latency_ms": 1.0, "size_mb": 50.0}, b)
-    assert not dominates({"fidelity": 0.9, "latency_ms": 0.5, "size_mb": 40.0}, b)  # not higher fidelity
-    assert not dominates({"fidelity": 0.95, "latency_ms": 1.02, "size_mb": 50.0}, b)
-    assert dominates({"fidelity": 0.95, "latency_ms": 1.02, "size_mb": 50.0}, b, latency_tol=0.03)
+    b = {"fidelity": 0.9, "latency_norm_ms": 1.0, "size_mb": 50.0}
+    assert dominates({"fidelity": 0.91, "latency_norm_ms": 1.0, "size_mb": 50.0}, b)
+    assert not dominates({"fidelity": 0.9, "latency_norm_ms": 0.5, "size_mb": 40.0}, b)  # not higher fidelity
+    assert not dominates({"fidelity": 0.95, "latency_norm_ms": 1.02, "size_mb": 50.0}, b)
+    assert dominates({"fidelity": 0.95, "latency_norm_ms": 1.02, "size_mb": 50.0}, b, latency_tol=0.03)
 
 
 def test_verdicts_per_baseline():

@@ -24,7 +24,10 @@ def test_skip_latency_leaves_latency_out_and_latency_measures_alone(digits, tmp_
     assert "latency_ms" not in out and out["accuracy"] > 0.3
     ctx = EvalContext(lane=MeasurementLane(directory=tmp_path), latency_cache=LatencyCache(tmp_path / "c.db"))
     lat = digits.latency(c, ctx)
-    assert set(lat) == {"latency_ms", "latency_ci_ms", "latency_cv"} and lat["latency_ms"] > 0
+    assert (
+        set(lat) == {"latency_ms", "latency_norm_ms", "latency_ci_ms", "latency_cv"} and lat["latency_ms"] > 0
+    )
+    assert lat["latency_norm_ms"] > 0  # on CPU normalised by the reference workload, a separate figure
     # lr and dropout do not change the computation: the same architecture is a cache hit.
     other = Candidate({"depth": 2, "width_1": 32, "width_2": 16, "lr": 0.001})
     assert digits.latency(other, ctx)["latency_ms"] == lat["latency_ms"]

@@ -131,3 +131,24 @@ def test_reference_workload_calibrates_a_positive_time():
     ms = ref.calibrate(seconds=0.05)
     assert 0.0 < ms < 100.0
     assert ReferenceWorkload(nominal_ms=0.3).nominal == 0.3
+
+
+def test_metrics_name_the_raw_wall_clock_and_the_normalised_figure_apart() -> None:
+    from frontier.evaluators.latency import LatencyStats
+
+    normalised = LatencyStats(
+        10.0, 9.0, 11.0, 0.05, 40, True, raw_median_ms=12.5, speed=1.25, reference_reps=2
+    )
+    assert normalised.metrics() == {
+        "latency_ms": 12.5,  # what a user timing the model on this machine sees
+        "latency_norm_ms": 10.0,  # at the machine's calibrated speed
+        "latency_ci_ms": 1.0,
+        "latency_cv": 0.05,
+    }
+    plain = LatencyStats(3.0, 2.5, 3.5, 0.1, 20, True)  # no reference (a GPU): both are the median
+    assert plain.metrics("prefill") == {
+        "prefill_ms": 3.0,
+        "prefill_norm_ms": 3.0,
+        "prefill_ci_ms": 0.5,
+        "prefill_cv": 0.1,
+    }
