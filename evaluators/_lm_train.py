@@ -395,12 +395,16 @@ def _llama_model(arch: LMArch, *, device: Any) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- memory
 
 
+# Memory figures are MB (10**6 bytes), like every size Frontier reports; /proc and ru_maxrss count KiB.
+_KB = 1024 / 1e6
+
+
 def _rss_mb() -> float | None:
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                    return int(line.split()[1]) * _KB
     except OSError:
         pass
     return None
@@ -450,7 +454,7 @@ class _PeakRSS:
     @staticmethod
     def _maxrss_mb() -> float:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+        return rss / 1e6 if sys.platform == "darwin" else rss * _KB  # bytes on macOS, KiB on Linux
 
     def growth_mb(self) -> float:
         if self.reset:
@@ -458,7 +462,7 @@ class _PeakRSS:
                 with open("/proc/self/status") as fh:
                     for line in fh:
                         if line.startswith("VmHWM:"):
-                            return max(0.0, int(line.split()[1]) / 1024 - float(self.base or 0.0))
+                            return max(0.0, int(line.split()[1]) * _KB - float(self.base or 0.0))
             except OSError:
                 pass
         return max(0.0, self._maxrss_mb() - self.base_maxrss)
@@ -519,7 +523,7 @@ class LMTrain(Evaluator):
         active_params: parameters used per token: dense parameters, the router, ``top_k`` routed experts
             and the shared expert of each MoE layer (:func:`kernels.moe.moe_param_counts`).
         peak_memory_mb: peak resident-memory growth of the process while building, measuring and training
-            (``torch.cuda.max_memory_allocated`` on a GPU).
+            (``torch.cuda.max_memory_allocated`` on a GPU), in MB (10**6 bytes) like every size here.
         moe_layers: layers with a routed FFN.
         uses_transformers: 1 when the ``transformers`` Llama path ran, else 0.
     """
@@ -699,7 +703,7 @@ class LMTrain(Evaluator):
 
         def peak_mb() -> float:
             if cuda:
-                return float(torch.cuda.max_memory_allocated(device)) / 2**20
+                return float(torch.cuda.max_memory_allocated(device)) / 1e6
             return memory.growth_mb()
 
         model.eval()
