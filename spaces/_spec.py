@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -26,10 +29,17 @@ SamplerName = Literal["auto", "tpe", "nsga2", "nsga3", "gp", "random"]
 SAMPLER_NAMES: tuple[str, ...] = ("auto", "tpe", "nsga2", "nsga3", "gp", "random")
 Direction = Literal["minimize", "maximize"]
 ConstraintOp = Literal["<=", ">="]
+# A study name; the service runs a study as OWNER--NAME, which must match it too.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+# Counts are integers, never booleans or numeric strings (``n_trials: true`` must not mean 1).
+Count = Annotated[int, Strict()]
+# The deepest nesting a spec may have. Real specs stay under 10 levels; the bound keeps parsing, validation
+# and serialisation of hostile bodies (a 300-deep list, ``[`` x 100000) far from Python's recursion limit.
+MAX_SPEC_DEPTH = 32
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class EvaluatorSpec(_Frozen):
@@ -71,8 +81,8 @@ class SchedulerConfig(_Frozen):
     evaluator's fidelity steps (``EvalContext.report``), by non-dominated sorting across all objectives."""
 
     kind: Literal["fifo", "moasha"] = "fifo"
-    grace_period: int = Field(default=1, ge=1)
-    max_t: int = Field(default=100, ge=1)
+    grace_period: Count = Field(default=1, ge=1)
+    max_t: Count = Field(default=100, ge=1)
     reduction_factor: float = Field(default=3.0, gt=1)
 
 
@@ -96,10 +106,10 @@ class SearchConfig(_Frozen):
     """
 
     sampler: SamplerName = "auto"
-    n_trials: int = Field(default=30, ge=1, le=1_000_000)
+    n_trials: Count = Field(default=30, ge=1, le=1_000_000)
     timeout_s: float | None = Field(default=None, gt=0)
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    concurrency: int = Field(default=1, ge=1, le=1024)
+    seed: Count | None = Field(default=None, ge=0, le=2**32 - 1)
+    concurrency: Count = Field(default=1, ge=1, le=1024)
     trial_timeout_s: float | None = Field(default=None, gt=0)
     setup_timeout_s: float | None = Field(default=1800.0, gt=0)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
@@ -153,15 +163,15 @@ class LatencyConfig(_Frozen):
 
     mode: LatencyMode = "measured"
     device: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-    batch_size: int | None = Field(default=None, ge=1, le=65_536)
-    seq_len: int | None = Field(default=None, ge=1, le=1_048_576)
-    input_shape: tuple[int, ...] | None = Field(default=None, min_length=1, max_length=8)
+    batch_size: Count | None = Field(default=None, ge=1, le=65_536)
+    seq_len: Count | None = Field(default=None, ge=1, le=1_048_576)
+    input_shape: tuple[Count, ...] | None = Field(default=None, min_length=1, max_length=8)
     predictor: str = Field(default="linear", min_length=1)
     metric: str = Field(default="latency_ms", min_length=1)
     lane: bool = True
     cache: bool | str = True
-    calibration: int = Field(default=8, ge=2, le=10_000)
-    calibration_every: int = Field(default=20, ge=0)
+    calibration: Count = Field(default=8, ge=2, le=10_000)
+    calibration_every: Count = Field(default=20, ge=0)
     margin: float = Field(default=0.15, ge=0, le=1)
 
     @field_validator("input_shape")
@@ -217,7 +227,7 @@ class Tracking(_Frozen):
 class StudySpec(_Frozen):
     """A search study. See ``configs/quickstart.yaml`` for a complete example."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    name: str = Field(pattern=NAME_PATTERN)
     evaluator: EvaluatorSpec
     space: tuple[SpaceItem, ...] = Field(min_length=1)
     objectives: tuple[Objective, ...] = Field(min_length=1, max_length=4)
@@ -375,13 +385,140 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors and aliases and bounds nesting while it composes the
+    document, before anything is constructed or expanded: an alias bomb (8 levels of 10 aliases, 10^8
+    items from 500 bytes) stops at its first anchor, ``[`` x 100000 at depth ``MAX_SPEC_DEPTH``."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark is not None else 0
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            what = "alias (*" if isinstance(event, yaml.AliasEvent) else "anchor (&"
+            raise SpecError(
+                f"YAML anchors and aliases are not allowed in a spec, but line {line} has the {what}"
+                f"{event.anchor}): they can expand a few hundred bytes into billions of items. "
+                "Write the repeated values out."
+            )
+        if not isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_SPEC_DEPTH:
+                raise SpecError(_too_deep(f"line {line}"))
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _too_deep(where: str) -> str:
+    return (
+        f"the spec is nested deeper than {MAX_SPEC_DEPTH} levels of lists and mappings (at {where}); "
+        "a study spec needs far fewer. Flatten it."
+    )
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse one YAML (or JSON) document safely: plain YAML only (no ``!!python`` tags), no anchors or
+    aliases, at most ``MAX_SPEC_DEPTH`` levels deep.
+
+    Raises:
+        SpecError: an anchor, alias or nesting too deep (the rule and the line).
+        yaml.YAMLError: text that is not YAML.
+    """
+    loader = _SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+# Tokens that decide JSON nesting: an escape (so an escaped quote does not end a string), a quote, a bracket.
+_JSON_TOKENS = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+
+
+def json_depth_ok(text: str) -> bool:
+    """Whether JSON text nests at most ``MAX_SPEC_DEPTH`` levels (brackets inside strings do not count).
+    Linear in the text, and checked before ``json.loads``, which recurses once per level."""
+    depth, in_string = 0, False
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token == '"':
+            in_string = not in_string
+        elif in_string or token[0] == "\\":
+            continue
+        elif token in "[{":
+            depth += 1
+            if depth > MAX_SPEC_DEPTH:
+                return False
+        else:
+            depth -= 1
+    return True
+
+
+def _non_finite(constant: str) -> Any:
+    raise SpecError(
+        f"numbers in a spec must be finite, but the JSON has {constant}. Use a finite number (e.g. 1e9)"
+    )
+
+
+def load_json_text(text: str) -> Any:
+    """Parse JSON text with the spec's rules: at most ``MAX_SPEC_DEPTH`` levels, no NaN or Infinity.
+
+    Raises:
+        SpecError: nesting too deep or a non-finite number.
+        ValueError: text that is not JSON.
+    """
+    if not json_depth_ok(text):
+        raise SpecError(_too_deep("the JSON body"))
+    return json.loads(text, parse_constant=_non_finite)
+
+
+def _field(path: str, key: Any) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+
+
+def _plain_items(data: Any) -> Iterator[tuple[str, Any, int]]:
+    """(field path, value, depth) of every value under ``data``, iteratively (no recursion to exhaust)."""
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        path, node, depth = stack.pop()
+        yield path, node, depth
+        if isinstance(node, dict):
+            stack.extend((_field(path, k), v, depth + 1) for k, v in node.items())
+        elif isinstance(node, list | tuple):
+            stack.extend((_field(path, i), v, depth + 1) for i, v in enumerate(node))
+
+
+def check_plain_data(data: Any) -> None:
+    """Hold parsed spec data to the rules every spec source shares: at most ``MAX_SPEC_DEPTH`` levels of
+    nesting and only finite numbers (NaN and infinities are not JSON; stores and hypervolumes break).
+
+    Raises:
+        SpecError: naming the field path, the rule and the value.
+    """
+    for path, value, depth in _plain_items(data):
+        if depth > MAX_SPEC_DEPTH:
+            raise SpecError(_too_deep(path or "(top level)"))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(
+                f"{path or '(top level)'}: numbers in a spec must be finite, but got {value}. "
+                "Use a finite number (e.g. 1e9)"
+            )
+
+
 def spec_from_dict(data: Any, overrides: dict[str, Any] | None = None) -> StudySpec:
     """Validate a plain mapping into a :class:`StudySpec`, raising :class:`SpecError` on bad input."""
     if not isinstance(data, dict):
         raise SpecError(f"a study spec must be a mapping at the top level, but got {type(data).__name__}")
+    check_plain_data(data)
     data = json.loads(json.dumps(data, default=str))  # deep copy; normalises YAML dates etc.
     for key, value in (overrides or {}).items():
         _set_path(data, key, value)
+    if overrides:
+        check_plain_data(data)
     try:
         return StudySpec.model_validate(data)
     except ValidationError as exc:
@@ -399,7 +536,7 @@ def load_spec(source: str | Path, overrides: dict[str, Any] | None = None) -> St
     else:
         text = str(source)
     try:
-        data = yaml.safe_load(text)  # JSON is YAML; safe_load refuses arbitrary tags
+        data = load_yaml_text(text)  # JSON is YAML; no tags, anchors or deep nesting
     except yaml.YAMLError as exc:
         raise SpecError(f"the spec is not valid YAML or JSON: {exc}") from None
     return spec_from_dict(data, overrides)

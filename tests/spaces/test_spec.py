@@ -246,3 +246,102 @@ def test_import_spaces_pulls_in_neither_torch_nor_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+# issue 18 (F1, F6, F8, F11): the CLI's spec files go through the same loader as the service's bodies
+
+
+def _bomb(levels: int = 8) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_spec_file_with_a_yaml_alias_bomb_is_refused_before_expansion(tmp_path):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb())
+    start = time.monotonic()
+    with pytest.raises(
+        SpecError, match=r"YAML anchors and aliases are not allowed in a spec, but line 1 has"
+    ):
+        load_spec(path)
+    assert time.monotonic() - start < 1.0
+    merge = tmp_path / "merge.yaml"
+    merge.write_text("base: &b {kind: tabular}\nevaluator:\n  <<: *b\n")
+    with pytest.raises(SpecError, match=r"the anchor \(&b\)"):
+        load_spec(merge)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "x:\n" + "".join("  " * i + "- \n" for i in range(300))])
+def test_deeply_nested_spec_files_are_refused(tmp_path, text):
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match="nested deeper than 32 levels of lists and mappings"):
+        load_spec(path)
+
+
+def test_deep_data_and_json_depth_are_bounded():
+    from frontier.spaces._spec import json_depth_ok, load_json_text
+
+    deep: list = []
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(SpecError, match=r"nested deeper than 32 levels .* \(at evaluator\.options\.x"):
+        spec_from_dict(with_("evaluator.options.x", deep))
+    assert json_depth_ok('{"a": "' + "[" * 1000 + '"}')  # brackets inside strings do not count
+    assert json_depth_ok('{"a": "\\"' + "[" * 1000 + '"}')
+    assert not json_depth_ok("[" * 33 + "]" * 33) and json_depth_ok("[" * 32 + "]" * 32)
+    with pytest.raises(SpecError, match="nested deeper than 32"):
+        load_json_text("[" * 100_000)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        (
+            "objectives.0.reference",
+            float("nan"),
+            r"objectives\[0\]\.reference: numbers in a spec must be finite",
+        ),
+        ("objectives.0.reference", float("inf"), r"objectives\[0\]\.reference: .* but got inf"),
+        ("evaluator.options.lr", float("-inf"), r"evaluator\.options\.lr: .* but got -inf"),
+        ("constraints", [{"metric": "acc", "op": ">=", "value": float("nan")}], r"constraints\[0\]\.value"),
+    ],
+)
+def test_non_finite_numbers_are_refused(path, value, match):
+    with pytest.raises(SpecError, match=match):
+        spec_from_dict(with_(path, value))
+
+
+def test_non_finite_numbers_in_files_and_overrides(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps(BASE))
+    with pytest.raises(SpecError, match=r"objectives\[0\]\.reference: .* but got nan"):
+        load_spec(path, parse_overrides(["objectives.0.reference=.nan"]))
+    from frontier.spaces._spec import load_json_text
+
+    with pytest.raises(SpecError, match="numbers in a spec must be finite, but the JSON has Infinity"):
+        load_json_text('{"a": Infinity}')
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        ("search.n_trials", True, r"search\.n_trials: Input should be a valid integer \(got True\)"),
+        ("search.n_trials", "5", r"search\.n_trials: Input should be a valid integer \(got '5'\)"),
+        ("search.concurrency", 2.0, r"search\.concurrency: Input should be a valid integer"),
+        ("scheduler_max_t", True, r"search\.scheduler\.max_t: Input should be a valid integer"),
+        ("latency.calibration", True, r"latency\.calibration: Input should be a valid integer"),
+        ("latency.input_shape", [True, 3], r"latency\.input_shape\[0\]: Input should be a valid integer"),
+    ],
+)
+def test_counts_are_strict(path, value, match):
+    if path == "scheduler_max_t":
+        spec = with_("search.scheduler", {"kind": "moasha", "max_t": value})
+    else:
+        spec = with_(path, value)
+    with pytest.raises(SpecError, match=match):
+        spec_from_dict(spec)
+    assert spec_from_dict(with_("search.n_trials", 5)).search.n_trials == 5
