@@ -11,9 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from frontier.services._db import Registry
 from frontier.services._runner import Scheduler
-from frontier.services._settings import Settings, get_settings
-
-ADMIN_OWNER = "admin"
+from frontier.services._settings import ADMIN_OWNER, Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import yaml
 
 from frontier.services._settings import Settings
 from frontier.spaces import SpecError, StudySpec, spec_from_dict
+from frontier.spaces._spec import NAME_PATTERN, load_json_text, load_yaml_text
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -25,7 +28,11 @@ _SERVICE_OWNED = ("storage", "tracking.uri", "address")
 
 
 def parse_body(body: bytes, content_type: str | None) -> Any:
-    """Decode a spec body by its Content-Type: JSON, or YAML read with ``yaml.safe_load`` (no tags)."""
+    """Decode a spec body by its Content-Type: JSON, or plain YAML (no tags, anchors or aliases).
+
+    Both are held to the spec's nesting bound *before* a parser recurses or expands anything, so the work
+    per body is bounded by its size (``max_body_bytes``).
+    """
     media = (content_type or "application/json").split(";")[0].strip().lower()
     try:
         text = body.decode("utf-8")
@@ -33,12 +40,14 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
         raise SpecError(f"the request body must be UTF-8 text, but byte {exc.start} is not") from None
     if media in JSON_TYPES or media.endswith("+json"):
         try:
-            return json.loads(text)
-        except ValueError as exc:
+            return load_json_text(text)
+        except SpecError:
+            raise
+        except (ValueError, RecursionError) as exc:
             raise SpecError(f"the body is not valid JSON: {exc}") from None
     if media in YAML_TYPES:
         try:
-            return yaml.safe_load(text)
+            return load_yaml_text(text)
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0]
             raise SpecError(
@@ -80,8 +89,36 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
+def path_fields(data: dict[str, Any]) -> Iterator[tuple[str, str | None, Any]]:
+    """(field path, key, value) of every spec field that may hold a file path: evaluator options, family
+    options in ``space``, and ``latency.cache``. One list, so submission and the worker's open-time check
+    hold the same fields to the same policy."""
+    yield from _walk((data.get("evaluator") or {}).get("options") or {}, "evaluator.options")
+    for i, item in enumerate(data.get("space") or ()):
+        if isinstance(item, dict) and isinstance(item.get("options"), dict):
+            yield from _walk(item["options"], f"space[{i}].options")
+    cache = (data.get("latency") or {}).get("cache")
+    if isinstance(cache, str):
+        yield "latency.cache", "cache", cache
+
+
+def _is_path(field: str, value: Any) -> bool:
+    return isinstance(value, str) and (field == "latency.cache" or _looks_like_path(value))
+
+
+def _roots(settings: Settings) -> list[Path]:
+    return [Path(r).expanduser().resolve() for r in settings.allowed_roots]
+
+
+def _outside(field: str, value: str, roots: Sequence[Path]) -> SpecError:
+    return SpecError(
+        f"{field}: the path {value!r} is outside the allowed roots {[str(r) for r in roots]}. "
+        "Put the file under one of them."
+    )
+
+
 def check_policy(spec: StudySpec, settings: Settings) -> StudySpec:
-    """Hold a valid spec to the service's rules; return it with option paths made absolute.
+    """Hold a valid spec to the service's rules; return it with relative paths made absolute.
 
     Raises:
         SpecError: naming the field, the rule and the value received.
@@ -101,44 +138,150 @@ def check_policy(spec: StudySpec, settings: Settings) -> StudySpec:
             f"search.n_trials: must be <= {settings.max_trials_per_study} on this service, but got "
             f"{spec.search.n_trials}"
         )
-    roots = [Path(r).expanduser().resolve() for r in settings.allowed_roots]
-    options = json.loads(json.dumps(spec.evaluator.options))
-    for field, key, value in _walk(options, "evaluator.options"):
+    _check_resources(spec, settings)
+    roots = _roots(settings)
+    absolute: dict[str, str] = {}
+    for field, key, value in path_fields(data):
         if key is not None and "trust_remote_code" in key.lower():
             raise SpecError(
                 f"{field}: trust_remote_code is not allowed on this service (remote code is never run)"
             )
-        if isinstance(value, str) and _looks_like_path(value):
+        if _is_path(field, value):
             if "\x00" in value:
                 raise SpecError(f"{field}: a path must not contain NUL characters, but got {value!r}")
             resolved = Path(os.path.expanduser(value)).resolve()
             if not _inside(resolved, roots):
-                raise SpecError(
-                    f"{field}: the path {value!r} is outside the allowed roots {[str(r) for r in roots]}. "
-                    "Put the file under one of them."
-                )
-    absolute = _absolute_options(options, roots)
-    if absolute != spec.evaluator.options:
-        evaluator = spec.evaluator.model_copy(update={"options": absolute})
-        spec = spec.model_copy(update={"evaluator": evaluator})
-    return spec
+                raise _outside(field, value, roots)
+            if not os.path.isabs(value):
+                absolute[field] = str(resolved)  # the worker may run from another directory
+    if not absolute:
+        return spec
+    return spec_from_dict(_with_values(data, absolute))
 
 
-def _absolute_options(options: dict[str, Any], roots: Sequence[Path]) -> dict[str, Any]:
-    """Top-level relative file paths made absolute (the worker may run from another directory)."""
-    out = dict(options)
-    for k, v in options.items():
-        if isinstance(v, str) and _looks_like_path(v) and not os.path.isabs(v):
-            out[k] = str(Path(os.path.expanduser(v)).resolve())
+def _with_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of spec data with the fields named in ``values`` (paths from :func:`path_fields`) replaced."""
+    out: dict[str, Any] = json.loads(json.dumps(data))
+    index = {field: (path, key) for field, path, key in _locations(out)}
+    for field, value in values.items():
+        parent, key = index[field]
+        parent[key] = value
     return out
 
 
-def validate_submission(body: bytes, content_type: str | None, settings: Settings) -> StudySpec:
-    """Body -> a spec the service will run, or SpecError naming what is wrong."""
+def _locations(data: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
+    """(field path, parent container, key) of every value under the path-valued fields."""
+    stack: list[tuple[str, Any]] = []
+    options = (data.get("evaluator") or {}).get("options")
+    if isinstance(options, dict):
+        stack.append(("evaluator.options", options))
+    for i, item in enumerate(data.get("space") or ()):
+        if isinstance(item, dict) and isinstance(item.get("options"), dict):
+            stack.append((f"space[{i}].options", item["options"]))
+    if isinstance(data.get("latency"), dict):
+        yield "latency.cache", data["latency"], "cache"
+    while stack:
+        path, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            sub = f"{path}.{k}" if isinstance(node, dict) else f"{path}[{k}]"
+            yield sub, node, k
+            if isinstance(v, dict | list):
+                stack.append((sub, v))
+
+
+def _check_resources(spec: StudySpec, settings: Settings) -> None:
+    """Refuse a trial that the known cluster could never place (it would wait forever in the queue)."""
+    cpus, gpus = settings.cluster_limits()
+    wanted = {"cpu": (spec.resources.cpu, cpus, "CPUS"), "gpu": (spec.resources.gpu, gpus, "GPUS")}
+    for name, (asked, limit, env) in wanted.items():
+        if limit is not None and asked > limit:
+            raise SpecError(
+                f"resources.{name}: each trial asks for {asked:g} {name.upper()}s, but this service's Ray "
+                f"cluster has {limit:g}, so no trial could ever be placed. Ask for at most {limit:g} (or "
+                f"set FRONTIER_CLUSTER_{env} on the service if its cluster is larger)."
+            )
+
+
+def check_effective_name(owner: str, name: str) -> None:
+    """The service runs a study as ``OWNER--NAME`` (its Optuna and MLflow name); refuse a name for which
+    that is not a valid study name, instead of failing every trial later."""
+    effective = f"{owner}--{name}"
+    if re.fullmatch(NAME_PATTERN, effective):
+        return
+    room = 128 - len(owner) - 2
+    raise SpecError(
+        f"name: this service runs the study as '{owner}--<name>', which must match {NAME_PATTERN} "
+        f"(at most 128 characters), but got {len(effective)} characters for name {name[:40]!r}"
+        f"{'...' if len(name) > 40 else ''}. Use a name of at most {room} characters."
+    )
+
+
+def recheck_paths(spec: StudySpec, settings: Settings) -> StudySpec:
+    """The worker's open-time check of every path-valued field: what was inside the allowed roots at
+    submission may since have become a symlink to elsewhere. Each path is resolved (all symlinks
+    followed), must still lie inside a root, and its resolved file is opened without following a final
+    symlink (``O_NOFOLLOW``: a link swapped in after the resolve is refused too) and must be a regular file
+    or a directory. Returns the spec with each path replaced by its checked, resolved form, so the
+    evaluator opens exactly what was checked.
+
+    Raises:
+        SpecError: naming the field, the path, what it resolves to and the rule.
+    """
+    roots = _roots(settings)
+    data = spec.to_dict()
+    resolved: dict[str, str] = {}
+    for field, _key, value in path_fields(data):
+        if _is_path(field, value):
+            real = open_checked(field, value, roots)
+            if real != value:
+                resolved[field] = real
+    return spec_from_dict(_with_values(data, resolved)) if resolved else spec
+
+
+def open_checked(field: str, value: str, roots: Sequence[Path]) -> str:
+    """Resolve ``value``, verify it is inside ``roots`` and, when it exists, open it without following a
+    final symlink; return the resolved path. A path that does not exist yet (a cache the study creates, a
+    hub id) is returned resolved: whatever later creates it does so inside the root."""
+    real = Path(os.path.expanduser(value)).resolve()
+    if not _inside(real, roots):
+        raise SpecError(
+            f"{field}: the path {value!r} now resolves to {str(real)!r}, outside the allowed roots "
+            f"{[str(r) for r in roots]} (a symlink was planted or a directory moved after submission). "
+            "The study was not run; remove the link and resume it."
+        )
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(real, flags)
+    except FileNotFoundError:
+        return str(real)
+    except OSError as exc:
+        raise SpecError(
+            f"{field}: the path {value!r} ({str(real)!r}) cannot be opened without following a symlink "
+            f"({exc.strerror}); it changed while it was checked. Remove the link and resume the study."
+        ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise SpecError(
+            f"{field}: the path {value!r} ({str(real)!r}) is neither a regular file nor a directory. "
+            "Point it at a file or a directory."
+        )
+    return str(real)
+
+
+def validate_submission(
+    body: bytes, content_type: str | None, settings: Settings, *, owner: str | None = None
+) -> StudySpec:
+    """Body -> a spec the service will run for ``owner``, or SpecError naming what is wrong."""
     from frontier.search import check_spec
 
     data = parse_body(body, content_type)
     spec = spec_from_dict(data)
+    if owner is not None:
+        check_effective_name(owner, spec.name)
     spec = check_policy(spec, settings)
     try:
         check_spec(spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
+# The owner name of admin tokens' studies: a user token may not use it (it would share the admin namespace).
+ADMIN_OWNER = "admin"
 
 
 class Settings(BaseSettings):
@@ -30,6 +33,16 @@ class Settings(BaseSettings):
         mlflow_ui_url: base URL of the MLflow UI, used to build each study's run link.
         host, port: where ``frontier serve`` listens.
         poll_interval_s: how often the scheduler reaps finished studies and starts queued ones.
+        cluster_cpus, cluster_gpus: what the Ray cluster offers at most; a spec whose one trial needs more
+            is refused at submission. Default: this machine's without ``ray_address``, else unknown (no
+            check).
+        placement_timeout_s: how long a running study may wait for its cluster to have room for one trial
+            (an autoscaling cluster may grow) before it fails with an error that says so.
+        max_worker_failures: abnormal deaths of a study's worker (killed by a signal, e.g. the OOM killer, or
+            exited without an outcome) before the study is marked failed; graceful service restarts do not
+            count.
+        retry_backoff_s: the wait before relaunching a study after its worker's first abnormal death,
+            doubled after each further one.
     """
 
     model_config = SettingsConfigDict(env_prefix="FRONTIER_", extra="ignore")
@@ -49,6 +62,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
     poll_interval_s: float = Field(default=0.5, gt=0, le=60)
+    cluster_cpus: float | None = Field(default=None, gt=0)
+    cluster_gpus: float | None = Field(default=None, ge=0)
+    placement_timeout_s: float = Field(default=600.0, gt=0)
+    max_worker_failures: int = Field(default=3, ge=1, le=100)
+    retry_backoff_s: float = Field(default=5.0, ge=0, le=3600)
 
     @field_validator("tokens")
     @classmethod
@@ -59,9 +77,24 @@ class Settings(BaseSettings):
                     f"tokens: owner {owner!r} must match {OWNER_PATTERN.pattern} (letters, digits, '_' and "
                     "'.'; no '-', which separates owner and study name in the Optuna storage)"
                 )
+            if owner.lower() == ADMIN_OWNER:
+                raise ValueError(
+                    f"tokens: owner {owner!r} is reserved for admin_tokens (a user token named so would see "
+                    "and cancel the admin's studies); give this token another owner name, or list it in "
+                    "admin_tokens"
+                )
             if len(token) < 8:
                 raise ValueError(f"tokens: the token of owner {owner!r} must have at least 8 characters")
         return v
+
+    def cluster_limits(self) -> tuple[float | None, float | None]:
+        """(CPUs, GPUs) the cluster can ever offer one trial; None where unknown (a remote cluster)."""
+        if self.ray_address:
+            return self.cluster_cpus, self.cluster_gpus
+        return (
+            self.cluster_cpus if self.cluster_cpus is not None else float(os.cpu_count() or 1),
+            self.cluster_gpus if self.cluster_gpus is not None else float(local_gpus()),
+        )
 
     def storage_url(self) -> str:
         from frontier.search import default_storage
@@ -79,6 +112,15 @@ class Settings(BaseSettings):
         path = Path(self.run_dir).expanduser().resolve() / "service.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
+
+
+def local_gpus() -> int:
+    """NVIDIA GPUs a local Ray would see: the ``CUDA_VISIBLE_DEVICES`` list when set, else /dev/nvidiaN
+    device files (what Ray detects too, without importing torch or starting CUDA)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len([p for p in Path("/dev").glob("nvidia*") if p.name.removeprefix("nvidia").isdigit()])
 
 
 @functools.cache

@@ -12,15 +12,19 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import update
 
 from frontier.services._db import StudyRecord, StudyState, registry_for, utcnow
+from frontier.services._policy import recheck_paths
 from frontier.services._runner import worker_tmp_dir
 from frontier.services._settings import Settings, get_settings
-from frontier.spaces import StudySpec, spec_from_dict
+from frontier.spaces import SpecError, StudySpec, spec_from_dict
 
 HV_REFERENCE_ATTR = "frontier.hv_reference"
 
@@ -60,6 +64,64 @@ def study_hypervolume(spec: StudySpec, rows: list[Any], stored_reference: list[f
         span = worst - best
         ref = worst + np.where(span > 0, 0.1 * span, np.maximum(0.1 * np.abs(worst), 1e-9))
     return float(hypervolume(loss, ref))
+
+
+def final_state(trials: list[Any], run_state: str) -> tuple[StudyState, str | None]:
+    """The registry state and error of a study whose ``run_study`` returned: a study without one complete
+    trial has not succeeded, whatever else happened; its error names the commonest trial error."""
+    complete = sum(1 for r in trials if r.state == "complete")
+    if complete == 0:
+        if not trials:
+            return StudyState.failed, f"no trial ran (the run ended {run_state})"
+        states = Counter(r.state for r in trials)
+        summary = ", ".join(f"{n} {state}" for state, n in states.most_common())
+        errors = Counter(r.error for r in trials if r.error)
+        if not errors:
+            return StudyState.failed, f"no trial completed ({summary} of {len(trials)})"
+        error, n = errors.most_common(1)[0]
+        return StudyState.failed, (
+            f"no trial completed ({summary} of {len(trials)}); the commonest error ({n} of {len(trials)}): "
+            f"{error}"
+        )[:4000]
+    if run_state != "finished":
+        return StudyState.succeeded, f"stopped before the budget ({run_state})"
+    return StudyState.succeeded, None
+
+
+class PlacementWatch(threading.Thread):
+    """Fails a study whose Ray cluster cannot hold even one trial for ``timeout_s`` (an autoscaling cluster
+    may grow meanwhile). Once the cluster's totals fit a trial, placement is Ray's ordinary queueing."""
+
+    def __init__(self, spec: StudySpec, timeout_s: float, on_timeout: Callable[[str], None]) -> None:
+        super().__init__(name="frontier-placement-watch", daemon=True)
+        self.need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+        self.timeout_s = timeout_s
+        self.on_timeout = on_timeout
+        self.done = threading.Event()
+        self.interval_s = min(2.0, timeout_s / 4)
+
+    def run(self) -> None:
+        short_since: float | None = None
+        while not self.done.wait(self.interval_s):
+            ray = sys.modules.get("ray")
+            try:
+                if ray is None or not ray.is_initialized():
+                    continue
+                total = ray.cluster_resources()
+            except Exception:  # Ray is starting or stopping; look again
+                continue
+            have = {k: float(total.get(k, 0.0)) for k in self.need}
+            if all(have[k] >= v for k, v in self.need.items()):
+                return
+            short_since = short_since if short_since is not None else time.monotonic()
+            if time.monotonic() - short_since >= self.timeout_s:
+                self.on_timeout(
+                    f"resources: no trial could be placed within placement_timeout_s={self.timeout_s:g}: "
+                    f"each trial needs cpu={self.need['CPU']:g}, gpu={self.need['GPU']:g}, but the Ray "
+                    f"cluster has CPU={have['CPU']:g}, GPU={have['GPU']:g}. Lower resources.cpu/gpu or add "
+                    "nodes, then resume the study"
+                )
+                return
 
 
 def _terminated(signum: int, _frame: Any) -> None:
@@ -104,6 +166,29 @@ def _main(study_id: str, settings: Settings) -> int:
         spec = run_spec(record.spec, record.storage_name, settings)
 
     running = (StudyRecord.id == study_id) & (StudyRecord.state == StudyState.running.value)
+
+    def fail(error: str) -> None:
+        with registry.session() as s:
+            s.execute(
+                update(StudyRecord)
+                .where(running)
+                .values(state=StudyState.failed.value, finished_at=utcnow(), error=error[:4000])
+            )
+
+    try:
+        spec = recheck_paths(spec, settings)  # the files may have changed since submission
+    except SpecError as exc:
+        print(f"refused at open time: {exc}", file=sys.stderr)
+        fail(str(exc))
+        return 1
+
+    def placement_failed(error: str) -> None:
+        print(error, file=sys.stderr, flush=True)
+        fail(error)
+        os.kill(os.getpid(), signal.SIGTERM)  # unwind run_study (Ray shut down, temp dir removed)
+
+    watch = PlacementWatch(spec, settings.placement_timeout_s, placement_failed)
+    watch.start()
     last = 0.0
 
     def on_progress(p: Any) -> None:
@@ -124,17 +209,10 @@ def _main(study_id: str, settings: Settings) -> int:
             spec, run_dir=settings.run_dir, address=settings.ray_address, on_progress=on_progress
         )
     except Exception as exc:
-        with registry.session() as s:
-            s.execute(
-                update(StudyRecord)
-                .where(running)
-                .values(
-                    state=StudyState.failed.value,
-                    finished_at=utcnow(),
-                    error=f"{type(exc).__name__}: {exc}"[:4000],
-                )
-            )
+        fail(f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        watch.done.set()
     study = load_study(spec.name, outcome.storage)
     hv = study_hypervolume(spec, outcome.trials, study.user_attrs.get(HV_REFERENCE_ATTR))
     experiment_id = None
@@ -142,12 +220,13 @@ def _main(study_id: str, settings: Settings) -> int:
         from mlflow.tracking import MlflowClient
 
         experiment_id = MlflowClient(outcome.tracking_uri).get_run(outcome.parent_run_id).info.experiment_id
+    state, error = final_state(outcome.trials, outcome.state)
     with registry.session() as s:
         s.execute(
             update(StudyRecord)
             .where(running)
             .values(
-                state=StudyState.succeeded.value,
+                state=state.value,
                 finished_at=utcnow(),
                 complete=outcome.count("complete"),
                 failed=outcome.count("fail"),
@@ -155,10 +234,10 @@ def _main(study_id: str, settings: Settings) -> int:
                 hypervolume=hv,
                 mlflow_run_id=outcome.parent_run_id,
                 mlflow_experiment_id=experiment_id,
-                error=None if outcome.state == "finished" else f"stopped before the budget ({outcome.state})",
+                error=error,
             )
         )
-    return 0
+    return 0 if state is StudyState.succeeded else 1
 
 
 if __name__ == "__main__":

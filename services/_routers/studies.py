@@ -18,7 +18,16 @@ from frontier.services._policy import UnsupportedMediaType, spec_hash, validate_
 from frontier.services._settings import Settings
 from frontier.spaces import SpecError
 
-router = APIRouter(prefix="/studies", tags=["studies"])
+router = APIRouter(
+    prefix="/studies",
+    tags=["studies"],
+    responses={401: {"description": "Missing or unknown bearer token (send 'Authorization: Bearer TOKEN')."}},
+)
+
+
+def _utc(when: dt.datetime | None) -> dt.datetime | None:
+    """The registry stores naive UTC; the API says so (an RFC 3339 date-time needs its offset)."""
+    return None if when is None else when.replace(tzinfo=dt.UTC)
 
 
 class TrialCounts(BaseModel):
@@ -43,6 +52,10 @@ class StudyOut(BaseModel):
     elapsed_s: float | None
     trials: TrialCounts
     hypervolume: float | None
+    worker_failures: int = Field(
+        description="Abnormal deaths of the study's worker (killed, or exited without an outcome); each is "
+        "retried after a backoff until the service's max_worker_failures."
+    )
     mlflow_run_url: str | None
     error: str | None
     spec: dict[str, Any]
@@ -70,9 +83,9 @@ def _out(rec: StudyRecord, settings: Settings) -> StudyOut:
         name=rec.name,
         storage_name=rec.storage_name,
         state=StudyState(rec.state),
-        created_at=rec.created_at,
-        started_at=rec.started_at,
-        finished_at=rec.finished_at,
+        created_at=rec.created_at.replace(tzinfo=dt.UTC),
+        started_at=_utc(rec.started_at),
+        finished_at=_utc(rec.finished_at),
         elapsed_s=elapsed,
         trials=TrialCounts(
             budget=rec.n_trials,
@@ -82,6 +95,7 @@ def _out(rec: StudyRecord, settings: Settings) -> StudyOut:
             pruned=rec.pruned,
         ),
         hypervolume=rec.hypervolume,
+        worker_failures=rec.attempts or 0,
         mlflow_run_url=url,
         error=rec.error,
         spec=rec.spec,
@@ -128,7 +142,7 @@ def submit(
 ) -> StudyOut:
     """Validate a spec and queue it. Resubmitting an identical spec returns the existing study."""
     try:
-        spec = validate_submission(body, request.headers.get("content-type"), settings)
+        spec = validate_submission(body, request.headers.get("content-type"), settings, owner=principal.owner)
     except UnsupportedMediaType as exc:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, detail=str(exc)) from None
     except SpecError as exc:
@@ -289,4 +303,22 @@ def cancel(
     with registry.session() as s:
         fresh = s.get(StudyRecord, rec.id)
     assert fresh is not None
+    return _out(fresh, settings)
+
+
+@router.post(
+    "/{study_id}/resume",
+    response_model=StudyOut,
+    responses={
+        404: {"description": "No such study."},
+        409: {"description": "The study is queued, running or succeeded: nothing to resume."},
+    },
+)
+def resume(rec: VisibleStudy, scheduler: SchedulerDep, settings: SettingsDep) -> StudyOut:
+    """Queue a failed or cancelled study again under its name: it resumes from the Optuna storage, keeping
+    every finished trial, with a fresh count of worker failures."""
+    try:
+        fresh = scheduler.resume(rec.id)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
     return _out(fresh, settings)
