@@ -142,6 +142,7 @@ def select(rows: list[TrialRow], expr: str | None, spec: StudySpec) -> TrialRow:
     first = spec.objectives[0]
     how, key = ("max" if first.direction == "maximize" else "min"), first.name
     filters: list[tuple[str, str, float]] = []
+    picked: str | None = None
     for raw in (expr or "").split(","):
         if not raw.strip():
             continue
@@ -154,6 +155,12 @@ def select(rows: list[TrialRow], expr: str | None, spec: StudySpec) -> TrialRow:
                 )
             return match[0]
         if m := _PICK.match(raw):
+            if picked is not None:
+                raise ValueError(
+                    f"--select: at most one preference max(METRIC) or min(METRIC), but got {picked!r} and "
+                    f"{raw.strip()!r}; keep one and turn the other into a filter such as 'latency_ms<=2'"
+                )
+            picked = raw.strip()
             how, key = m["how"], m["metric"]
         elif m := _CLAUSE.match(raw):
             try:

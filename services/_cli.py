@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -57,11 +61,12 @@ TrackingUri = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
 def _locations(run_dir: Path | None, storage: str | None, tracking_uri: str | None) -> tuple[Path, str, str]:
+    """Where a writing command (``run``) keeps its study: created on demand."""
     from frontier.search import default_storage, default_tracking_uri
 
     settings = get_settings()
@@ -71,6 +76,78 @@ def _locations(run_dir: Path | None, storage: str | None, tracking_uri: str | No
         storage or settings.storage or default_storage(rd),
         tracking_uri or settings.tracking_uri or default_tracking_uri(rd),
     )
+
+
+STORE_FILE = "frontier.db"
+_POINT_ELSEWHERE = "pass --run-dir DIR (or --storage URL, or set FRONTIER_RUN_DIR) to read another one"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _read_locations(run_dir: Path | None, storage: str | None, tracking_uri: str | None) -> tuple[str, str]:
+    """Where a read-only command (``studies``, ``trials``, ``pareto``, ``export``, ``ui``) finds a study.
+
+    One rule for every command: ``--storage``/``FRONTIER_STORAGE``, else ``--run-dir``/``FRONTIER_RUN_DIR``,
+    else ``./runs``; when ``./runs`` has no store of its own but exactly one of its subdirectories has (an
+    older ``make demo`` wrote ``runs/demo/``), that one. Nothing is created: a store that is not there is
+    an error naming where it looked, so a typo never leaves an empty database behind.
+    """
+    settings = get_settings()
+    tracking = tracking_uri or settings.tracking_uri
+    url = storage or settings.storage
+    if url is not None:
+        origin = "--storage" if storage else "FRONTIER_STORAGE"
+        path = _sqlite_path(url)
+        if path is not None and not path.is_file():
+            raise _fail(
+                f"{origin}: no study store at {path} (the file does not exist); run a study first "
+                f"(frontier run SPEC --storage {url}) or pass the URL of an existing store"
+            )
+        rd = path.parent if path is not None else Path(settings.run_dir)
+        return url, tracking or _tracking_beside(rd)
+    explicit = (
+        run_dir
+        if run_dir is not None
+        else (settings.run_dir if "run_dir" in settings.model_fields_set else None)
+    )
+    if explicit is not None:
+        store = Path(explicit).expanduser() / STORE_FILE
+        if not store.is_file():
+            origin = "--run-dir" if run_dir is not None else "FRONTIER_RUN_DIR"
+            raise _fail(
+                f"{origin}: no study store in {explicit} (looked for {store}); run a study there first "
+                f"(frontier run SPEC --run-dir {explicit}) or {_POINT_ELSEWHERE}"
+            )
+        return _sqlite_url(store), tracking or _tracking_beside(store.parent)
+    default = Path(settings.run_dir)
+    store = default / STORE_FILE
+    if store.is_file():
+        return _sqlite_url(store), tracking or _tracking_beside(default)
+    found = sorted(default.glob(f"*/{STORE_FILE}"))
+    if len(found) == 1:
+        err.print(f"[dim]reading {found[0]} (the only study store under {default}/)[/]", highlight=False)
+        return _sqlite_url(found[0]), tracking or _tracking_beside(found[0].parent)
+    if found:
+        dirs = ", ".join(str(f.parent) for f in found)
+        raise _fail(f"{default}/ has several study stores ({dirs}); pass --run-dir with one of them")
+    raise _fail(
+        f"no study store in {default.resolve()} (looked for {store} and {default}/*/{STORE_FILE}); "
+        f"run a study first (frontier run SPEC) or {_POINT_ELSEWHERE}"
+    )
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path.expanduser().resolve()}"
+
+
+def _tracking_beside(run_dir: Path) -> str:
+    """The MLflow store a study run in ``run_dir`` wrote (its path only: nothing is created)."""
+    return _sqlite_url(Path(run_dir) / "mlflow.db")
 
 
 def _fmt(v: Any) -> str:
@@ -93,51 +170,36 @@ def run(
     tracking_uri: TrackingUri = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
 ) -> None:
-    """Run a study (or resume it: same name and storage) and print its Pareto set."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run a study (or resume it: same name and storage) and print its Pareto set.
 
+    Exits 1 when no trial completed, with the commonest trial error in the last line.
+    """
     from frontier.search import run_study
-    from frontier.spaces import SpecError, load_spec, parse_overrides
+    from frontier.spaces import SpecError
 
-    try:
-        spec = load_spec(spec_path, parse_overrides(set_ or []))
-    except SpecError as exc:
-        raise _fail(str(exc)) from None
+    spec = _load_spec(spec_path, set_)
     rd, storage_url, tracking = _locations(
         run_dir, storage or spec.storage, tracking_uri or spec.tracking.uri
     )
     spec = spec.model_copy(
         update={"storage": storage_url, "tracking": spec.tracking.model_copy(update={"uri": tracking})}
     )
-    console.print(f"[bold]study[/] {spec.name}  [dim]storage[/] {storage_url}")
-    bar = Progress(
-        TextColumn("[bold blue]trials"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        transient=False,
-    )
-    task = bar.add_task("trials", total=spec.search.n_trials, info="starting Ray workers...")
+    console.print(f"[bold]study[/] {spec.name}  [dim]storage[/] {storage_url}", highlight=False)
+    with _store_errors(storage_url, "pass a --storage URL whose directory exists and is writable"):
+        from frontier.search._optuna import make_storage
 
-    def on_progress(p: Any) -> None:
-        best = "  ".join(f"{k}={_fmt(v)}" for k, v in p.best.items())
-        info = f"failed {p.failed}  pruned {p.pruned}  pareto {p.pareto}  best: {best}"
-        bar.update(task, completed=p.done, info=info)
-
+        make_storage(storage_url)  # an unopenable --storage fails here in one line, before Ray starts
+    reporter = _ProgressReporter(spec.search.n_trials, [o.name for o in spec.objectives])
     try:
-        with bar:
+        with reporter:
             outcome = run_study(
                 spec,
                 run_dir=rd,
                 address=address or get_settings().ray_address,
-                on_progress=on_progress,
+                on_progress=reporter.update,
                 track=not no_track,
             )
-    except SpecError as exc:
-        raise _fail(str(exc)) from None
-    except ValueError as exc:
+    except (SpecError, ValueError) as exc:
         raise _fail(str(exc)) from None
     done = sum(1 for r in outcome.trials if r.state in ("complete", "fail", "pruned"))
     console.print(
@@ -148,16 +210,118 @@ def run(
     )
     if outcome.ray_address:
         console.print(f"[dim]Ray cluster: {outcome.ray_address}[/]")
+    if outcome.count("complete") == 0:
+        raise _fail(_no_trial_completed(outcome.trials, spec.search.n_trials), code=1)
     _pareto_table(outcome.pareto, [o.name for o in spec.objectives], title=f"Pareto set of {spec.name}")
+    # The read commands find this study without flags when it is in the default place (same rule).
+    if storage_url != _sqlite_url(Path(rd) / STORE_FILE):
+        where = f" --storage {storage_url}"
+    elif Path(rd).resolve() == Path(get_settings().run_dir).resolve():
+        where = ""
+    else:
+        where = f" --run-dir {rd}"
     if outcome.tracking_uri:
+        ui_where = where if outcome.tracking_uri == _tracking_beside(rd) else f" --tracking-uri {tracking}"
         console.print(
             f"MLflow: parent run {outcome.parent_run_id}. Open the UI with:\n"
-            f"  frontier ui --tracking-uri {outcome.tracking_uri}"
+            f"  frontier ui {spec.name}{ui_where}",
+            highlight=False,
         )
     console.print(
-        f"Export a point with:\n  frontier export {spec.name} --storage {storage_url} --select "
-        f"'max({spec.objectives[0].name})' -o {spec.name}.yaml"
+        f"Export a point with:\n  frontier export {spec.name}{where} --select "
+        f"'max({spec.objectives[0].name})' -o {spec.name}.yaml",
+        highlight=False,
     )
+
+
+def _no_trial_completed(rows: list[Any], budget: int) -> str:
+    """The last line of a study in which no trial completed: how many ran and the commonest error."""
+    from collections import Counter
+
+    errors = Counter((r.error or "").strip().splitlines()[-1] for r in rows if r.state == "fail" and r.error)
+    ran = sum(1 for r in rows if r.state in ("complete", "fail", "pruned"))
+    head = f"no trial completed ({ran} of {budget} ran: {sum(r.state == 'fail' for r in rows)} failed"
+    head += f", {sum(r.state == 'pruned' for r in rows)} pruned)"
+    if not errors:
+        return head
+    message, count = errors.most_common(1)[0]
+    return f"{head}; commonest error ({count} of {ran} trials): {message[:300]}"
+
+
+def _load_spec(spec_path: Path, set_: list[str] | None) -> Any:
+    """Read SPEC with its --set overrides; every way it can be wrong is a one-line error (exit 2)."""
+    from frontier.spaces import SpecError, load_spec, parse_overrides
+
+    if spec_path.is_dir():
+        raise _fail(f"SPEC: {spec_path} is a directory; pass a study spec file (YAML or JSON)")
+    try:
+        return load_spec(spec_path, parse_overrides(set_ or []))
+    except SpecError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"SPEC: cannot read {spec_path}: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise _fail(
+            f"SPEC: {spec_path} is nested too deeply to read; a study spec is a few levels deep"
+        ) from None
+
+
+class _ProgressReporter:
+    """Trial progress: a live bar on a terminal; elsewhere (CI, ``nohup``, a service's log) one plain line
+    per finished trial, since a bar that redraws in place prints nothing until the study ends."""
+
+    def __init__(self, total: int, objectives: list[str]) -> None:
+        self.total = total
+        self.objectives = objectives
+        self.live = console.is_terminal
+        self._bar: Any = None
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("[bold blue]trials"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+                transient=False,
+            )
+            self._task = self._bar.add_task("trials", total=total, info="starting Ray workers...")
+        else:
+            console.print("starting Ray workers...", highlight=False)
+
+    def __enter__(self) -> _ProgressReporter:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, p: Any) -> None:
+        counts = f"failed {p.failed}  pruned {p.pruned}  pareto {p.pareto}"
+        if self._bar is not None:
+            best = "  ".join(f"{k}={_fmt(v)}" for k, v in p.best.items())
+            self._bar.update(self._task, completed=p.done, info=f"{counts}  best: {best}")
+            return
+        line = f"[{p.done}/{p.total}]"
+        t = p.last
+        if t is not None:
+            state = t.state.name.lower()
+            line += f" trial {t.number} {state}"
+            if t.values:
+                line += " " + " ".join(
+                    f"{n}={_fmt(v)}" for n, v in zip(self.objectives, t.values, strict=False)
+                )
+            elif state == "fail":
+                from frontier.search._pareto import ERROR_ATTR
+
+                error = str(t.user_attrs.get(ERROR_ATTR) or "").strip().splitlines()
+                line += f": {error[-1][:160]}" if error else ""
+        console.print(f"{line}  ({counts})", highlight=False, soft_wrap=True)
+        console.file.flush()
 
 
 def _pareto_table(rows: list[Any], objectives: list[str], title: str) -> None:
@@ -180,11 +344,9 @@ def studies(run_dir: RunDir = None, storage: Storage = None, tracking_uri: Track
     """List the studies in a storage with their state and trial counts."""
     from frontier.search import list_studies
 
-    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
-    try:
+    storage_url, tracking = _read_locations(run_dir, storage, tracking_uri)
+    with _store_errors(storage_url):
         found = list_studies(storage_url)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
     table = Table(title=f"studies in {storage_url}", title_justify="left")
     for col in (
         "name",
@@ -218,12 +380,26 @@ def studies(run_dir: RunDir = None, storage: Storage = None, tracking_uri: Track
 def _rows(study: str, storage_url: str) -> tuple[Any, list[Any]]:
     from frontier.search import load_study, stored_spec, trial_rows
 
-    try:
+    with _store_errors(storage_url):
         st = load_study(study, storage_url)
         spec = stored_spec(st)
+        return spec, trial_rows(st, spec)
+
+
+@contextlib.contextmanager
+def _store_errors(
+    storage_url: str, fix: str = "pass the --storage URL or --run-dir of a store `frontier run` wrote"
+) -> Iterator[None]:
+    """A study store that cannot be read is a one-line error, never a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    return spec, trial_rows(st, spec)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise _fail(f"cannot open the study store {storage_url}: {reason}; {fix}") from None
 
 
 @app.command()
@@ -235,7 +411,7 @@ def trials(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every trial in order: number, state, params, metrics, constraints, Pareto flag."""
-    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
+    storage_url, tracking = _read_locations(run_dir, storage, tracking_uri)
     spec, rows = _rows(study, storage_url)
     if format is TrialFormat.json:
         sys.stdout.write(json.dumps([r.to_dict() for r in rows], indent=2, default=str) + "\n")
@@ -302,7 +478,7 @@ def pareto(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """The Pareto set: complete, feasible, non-dominated trials."""
-    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
+    storage_url, tracking = _read_locations(run_dir, storage, tracking_uri)
     spec, rows = _rows(study, storage_url)
     front = [r for r in rows if r.pareto]
     if format is ParetoFormat.json:
@@ -315,14 +491,62 @@ def pareto(
 
 
 def _mlflow_hint(study: str, storage_url: str, tracking: str) -> None:
-    """Name the study's MLflow parent run, when the tracking store has it."""
-    from frontier.search import find_parent_run
-
-    run_id = find_parent_run(study, storage_url, tracking)
-    if run_id:
-        console.print(
-            f"[dim]MLflow parent run {run_id} in {tracking} (frontier ui --tracking-uri {tracking})[/]"
+    """Name the study's MLflow parent run and how to open it, when the tracking store has it."""
+    found = _parent_run(study, storage_url, tracking)
+    if found is not None:
+        experiment_id, run_id = found
+        ui = (
+            "frontier ui"
+            if tracking == _tracking_beside(_store_dir(storage_url))
+            else (f"frontier ui --tracking-uri {tracking}")
         )
+        console.print(
+            f"[dim]MLflow: parent run {run_id} (experiment {experiment_id}) in {tracking}; open it with: "
+            f"{ui} {study}[/]",
+            highlight=False,
+        )
+
+
+def _store_dir(storage_url: str) -> Path:
+    path = _sqlite_path(storage_url)
+    return path.parent if path is not None else Path(get_settings().run_dir)
+
+
+def _parent_run(study: str, storage_url: str, tracking: str) -> tuple[str, str] | None:
+    """(experiment id, run id) of the study's MLflow parent run, or None.
+
+    A local SQLite tracking store is read with the standard library, read-only: importing MLflow costs
+    more than a second, twice what the rest of ``frontier trials`` does. Other stores go through MLflow.
+    """
+    from frontier.search._mlflow import STORAGE_TAG, STUDY_TAG
+
+    path = _sqlite_path(tracking)
+    if path is None:
+        from frontier.search import find_parent_run
+
+        try:
+            from mlflow.tracking import MlflowClient
+
+            run_id = find_parent_run(study, storage_url, tracking)
+            return (MlflowClient(tracking).get_run(run_id).info.experiment_id, run_id) if run_id else None
+        except Exception:  # the hint is optional: an unreachable tracking server must not fail `trials`
+            return None
+    if not path.is_file():
+        return None
+    import sqlite3
+
+    query = (
+        "SELECT r.experiment_id, r.run_uuid FROM runs r "
+        "JOIN tags a ON a.run_uuid = r.run_uuid AND a.key = ? AND a.value = ? "
+        "JOIN tags b ON b.run_uuid = r.run_uuid AND b.key = ? AND b.value = ? "
+        "WHERE r.lifecycle_stage = 'active' ORDER BY r.start_time LIMIT 1"
+    )
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute(query, (STUDY_TAG, study, STORAGE_TAG, storage_url)).fetchone()
+    except sqlite3.Error:
+        return None
+    return (str(row[0]), str(row[1])) if row else None
 
 
 ModelDir = Annotated[
@@ -367,7 +591,7 @@ def export(
     if register is None and (alias is not None or model_dir is not None):
         given = "--alias" if alias is not None else "--model-dir"
         raise _fail(f"{given} is for registering: pass --register NAME with it")
-    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
+    storage_url, tracking = _read_locations(run_dir, storage, tracking_uri)
     try:
         doc = export_point(study, storage_url, select, tracking)
     except ValueError as exc:
@@ -466,7 +690,7 @@ def promote(
     """Register a Pareto point's applied model in the MLflow Model Registry and point an alias at it."""
     from frontier.search import export_point
 
-    _, storage_url, tracking = _locations(run_dir, storage, tracking_uri)
+    storage_url, tracking = _read_locations(run_dir, storage, tracking_uri)
     try:
         doc = export_point(study, storage_url, select, tracking)
     except ValueError as exc:
@@ -482,7 +706,8 @@ def promote(
     )
 
 
-_TRIAL_FIGURES = ("perplexity", "fidelity", "latency_ms", "total_params", "size_mb")
+_LATENCY_DETAIL = ("latency_ci_ms", "latency_cv")
+_TRIAL_FIGURES = ("perplexity", "fidelity", "latency_ms", "latency_norm_ms", "total_params", "size_mb")
 
 
 def _print_trial_figures(doc: Any) -> None:
@@ -492,6 +717,23 @@ def _print_trial_figures(doc: Any) -> None:
     if figures:
         trial = f"trial {doc.get('trial')}" if doc.get("trial") is not None else "the trial"
         console.print(f"  {trial} measured: " + ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items()))
+
+
+def _print_remeasured(doc: Any, output: Path, model: Path | None, recipe_path: Path) -> None:
+    """The directory ``apply`` wrote, scored and timed by the export's study evaluator (next to the trial's
+    figures); nothing for a bare recipe."""
+    from frontier.services._handoff import remeasure
+
+    try:
+        now = remeasure(doc, output, model=model)
+    except (TypeError, ValueError) as exc:
+        raise _fail(f"{recipe_path}: wrote {output}, but cannot measure it as its study did: {exc}") from None
+    if now is not None:
+        shown = {k: v for k, v in now.items() if k not in _LATENCY_DETAIL}
+        console.print(
+            "  the directory, measured as the study did: "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+        )
 
 
 @app.command("apply")
@@ -508,6 +750,13 @@ def apply_recipe(
     calibration_texts: Annotated[
         int, typer.Option("--calibration-texts", help="Prose chunks for activation-aware configs.")
     ] = 64,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure/--no-measure",
+            help="Score and time the directory written, as the export's study measured its trials.",
+        ),
+    ] = True,
 ) -> None:
     """Compress a model with a recipe and write a Hugging Face model directory in the compressed-tensors
     format, which stock transformers loads (production hand-off)."""
@@ -528,6 +777,8 @@ def apply_recipe(
             f"trial's model by at most {summary['max_abs_logit_diff']:.3g}"
         )
         _print_trial_figures(doc)
+        if measure:
+            _print_remeasured(doc, output, model, recipe_path)
         console.print("  load it with plain transformers:")
         console.print(
             f"    transformers.AutoModelForCausalLM.from_pretrained({str(output)!r})", soft_wrap=True
@@ -546,6 +797,8 @@ def apply_recipe(
         f"  reloaded from the directory: outputs differ by at most {summary['reload_max_abs_diff']:.3g}"
     )
     _print_trial_figures(doc)
+    if measure:
+        _print_remeasured(doc, output, model, recipe_path)
     console.print(f"  files: {', '.join(summary['files'])}")
     auto = "AutoModelForCausalLM" if summary.get("causal_lm") else "AutoModel"
     console.print("  load it with plain transformers (pip install compressed-tensors):")
@@ -562,10 +815,10 @@ def validate(
 ) -> None:
     """Check a spec without running it."""
     from frontier.search import auto_choice, check_spec
-    from frontier.spaces import SpecError, load_spec, parse_overrides
+    from frontier.spaces import SpecError
 
+    spec = _load_spec(spec_path, set_)
     try:
-        spec = load_spec(spec_path, parse_overrides(set_ or []))
         check_spec(spec)
     except SpecError as exc:
         raise _fail(str(exc)) from None
@@ -577,32 +830,194 @@ def validate(
 
 @app.command()
 def ui(
+    study: Annotated[
+        str | None,
+        typer.Argument(help="Open this study's runs [default: the only study in the tracking store]."),
+    ] = None,
     run_dir: RunDir = None,
+    storage: Storage = None,
     tracking_uri: TrackingUri = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
     detach: Annotated[bool, typer.Option("--detach", help="Start the server and return.")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the server to answer.")
+    ] = 180.0,
 ) -> None:
-    """Start the MLflow UI on the study's tracking store and print its URL."""
-    rd, _, tracking = _locations(run_dir, None, tracking_uri)
+    """Start the MLflow UI on the study's tracking store; print the URL of its runs once it answers.
+
+    The server runs in its own process group; SIGTERM or Ctrl-C stops the whole group, so nothing is left
+    holding the port.
+    """
+    import signal
+    import socket
+
+    if tracking_uri is not None and storage is None and run_dir is None:
+        storage_url: str | None = None
+        tracking = tracking_uri
+    else:
+        storage_url, tracking = _read_locations(run_dir, storage, tracking_uri)
+    db = _sqlite_path(tracking)
+    if db is not None and not db.is_file():
+        raise _fail(
+            f"no MLflow tracking store at {db}: the study was run with --no-track or elsewhere; pass the "
+            "--tracking-uri `frontier run` printed"
+        )
+    view = _runs_view(study, storage_url, tracking)
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     if mlflow_bin is None:
-        raise _fail("the mlflow command is not installed in this environment")
-    cmd = [mlflow_bin, "ui", "--backend-store-uri", tracking, "--host", host, "--port", str(port)]
-    artifacts = Path(rd).resolve() / "mlartifacts"
-    if tracking.startswith("sqlite") and artifacts.exists():
-        cmd += ["--default-artifact-root", artifacts.as_uri()]
-    proc = subprocess.Popen(cmd, start_new_session=detach)
-    url = f"http://{host}:{port}"
-    console.print(f"MLflow UI for {tracking}\n  {url}  (experiment 'frontier': one parent run per study)")
-    if detach:
-        console.print(f"  server pid {proc.pid}; stop it with: kill {proc.pid}")
-        return
+        raise _fail("the mlflow command is not installed in this environment (pip install mlflow)")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _fail(
+                f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); pass another --port"
+            ) from None
+    # One worker and no job runner: MLflow's defaults (4 workers, a Huey job consumer) each import MLflow
+    # afresh, which took the UI 90 s to answer on two busy cores; a single user needs neither.
+    cmd = [mlflow_bin, "server", "--backend-store-uri", tracking, "--host", host, "--port", str(port)]
+    cmd += ["--workers", "1"]
+    if db is not None and (db.parent / "mlartifacts").is_dir():
+        cmd += ["--default-artifact-root", (db.parent / "mlartifacts").resolve().as_uri()]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    # Installed before the server starts, so a signal at any moment stops it rather than orphaning it.
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    proc: subprocess.Popen[bytes] | None = None
+    # The server's own log goes to a file, quoted when it fails: its start-up chatter would bury the URL.
+    log = Path(tempfile.mkstemp(prefix="frontier-mlflow-ui-", suffix=".log")[1])
     try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd, start_new_session=True, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        _wait_until_answering(proc, base, timeout, log)
+        console.print(f"MLflow UI for {tracking}", highlight=False)
+        for what, fragment in view:
+            console.print(f"  {what}: {base}/{fragment}", highlight=False, soft_wrap=True)
+        console.file.flush()
+        if detach:
+            console.print(
+                f"  server pid {proc.pid}; log {log}; stop it with: kill -- -{proc.pid}", highlight=False
+            )
+            proc = None  # left running on purpose, with its log
+            return
+        console.print("  (Ctrl-C or SIGTERM stops the server)", highlight=False)
         proc.wait()
+        raise _fail(f"the MLflow server exited with status {proc.returncode}", code=1)
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(10)
+        return
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc is not None:
+            _stop_group(proc)
+            log.unlink(missing_ok=True)
+
+
+def _wait_until_answering(proc: subprocess.Popen[bytes], base: str, timeout: float, log: Path) -> None:
+    """Poll the server's /health until it answers 200; a server that exits or stays silent is an error."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            last = f": {lines[-1].strip()}" if lines else ""
+            raise _fail(
+                f"the MLflow server exited with status {proc.returncode} before answering{last}", code=1
+            )
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise _fail(
+                f"the MLflow server at {base} did not answer within {timeout:g} s (--timeout)", code=1
+            )
+        time.sleep(0.25)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the server's process group (mlflow and its uvicorn worker), SIGKILL what outlives ``grace``."""
+    import signal
+    import time
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, or the group never empties
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+    proc.poll()
+
+
+def _runs_view(study: str | None, storage_url: str | None, tracking: str) -> list[tuple[str, str]]:
+    """UI fragments to print: the study's runs (parent and trials) and its Pareto trials; the experiment's
+    runs when the study cannot be found (a non-SQLite tracking store, or several studies and no name)."""
+    from urllib.parse import urlencode
+
+    from frontier.search._mlflow import PARETO_TAG, STUDY_TAG
+
+    found = _study_parents(tracking)
+    if study is not None:
+        matches = [f for f in found if f[2] == study and (storage_url is None or f[3] == storage_url)]
+        if not matches and _sqlite_path(tracking) is not None:
+            names = sorted({f[2] for f in found})
+            raise _fail(f"study '{study}' has no MLflow run in {tracking}. Studies tracked there: {names}")
+    else:
+        matches = found if len({f[2] for f in found}) == 1 else []
+    if not matches:
+        return [("runs", "#/experiments")]
+    exp, _, name, _ = matches[-1]
+    mine = f"tags.`{STUDY_TAG}` = '{name}'"
+    runs = urlencode({"searchFilter": mine, "orderByKey": "attributes.start_time", "orderByAsc": "true"})
+    front = urlencode({"searchFilter": f"{mine} and tags.{PARETO_TAG} = 'true'"})
+    return [
+        (f"runs of study '{name}'", f"#/experiments/{exp}/runs?{runs}"),
+        ("its Pareto set", f"#/experiments/{exp}/runs?{front}"),
+    ]
+
+
+def _study_parents(tracking: str) -> list[tuple[str, str, str, str]]:
+    """(experiment id, run id, study, storage) of every study's parent run in a local SQLite store."""
+    import sqlite3
+
+    from frontier.search._mlflow import STORAGE_TAG, STUDY_TAG
+
+    path = _sqlite_path(tracking)
+    if path is None or not path.is_file():
+        return []
+    query = (
+        "SELECT r.experiment_id, r.run_uuid, a.value, b.value FROM runs r "
+        "JOIN tags a ON a.run_uuid = r.run_uuid AND a.key = ? "
+        "JOIN tags b ON b.run_uuid = r.run_uuid AND b.key = ? "
+        "JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = 'frontier.kind' AND k.value = 'study' "
+        "WHERE r.lifecycle_stage = 'active' ORDER BY r.start_time"
+    )
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute(query, (STUDY_TAG, STORAGE_TAG)).fetchall()
+    except sqlite3.Error:
+        return []
+    return [(str(e), str(r), str(s), str(u)) for e, r, s, u in rows]
 
 
 # The study service and its client ------------------------------------------------------------------------
@@ -675,6 +1090,20 @@ def _call(client: Any, method: str, path: str, **kwargs: Any) -> Any:
     return r
 
 
+_STUDY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _study_id(value: str) -> str:
+    """A study id as the service issues them (32 hex digits); anything else could change the request's
+    path (``../health`` reaches another endpoint), so it is refused before a request is made."""
+    if not _STUDY_ID.fullmatch(value):
+        raise _fail(
+            f"ID: a study id is letters, digits, '-' or '_' (the service issues 32 hex digits; "
+            f"`frontier status` lists them), but got {value!r}"
+        )
+    return value
+
+
 def _study_line(s: dict[str, Any]) -> str:
     t = s["trials"]
     hv = f"  hv {s['hypervolume']:.4g}" if s.get("hypervolume") is not None else ""
@@ -712,6 +1141,8 @@ def status(
     token: Token = None,
 ) -> None:
     """Show one study, or list the studies you can see."""
+    if study_id is not None:
+        _study_id(study_id)
     with _client(server, token) as c:
         if study_id:
             s = _call(c, "GET", f"/studies/{study_id}").json()
@@ -741,6 +1172,7 @@ def cancel(
     token: Token = None,
 ) -> None:
     """Cancel a queued or running study."""
+    _study_id(study_id)
     with _client(server, token) as c:
         s = _call(c, "POST", f"/studies/{study_id}/cancel").json()
     console.print(_study_line(s), highlight=False)
@@ -761,6 +1193,7 @@ def watch(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    _study_id(study_id)
     final = ("succeeded", "failed", "cancelled")
     deadline = None if timeout is None else time.monotonic() + timeout
     with _client(server, token) as c:
@@ -819,11 +1252,11 @@ def latency_calibrate(
     """Measure K chosen candidates on this machine and store the device profile later studies use
     (``latency: {mode: predicted | hybrid, device: NAME}``)."""
     from frontier.search._latency import calibrate, profile_path
-    from frontier.spaces import SpecError, load_spec, parse_overrides
+    from frontier.spaces import SpecError
 
     rd = run_dir or get_settings().run_dir
+    spec = _load_spec(space, set_)
     try:
-        spec = load_spec(space, parse_overrides(set_ or []))
         console.print(f"[bold]calibrating[/] {device}: {k} candidates of {spec.name} ({spec.evaluator.kind})")
 
         def on_row(row: dict[str, Any]) -> None:
