@@ -374,14 +374,43 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
             raise SpecError(f"--set {dotted}: '{'.'.join(keys[:i])}' is a value, not a mapping or list")
 
 
+_OVERRIDE_INDEX = re.compile(r"\[\s*(-?\w*)\s*\]")
+_OVERRIDE_PART = re.compile(r"^(?:[A-Za-z_][\w\-]*|\d+)$")
+
+
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Parse ``key.path=value`` strings; values are read as YAML scalars (``3``, ``true``, ``[1, 2]``)."""
+    """Parse ``key.path=value`` strings; values are read as YAML scalars (``3``, ``true``, ``[1, 2]``).
+
+    A list element is addressed as ``space[0].choices`` or ``space.0.choices``; keys come back in the
+    dotted form. Every malformed pair is a :class:`SpecError` naming the pair, the rule and an example.
+    """
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SpecError(f"--set expects KEY.PATH=VALUE, but got {pair!r}")
+            raise SpecError(
+                f"--set expects KEY.PATH=VALUE (e.g. search.n_trials=10 or space[0].choices=[mlp, cnn]), "
+                f"but got {pair!r}"
+            )
         key, raw = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        key = key.strip()
+        dotted = _OVERRIDE_INDEX.sub(lambda m: f".{m[1]}", key)
+        parts = dotted.split(".")
+        bad = next((p for p in parts if not _OVERRIDE_PART.match(p)), None)
+        if bad is not None:
+            what = "an empty part" if bad == "" else f"{bad!r}"
+            raise SpecError(
+                f"--set {pair!r}: KEY.PATH must be field names joined by '.', with list indexes as [N] "
+                f"(N = 0, 1, ...), e.g. space[0].choices; the key {key!r} has {what}"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+            raise SpecError(
+                f"--set {key}: the value {raw!r} is not valid YAML ({problem}); quote text that contains "
+                "':', '[' or '{', e.g. --set 'name=\"a: b\"', or write a list as [1, 2]"
+            ) from None
+        out[dotted] = value
     return out
 
 
