@@ -122,3 +122,77 @@ def test_relative_table_path_inside_a_root_is_made_absolute(
 def test_settings_reject_owner_names_with_dashes() -> None:
     with pytest.raises(ValueError, match="owner 'a--b' must match"):
         Settings(tokens={"long-enough-token": "a--b"})
+
+
+def test_settings_reserve_the_admin_owner_name() -> None:
+    for owner in ("admin", "Admin"):
+        with pytest.raises(ValueError, match=f"owner '{owner}' is reserved for admin_tokens"):
+            Settings(tokens={"long-enough-token": owner})
+
+
+def test_final_state_is_honest_about_studies_without_a_complete_trial() -> None:
+    from frontier.search import TrialRow
+    from frontier.services._db import StudyState
+    from frontier.services._worker import final_state
+
+    def row(n: int, state: str, error: str | None = None) -> TrialRow:
+        return TrialRow(n, state, {}, {}, {}, {}, False, False, error=error)
+
+    timeout = "TimeoutError: trial 0 ran over trial_timeout_s=120.0"
+    failed = [row(0, "fail", timeout), row(1, "fail", "ValueError: x"), row(2, "fail", timeout)]
+    assert final_state(failed, "finished") == (
+        StudyState.failed,
+        f"no trial completed (3 fail of 3); the commonest error (2 of 3): {timeout}",
+    )
+    assert final_state([], "stopped") == (StudyState.failed, "no trial ran (the run ended stopped)")
+    assert final_state([row(0, "pruned")], "finished") == (
+        StudyState.failed,
+        "no trial completed (1 pruned of 1)",
+    )
+    assert final_state([row(0, "complete"), *failed], "finished") == (StudyState.succeeded, None)
+    assert final_state([row(0, "complete")], "stopped") == (
+        StudyState.succeeded,
+        "stopped before the budget (stopped)",
+    )
+
+
+def test_resume_requeues_a_failed_study(client: TestClient, spec: dict[str, Any]) -> None:
+    from frontier.services._db import StudyRecord
+
+    sid = client.post("/studies", json=spec, headers=auth(ALICE)).json()["id"]
+    registry = client.app.state.registry  # type: ignore[attr-defined]
+    with registry.session() as s:
+        rec = s.get(StudyRecord, sid)
+        rec.state, rec.error, rec.attempts, rec.pid = (
+            "failed",
+            "gave up after 3 abnormal worker deaths",
+            3,
+            99,
+        )
+    r = client.post(f"/studies/{sid}/resume", headers=auth(ALICE))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["state"] == "queued" and body["error"] is None and body["worker_failures"] == 0
+    assert body["finished_at"] is None and body["created_at"].endswith("Z")
+    again = client.post(f"/studies/{sid}/resume", headers=auth(ALICE))
+    assert again.status_code == 409
+    assert again.json()["detail"] == (
+        "the study is queued: only a failed or cancelled study can be resumed (it is already going)"
+    )
+
+
+def test_effective_name_and_resources_in_process(settings: Settings, spec: dict[str, Any]) -> None:
+    from frontier.services._policy import check_effective_name
+
+    check_effective_name("alice", "n" * 121)
+    with pytest.raises(SpecError, match=r"name: this service runs the study as 'alice--<name>'.*at most 121"):
+        check_effective_name("alice", "n" * 122)
+    with pytest.raises(SpecError, match="must match"):
+        check_effective_name("_alice", "toy")  # an owner the pattern's first character refuses
+    small = settings.model_copy(update={"cluster_cpus": 2.0, "cluster_gpus": 0.0})
+    with pytest.raises(SpecError, match=r"resources\.gpu: each trial asks for 1 GPUs, but .* has 0"):
+        check_policy(spec_from_dict({**spec, "resources": {"gpu": 1}}), small)
+    with pytest.raises(SpecError, match=r"resources\.cpu: each trial asks for 2\.5 CPUs, but .* has 2"):
+        check_policy(spec_from_dict({**spec, "resources": {"cpu": 2.5}}), small)
+    remote = settings.model_copy(update={"ray_address": "10.0.0.5:6379"})
+    assert check_policy(spec_from_dict({**spec, "resources": {"gpu": 8}}), remote).resources.gpu == 8
