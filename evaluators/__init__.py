@@ -3,7 +3,6 @@
 ``import evaluators`` stays light; each evaluator imports torch or pandas only when it runs.
 """
 
-from frontier.evaluators import _digits, _hf_causal_lm, _hf_embedding, _lm_train, _tabular  # noqa: F401  (registration)
 from frontier.evaluators._base import (
     EvalContext,
     Evaluator,

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from frontier.spaces._registry import Registry
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -75,12 +77,25 @@ Handler = Callable[["nn.Module", C, ApplyContext], "nn.Module"]
 
 @dataclass(frozen=True)
 class _Entry(Generic[C]):
+    config_type: type[C]
     handler: Handler[C]
     accepts: Callable[[nn.Module], bool]
     default_targets: Callable[[nn.Module], list[str]] | None = field(default=None)
 
 
-_HANDLERS: dict[type[CompressionConfig], _Entry[Any]] = {}
+def _entry_origin(entry: _Entry[Any]) -> str:
+    cls, fn = entry.config_type, entry.handler
+    return f"{cls.__module__}.{cls.__qualname__} (handler {fn.__module__}.{fn.__qualname__})"
+
+
+HANDLERS: Registry[_Entry[Any]] = Registry(
+    "compression config type",
+    builtins=("frontier.kernels._qlinear", "frontier.kernels._prune", "frontier.kernels._sparsity"),
+    origin=_entry_origin,
+)
+"""Handlers by config type name (the name ``to_dict`` writes); the built-in ones are in the modules named
+here. Keyed by name, not type, because the name is what a stored recipe holds: two config classes may not
+share one."""
 
 
 def register_handler(
@@ -98,6 +113,10 @@ def register_handler(
         accepts: which selected modules the handler takes; the others a target pattern matches are skipped.
         default_targets: module names used when ``apply_`` gets no ``targets`` (default: every module
             ``accepts`` takes).
+
+    Raises:
+        TypeError: ``config_type`` is not a :class:`CompressionConfig` subclass.
+        ValueError: another handler or config class already holds the config type's name.
     """
     if not (isinstance(config_type, type) and issubclass(config_type, CompressionConfig)):
         raise TypeError(
@@ -105,9 +124,7 @@ def register_handler(
         )
 
     def deco(fn: Handler[C]) -> Handler[C]:
-        if config_type in _HANDLERS and _HANDLERS[config_type].handler is not fn:
-            raise ValueError(f"A handler for {config_type.__name__} is already registered.")
-        _HANDLERS[config_type] = _Entry(fn, accepts, default_targets)
+        HANDLERS.add(config_type.__name__, _Entry(config_type, fn, accepts, default_targets))
         return fn
 
     return deco
@@ -115,27 +132,27 @@ def register_handler(
 
 def available_configs() -> list[str]:
     """Names of the config types that can be applied and rebuilt from a dict."""
-    return sorted(t.__name__ for t in _HANDLERS)
+    return HANDLERS.available()
 
 
 def _entry_for(config: CompressionConfig) -> _Entry[Any]:
-    try:
-        return _HANDLERS[type(config)]
-    except KeyError:
+    name = type(config).__name__
+    entry = HANDLERS.get(name)
+    if entry.config_type is not type(config):  # a same-named class from elsewhere is not on the allowlist
         raise ValueError(
-            f"Unknown compression config type '{type(config).__name__}'. Available: {available_configs()}"
-        ) from None
+            f"Unknown compression config type '{name}' from {type(config).__module__}: the registered "
+            f"'{name}' is {entry.config_type.__module__}.{entry.config_type.__qualname__}. "
+            "Register a handler for it under a distinct class name."
+        )
+    return entry
 
 
 def config_from_dict(data: Mapping[str, Any]) -> CompressionConfig:
     """Rebuild any registered config from ``{"type": ..., "version": ..., **fields}``."""
     if not isinstance(data, Mapping):
         raise TypeError(f"A compression config dict must be a mapping. Got {type(data).__name__} instead.")
-    by_name = {t.__name__: t for t in _HANDLERS}
     type_name = data.get("type")
-    if type_name not in by_name:
-        raise ValueError(f"Unknown compression config type {type_name!r}. Available: {sorted(by_name)}")
-    cls = by_name[type_name]
+    cls = HANDLERS.get(type_name).config_type
     version = data.get("version", cls.VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= cls.VERSION:
         raise ValueError(

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from frontier.spaces._registry import Registry
+
 if TYPE_CHECKING:
     from frontier.kernels._qlinear import QuantizedLinear
 
@@ -47,24 +49,35 @@ class LinearKernel(abc.ABC):
         """``x @ dequant(W).T + bias`` for 2-D ``x``."""
 
 
-_KERNELS: list[LinearKernel] = []
-_REGISTRY_VERSION = [0]
+KERNELS: Registry[LinearKernel] = Registry("linear kernel")
+"""Kernel instances by name. The built-in ones are defined below, in this module, so nothing is lazy."""
+_ORDER: tuple[int, list[LinearKernel]] = (-1, [])
 K = TypeVar("K", bound=type[LinearKernel])
 
 
 def register_linear_kernel(cls: K) -> K:
-    """Class decorator: make a :class:`LinearKernel` available to dispatch."""
-    if any(k.name == cls.name for k in _KERNELS):
-        raise ValueError(f"A linear kernel named '{cls.name}' is already registered.")
-    _KERNELS.append(cls())
-    _KERNELS.sort(key=lambda k: -k.priority)
-    _REGISTRY_VERSION[0] += 1
+    """Class decorator: make a :class:`LinearKernel` available to dispatch under ``cls.name``.
+
+    Raises:
+        ValueError: another kernel already holds the name.
+    """
+    KERNELS.add(cls.name, cls())
     return cls
+
+
+def _dispatch_order() -> list[LinearKernel]:
+    """Registered kernels, highest ``priority`` first (ties by name), rebuilt when the registry changes."""
+    global _ORDER
+    version, order = _ORDER
+    if version != KERNELS.version:
+        order = sorted((k for _, k in KERNELS.items()), key=lambda k: (-k.priority, k.name))
+        _ORDER = (KERNELS.version, order)
+    return order
 
 
 def available_linear_kernels() -> list[str]:
     """Kernel names in dispatch order."""
-    return [k.name for k in _KERNELS]
+    return [k.name for k in _dispatch_order()]
 
 
 def dispatch_key(layer: QuantizedLinear, x: torch.Tensor) -> tuple[Any, ...]:
@@ -72,7 +85,7 @@ def dispatch_key(layer: QuantizedLinear, x: torch.Tensor) -> tuple[Any, ...]:
     grad = torch.is_grad_enabled() and (
         x.requires_grad or (layer.bias is not None and layer.bias.requires_grad)
     )
-    return (x.device, x.dtype, x.shape[0], grad, _REGISTRY_VERSION[0])
+    return (x.device, x.dtype, x.shape[0], grad, KERNELS.version)
 
 
 def select_kernel(layer: QuantizedLinear, x: torch.Tensor) -> LinearKernel:
@@ -81,7 +94,7 @@ def select_kernel(layer: QuantizedLinear, x: torch.Tensor) -> LinearKernel:
     key = dispatch_key(layer, x)
     kernel = cache.get(key)
     if kernel is None:
-        kernel = next((k for k in _KERNELS if k.supports(layer, x)), None)
+        kernel = next((k for k in _dispatch_order() if k.supports(layer, x)), None)
         if kernel is None:
             raise RuntimeError("No linear kernel accepted the input; 'dequant-matmul' should always accept.")
         if len(cache) > 256:  # many distinct row counts: keep the cache bounded
@@ -91,10 +104,12 @@ def select_kernel(layer: QuantizedLinear, x: torch.Tensor) -> LinearKernel:
 
 
 def get_linear_kernel(name: str) -> LinearKernel:
-    for kernel in _KERNELS:
-        if kernel.name == name:
-            return kernel
-    raise ValueError(f"Unknown linear kernel '{name}'. Available: {available_linear_kernels()}")
+    """The kernel registered as ``name``.
+
+    Raises:
+        ValueError: ``Unknown linear kernel 'x'. Available: [...]``.
+    """
+    return KERNELS.get(name)
 
 
 def _needs_grad(layer: QuantizedLinear, x: torch.Tensor) -> bool:

@@ -8,36 +8,36 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from frontier.spaces import FloatParam, StudySpec
+from frontier.spaces._samplers import SAMPLERS, SamplerFactory
+from frontier.spaces._samplers import available_samplers as available_samplers
 
 if TYPE_CHECKING:
     import optuna
 
-SamplerFactory = Callable[[StudySpec], "optuna.samplers.BaseSampler"]
-_REGISTRY: dict[str, SamplerFactory] = {}
-
 
 def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
-    def deco(fn: SamplerFactory) -> SamplerFactory:
-        _REGISTRY[name] = fn
-        return fn
+    """Register ``factory(spec) -> optuna.samplers.BaseSampler`` as ``search.sampler: NAME``.
 
-    return deco
+    The registry lives in ``frontier.spaces`` so specs check ``search.sampler`` against it; register before
+    loading a spec that names the sampler.
 
-
-def available_samplers() -> list[str]:
-    return sorted(_REGISTRY)
+    Raises:
+        ValueError: another factory already holds ``name``.
+    """
+    return SAMPLERS.register(name)
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """Build the sampler a spec names (``search.sampler``), seeded with ``search.seed``."""
-    name = spec.search.sampler
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"Unknown sampler '{name}'. Available: {available_samplers()}") from None
+    """Build the sampler a spec names (``search.sampler``), seeded with ``search.seed``.
+
+    Raises:
+        ValueError: ``Unknown sampler 'x'. Available: [...]``.
+    """
+    factory = SAMPLERS.get(spec.search.sampler)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning for multivariate/group TPE
-        return factory(spec)
+        sampler: optuna.samplers.BaseSampler = factory(spec)
+        return sampler
 
 
 @register_sampler("tpe")

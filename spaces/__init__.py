@@ -17,8 +17,9 @@ from frontier.spaces._params import (
     OrdinalParam,
     Param,
 )
+from frontier.spaces._registry import Registry
+from frontier.spaces._samplers import available_samplers
 from frontier.spaces._spec import (
-    SAMPLER_NAMES,
     Constraint,
     DeployTarget,
     EvaluatorSpec,
@@ -37,7 +38,6 @@ from frontier.spaces._spec import (
 
 __all__ = [
     "RUNTIMES",
-    "SAMPLER_NAMES",
     "Candidate",
     "CategoricalParam",
     "Condition",
@@ -51,6 +51,7 @@ __all__ = [
     "Objective",
     "OrdinalParam",
     "Param",
+    "Registry",
     "Resources",
     "RuntimeRules",
     "SchedulerConfig",
@@ -60,6 +61,7 @@ __all__ = [
     "Tracking",
     "active",
     "available_families",
+    "available_samplers",
     "check_deploy",
     "compression_plan",
     "decode",

@@ -10,40 +10,28 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from frontier.spaces._registry import Registry
+
 FamilyExpander = Callable[[str, Mapping[str, Any]], list[dict[str, Any]]]
-_FAMILIES: dict[str, FamilyExpander] = {}
+FAMILIES: Registry[FamilyExpander] = Registry(
+    "space family",
+    builtins=("frontier.spaces._family_lm", "frontier.spaces._family_compress"),
+)
+"""Space families by name; the built-in ones are in the modules named here."""
 
 
 def register_family(name: str) -> Callable[[FamilyExpander], FamilyExpander]:
-    """Register ``fn(prefix, options) -> [param mappings]`` as the space family ``name``."""
+    """Register ``fn(prefix, options) -> [param mappings]`` as the space family ``name``.
 
-    def deco(fn: FamilyExpander) -> FamilyExpander:
-        _FAMILIES[name] = fn
-        return fn
-
-    return deco
+    Raises:
+        ValueError: another function already holds ``name``.
+    """
+    return FAMILIES.register(name)
 
 
 def available_families() -> list[str]:
-    _load_builtin()
-    return sorted(_FAMILIES)
+    return FAMILIES.available()
 
 
 def expand_family(family: str, prefix: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    _load_builtin()
-    try:
-        fn = _FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"Unknown space family '{family}'. Available: {sorted(_FAMILIES)}") from None
-    return fn(prefix, options)
-
-
-def _load_builtin() -> None:
-    import importlib
-
-    for module in ("frontier.spaces._family_lm", "frontier.spaces._family_compress"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    return FAMILIES.get(family)(prefix, options)

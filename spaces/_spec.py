@@ -24,9 +24,8 @@ from pydantic import (
 from frontier.spaces._deploy import DeployFormat, Runtime, check_deploy, deploy_notes
 from frontier.spaces._errors import SpecError, format_validation_error
 from frontier.spaces._params import FamilyParam, IntParam, Param, SpaceItem
+from frontier.spaces._samplers import SAMPLERS
 
-SamplerName = Literal["auto", "tpe", "nsga2", "nsga3", "gp", "random"]
-SAMPLER_NAMES: tuple[str, ...] = ("auto", "tpe", "nsga2", "nsga3", "gp", "random")
 Direction = Literal["minimize", "maximize"]
 ConstraintOp = Literal["<=", ">="]
 # A study name; the service runs a study as OWNER--NAME, which must match it too.
@@ -105,7 +104,7 @@ class SearchConfig(_Frozen):
             Generous by default: on a busy machine a first setup (numba compiling kernels) takes minutes.
     """
 
-    sampler: SamplerName = "auto"
+    sampler: str = "auto"
     n_trials: Count = Field(default=30, ge=1, le=1_000_000)
     timeout_s: float | None = Field(default=None, gt=0)
     seed: Count | None = Field(default=None, ge=0, le=2**32 - 1)
@@ -114,6 +113,17 @@ class SearchConfig(_Frozen):
     setup_timeout_s: float | None = Field(default=1800.0, gt=0)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     runner: Runner = "auto"
+
+    @field_validator("sampler")
+    @classmethod
+    def _registered_sampler(cls, v: str) -> str:
+        # The registry, not a fixed list: a sampler registered with register_sampler is accepted too.
+        if v not in SAMPLERS:
+            raise ValueError(
+                f"{SAMPLERS.unknown_message(v)} (a custom sampler is registered with "
+                "frontier.search.register_sampler before the spec is loaded)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _runner_fits(self) -> SearchConfig:

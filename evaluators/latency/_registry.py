@@ -6,35 +6,43 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from frontier.evaluators.latency._base import LatencyPredictor
+from frontier.spaces._registry import Registry
 
-_REGISTRY: dict[str, type[LatencyPredictor]] = {}
+PREDICTORS: Registry[type[LatencyPredictor]] = Registry(
+    "predictor",
+    builtins=(
+        "frontier.evaluators.latency._device_transfer",
+        "frontier.evaluators.latency._linear",
+        "frontier.evaluators.latency._lookup_table",
+        "frontier.evaluators.latency._regressor",
+        "frontier.evaluators.latency._source_mix",
+    ),
+)
+"""Registered latency predictor classes; the built-in ones are in the modules named here."""
 P = TypeVar("P", bound=type[LatencyPredictor])
 
 
 def register_predictor(name: str) -> Callable[[P], P]:
-    """Class decorator: make a :class:`LatencyPredictor` available to :func:`get_predictor` as ``name``."""
+    """Class decorator: make a :class:`LatencyPredictor` available to :func:`get_predictor` as ``name``.
+
+    Raises:
+        ValueError: another class already holds ``name``.
+    """
 
     def deco(cls: P) -> P:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(
-                f"latency predictor '{name}' is already registered by {_REGISTRY[name].__qualname__}"
-            )
+        PREDICTORS.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return deco
 
 
 def available_predictors() -> list[str]:
-    return sorted(_REGISTRY)
+    return PREDICTORS.available()
 
 
 def get_predictor_class(name: str) -> type[LatencyPredictor]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"Unknown predictor '{name}'. Available: {available_predictors()}") from None
+    return PREDICTORS.get(name)
 
 
 def get_predictor(name: str, **kwargs: Any) -> LatencyPredictor:

@@ -86,8 +86,9 @@ def test_minimal_spec_has_defaults():
         (
             "search.sampler",
             "cmaes",
-            r"search.sampler: Input should be 'auto', 'tpe', 'nsga2', 'nsga3', 'gp' or 'random' "
-            r"\(got 'cmaes'\)",
+            r"search.sampler: Unknown sampler 'cmaes'. Available: "
+            r"\['auto', 'gp', 'nsga2', 'nsga3', 'random', 'tpe'\] "
+            r"\(a custom sampler is registered with frontier.search.register_sampler",
         ),
         ("search.n_trials", 0, r"search.n_trials: Input should be greater than or equal to 1 \(got 0\)"),
         ("search.timeout_s", -1, r"search.timeout_s: Input should be greater than 0 \(got -1\)"),
