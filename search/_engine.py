@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from frontier.search._latency import MEASURED_KEY
 from frontier.search._mlflow import MlflowTracker, TrackerThread, default_tracking_uri
-from frontier.search._optuna import SAMPLER_ATTR, default_storage, n_done, open_study
+from frontier.search._optuna import RETRIED_ATTR, SAMPLER_ATTR, default_storage, n_done, open_study
 from frontier.search._pareto import is_feasible, pareto_mask, pareto_trials, to_loss, trial_metrics
 from frontier.search._results import STATE_ATTR, WEIGHTS_ATTR, TrialRow, trial_rows
 from frontier.search._samplers import auto_choice, make_sampler
@@ -25,6 +26,9 @@ from frontier.search._warmstart import enqueue_initial
 from frontier.spaces import SpecError, StudySpec, decode
 
 log = logging.getLogger(__name__)
+
+# The study's workers' start-and-setup times in seconds (FIFO pool), one list per run of the study.
+SETUP_ATTR = "frontier.worker_setup_s"
 
 
 @dataclass
@@ -168,6 +172,7 @@ def make_scheduler(spec: StudySpec) -> Any:
 
 
 def init_ray(address: str | None) -> None:
+    """Start a local Ray bound to 127.0.0.1 (``address`` None), or join the cluster at ``address``."""
     import ray
 
     if ray.is_initialized():
@@ -179,17 +184,38 @@ def init_ray(address: str | None) -> None:
         # A cluster started on the loopback address: join it as a loopback node too, else Ray looks for
         # a local raylet under the machine's network address and does not find it.
         extra["_node_ip_address"] = "127.0.0.1"
-    ray.init(
-        # "local" always starts a fresh local Ray: a plain ray.init() would join whatever cluster
-        # `ray start` last left in /tmp/ray (someone else's, or a dead one) and could hang there.
-        address=address or "local",
-        **extra,
-        include_dashboard=False,
-        configure_logging=True,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-        ignore_reinit_error=True,
-    )
+    with _loopback() if not address else contextlib.nullcontext():
+        ray.init(
+            # "local" always starts a fresh local Ray: a plain ray.init() would join whatever cluster
+            # `ray start` last left in /tmp/ray (someone else's, or a dead one) and could hang there.
+            address=address or "local",
+            **extra,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
+
+
+@contextlib.contextmanager
+def _loopback() -> Iterator[None]:
+    """Start Ray's processes on 127.0.0.1 only, as Ray does on a single-machine (macOS/Windows) install.
+
+    The local Ray serves this process alone, so nothing on the network should reach it; but Ray turns a
+    ``_node_ip_address`` of 127.0.0.1 into the machine's network address unless cluster mode is off
+    (``ray._private.services.resolve_ip_for_localhost``), and then its GCS, raylet and workers listen there.
+    Ray reads the switch when it resolves the address (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` at import
+    time sets it); the node keeps the address it started with, so the switch is restored afterwards.
+    """
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def run_study(
@@ -386,7 +412,13 @@ def _run(
     state = "finished"
     try:
         if helpers.pool is not None:
-            helpers.pool.run(searcher)
+            try:
+                helpers.pool.run(searcher)
+            finally:
+                if helpers.pool.setup_s:
+                    times = [round(s, 2) for s in helpers.pool.setup_s]
+                    runs = [*study.user_attrs.get(SETUP_ATTR, []), times]
+                    study.set_user_attr(SETUP_ATTR, runs)
             helpers.pool.close()  # frees the workers' resources (the hybrid re-measurement needs them)
         else:
             run_trials(
@@ -474,6 +506,8 @@ class _Counts:
             self._tally(t)
 
     def _tally(self, t: FrozenTrial) -> None:
+        if t.user_attrs.get(RETRIED_ATTR):  # run again: its retry counts instead
+            return
         if t.state == TrialState.COMPLETE:
             self.complete += 1
             if is_feasible(t):

@@ -23,6 +23,12 @@ SAMPLER_ATTR = "frontier.sampler"
 INTERRUPTED = (
     "interrupted: the process running this trial stopped before it finished (trial marked failed on resume)"
 )
+# Interrupted trials (their process died) are run once more with the same parameters, as Optuna's
+# RetryFailedTrialCallback does: the original stays FAIL with its reason and RETRIED_ATTR, which takes it
+# off the budget; the retry carries RETRY_OF_ATTR (the original's number) and Optuna's own system
+# attributes ("failed_trial", "retry_history"), so RetryFailedTrialCallback.retried_trial_number reads it.
+RETRY_OF_ATTR = "frontier.retry_of"
+RETRIED_ATTR = "frontier.retried"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger(__name__)
@@ -110,21 +116,55 @@ def stored_spec(study: optuna.Study) -> StudySpec:
     return spec_from_dict(data)
 
 
-def fail_interrupted(study: optuna.Study) -> int:
-    """Mark RUNNING trials as FAIL (their process died); return how many."""
+def fail_interrupted(study: optuna.Study, *, retry: bool = True) -> int:
+    """Mark RUNNING trials as FAIL (their process died); return how many.
+
+    With ``retry``, each one that is not itself a retry is enqueued once more with the same parameters
+    (:func:`enqueue_retry`); the next run of the study evaluates it first.
+    """
     storage = study._storage
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
     n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
         storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, INTERRUPTED)
+        if retry and RETRY_OF_ATTR not in t.user_attrs:
+            if t.number not in retried:  # a crash after enqueueing the retry left the original RUNNING
+                enqueue_retry(study, t.number, t.params, t.user_attrs)
+            storage.set_trial_user_attr(t._trial_id, RETRIED_ATTR, True)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         n += 1
     return n
 
 
+def enqueue_retry(
+    study: optuna.Study, number: int, params: Mapping[str, Any], user_attrs: Mapping[str, Any]
+) -> FrozenTrial:
+    """Enqueue (WAITING) a re-run of trial ``number`` with the same parameters and return it.
+
+    Its user attributes are the original's (warm-start labels, say) less its outcome, plus
+    ``RETRY_OF_ATTR``; its system attributes are those Optuna's ``RetryFailedTrialCallback`` writes.
+    """
+    kept = {k: v for k, v in user_attrs.items() if k not in (ERROR_ATTR, METRICS_ATTR, RETRIED_ATTR)}
+    template = optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        user_attrs={**kept, RETRY_OF_ATTR: number},
+        system_attrs={"fixed_params": dict(params), "failed_trial": number, "retry_history": [number]},
+    )
+    study.add_trial(template)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return next(t for t in reversed(waiting) if t.system_attrs.get("failed_trial") == number)
+
+
 def n_done(study: optuna.Study) -> int:
-    """Trials that count against the budget: complete, failed and pruned."""
+    """Trials that count against the budget: complete, failed and pruned; not the interrupted trials that
+    were re-run (their retries count instead)."""
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get(RETRIED_ATTR)
+    )
 
 
 def tell_result(
@@ -385,6 +425,16 @@ class WriteThroughStudy:
         )
         trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
         return LiveTrial(trial, trial_id, self.storage.get_trial_number_from_id(trial_id)), candidate
+
+    def retry(self, live: LiveTrial) -> None:
+        """Enqueue a re-run of ``live`` (its worker died) with the same parameters, to be asked for next.
+
+        Call before persisting the original's failure, with ``RETRIED_ATTR`` set on it: a crash in
+        between leaves the original RUNNING and the retry queued, which a resume keeps as one retry.
+        """
+        trial = live.trial
+        queued = enqueue_retry(self.persistent, live.number, trial.params, trial.user_attrs)
+        self._waiting.insert(0, queued)
 
     def persist(self, live: LiveTrial, finished: FrozenTrial) -> FrozenTrial:
         """Write a finished in-memory trial to storage; return it with its persistent number."""

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from frontier.search._latency import MEASURED_KEY, SOURCE_ATTR, LatencyRuntime
-from frontier.search._optuna import LiveTrial, WriteThroughStudy, tell_result
+from frontier.search._optuna import RETRIED_ATTR, RETRY_OF_ATTR, LiveTrial, WriteThroughStudy, tell_result
 from frontier.search._workers import DONE_KEY, ERROR_KEY, evaluate_in_worker, trial_seed
 from frontier.spaces import StudySpec
 
@@ -43,7 +43,10 @@ def _trainable(
 ) -> None:
     # the study's run directory travels as the FIFO pool passes it (config["run_dir"]): it gives the
     # evaluator its EvalContext.workdir (e.g. lm-train's keep_weights)
-    evaluate_in_worker({**config, "run_dir": run_dir}, spec_json, tune.report, latency)
+    if evaluate_in_worker({**config, "run_dir": run_dir}, spec_json, tune.report, latency):
+        # The timed-out evaluation still runs in this process. Its reason was reported (the searcher keeps
+        # it); failing the Tune trial makes Tune stop this actor instead of reusing it for the next trial.
+        raise RuntimeError("the trial timed out; its Ray worker is retired")
 
 
 class AskTellSearcher(Searcher):
@@ -57,6 +60,10 @@ class AskTellSearcher(Searcher):
         budget: how many trials to start in this run (the stored ones already count).
         deadline: ``time.monotonic()`` after which no trial starts.
         on_finished: called with each finished FrozenTrial (progress, tracking).
+
+    A trial whose worker process died is run once more with the same parameters (it fails with the
+    reason, and its retry, asked for next, links to it: ``search._optuna.RETRY_OF_ATTR``); the budget
+    grows by one for it, as a failure that was not the candidate's own.
     """
 
     def __init__(
@@ -113,6 +120,7 @@ class AskTellSearcher(Searcher):
             "seed": trial_seed(self.spec.search.seed, live.number),
             "threads": self.threads,
             "timeout_s": self.spec.search.trial_timeout_s,
+            "setup_timeout_s": self.spec.search.setup_timeout_s,
             "device": "cuda" if self.spec.resources.gpu > 0 else "cpu",
         }
 
@@ -132,6 +140,10 @@ class AskTellSearcher(Searcher):
         if ERROR_KEY in result:
             frozen = tell_result(memory, trial, self.spec, metrics, error=str(result[ERROR_KEY]))
         elif error:
+            if RETRY_OF_ATTR not in trial.user_attrs:
+                self.study.retry(live)
+                trial.set_user_attr(RETRIED_ATTR, True)
+                self.budget += 1
             frozen = tell_result(
                 memory,
                 trial,

@@ -9,12 +9,17 @@ resources, so a :class:`WorkerPool` keeps ``concurrency`` Ray actors and sends e
 Failures, NaN metrics and ``trial_timeout_s`` end a trial exactly as under Ray Tune; a worker process that
 dies fails its trial ("the Ray worker running this trial died") and is replaced.
 
+A worker sets its evaluator up (:meth:`Evaluator.ensure_setup`: models, data, compiled kernels) once, before
+its first trial and outside the trial's clock, within ``search.setup_timeout_s``; ``trial_timeout_s`` counts
+the evaluation alone. A trial past its timeout is not interrupted inside its process (an exception raised
+into a running thread can leave a module half-imported, and the next trial in that process crashed): the
+trial fails with the reason and its worker process is retired, a fresh one taking its place.
+
 This module does not import Ray Tune: a worker process that imports it starts ~1.4 s sooner.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 ERROR_KEY = "frontier_error"
 DONE_KEY = "frontier_done"
 STEP_KEY = "frontier_step"
+# In a result: the evaluation still runs in the worker (it timed out), so the process must be retired.
+RETIRE_KEY = "frontier_retire"
 
 _EVALUATORS: dict[str, Any] = {}
 
@@ -52,31 +59,48 @@ def trial_workdir(run_dir: str | Path, study: str, number: int) -> Path:
     return Path(run_dir) / "trials" / study / str(number)
 
 
-def _worker_evaluator(spec_json: str) -> Any:
-    """One evaluator per worker process and spec, set up once and reused across trials (actor reuse)."""
+def _worker_evaluator(spec_json: str, latency: LatencyRuntime | None = None) -> Any:
+    """One evaluator per worker process and spec, set up once and reused across trials (actor reuse).
+
+    The evaluator is kept only once its setup has finished, so a setup that failed is tried afresh. Setup
+    holds the node's measurement lane shared (as training work does): loading a model never runs while
+    another worker on the node times a candidate.
+    """
     key = hashlib.sha256(spec_json.encode()).hexdigest()
     ev = _EVALUATORS.get(key)
-    if ev is None:
-        from frontier.evaluators import make_evaluator
+    if ev is not None:
+        return ev
+    from contextlib import nullcontext
 
-        spec = spec_from_dict(json.loads(spec_json))
-        ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
-        ev.check_params({p.name for p in spec.params})
-        ev.bind_spec(spec)
-        _EVALUATORS.clear()
-        _EVALUATORS[key] = ev
-    ev.ensure_setup()
+    from frontier.evaluators import make_evaluator
+
+    spec = spec_from_dict(json.loads(spec_json))
+    ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+    ev.check_params({p.name for p in spec.params})
+    ev.bind_spec(spec)
+    lane = latency.context_kwargs(cache=False)["lane"] if latency is not None else None
+    with lane.training() if lane is not None else nullcontext():
+        ev.ensure_setup()
+    _EVALUATORS.clear()
+    _EVALUATORS[key] = ev
     return ev
 
 
-def _raise_in_thread(thread: threading.Thread, exc: type[BaseException]) -> None:
-    # Python cannot kill a thread; this asks the interpreter to raise ``exc`` in it at its next bytecode.
-    if thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
+def setup_error(timeout: float | None, elapsed: float) -> str:
+    """The reason given when a worker's setup outlives ``search.setup_timeout_s``."""
+    return (
+        f"TimeoutError: a Ray worker's evaluator setup (loading models and data, compiling kernels) ran "
+        f"{elapsed:.0f} s, longer than search.setup_timeout_s={timeout:g}; the machine may be busy or the "
+        "setup stuck. Raise search.setup_timeout_s (--set search.setup_timeout_s=...) or free the machine"
+    )
 
 
-class _TrialTimeout(Exception):
-    pass
+def trial_timeout_error(timeout: float | None) -> str:
+    """The reason a trial that outlived ``search.trial_timeout_s`` fails with."""
+    return (
+        f"TimeoutError: the trial's evaluation ran longer than search.trial_timeout_s={timeout}; its worker "
+        "process was retired and a fresh one replaces it"
+    )
 
 
 def evaluate_in_worker(
@@ -84,19 +108,26 @@ def evaluate_in_worker(
     spec_json: str,
     report: Callable[[dict[str, Any]], None],
     latency: LatencyRuntime | None = None,
-) -> None:
+) -> bool:
     """Run one evaluation; every outcome (metrics, error, timeout) is sent through ``report``.
 
     ``config["run_dir"]`` (the study's run directory) gives the trial its ``EvalContext.workdir``
     (:func:`trial_workdir`); without it the evaluator sees ``workdir=None``.
 
     The evaluation runs in a thread so that intermediate reports and the per-trial timeout are handled
-    here, on the trainable's own thread, where Ray Tune expects ``tune.report`` to be called.
+    here, on the trainable's own thread, where Ray Tune expects ``tune.report`` to be called. The worker's
+    first call sets the evaluator up first, within ``config["setup_timeout_s"]``; the trial's clock
+    (``config["timeout_s"]``) starts when setup is done.
+
+    Returns:
+        True when the evaluation thread still runs (a timeout): the caller must retire this process,
+        since a Python thread cannot be stopped safely from outside.
     """
     from frontier.evaluators import EvalContext, TrialStopped
     from frontier.spaces import Candidate
 
     timeout = config.get("timeout_s")
+    setup_timeout = config.get("setup_timeout_s")
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     proceed: queue.Queue[bool] = queue.Queue()
 
@@ -106,7 +137,8 @@ def evaluate_in_worker(
 
     def body() -> None:
         try:
-            ev = _worker_evaluator(spec_json)
+            ev = _worker_evaluator(spec_json, latency)
+            events.put(("setup", None))
             workdir = None
             if config.get("run_dir") is not None:
                 workdir = trial_workdir(config["run_dir"], json.loads(spec_json)["name"], config["number"])
@@ -126,25 +158,31 @@ def evaluate_in_worker(
             events.put(("done", metrics))
         except TrialStopped:
             events.put(("stopped", None))
-        except _TrialTimeout:
-            pass
         except BaseException as exc:  # any evaluator error becomes a failed trial with its reason
             tb = traceback.format_exc(limit=6)
             events.put(("error", f"{type(exc).__name__}: {exc}\n{tb}"))
 
     thread = threading.Thread(target=body, name=f"frontier-trial-{config['number']}", daemon=True)
+    started = time.monotonic()
     thread.start()
-    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    in_setup = True
+    deadline = None if setup_timeout is None else started + float(setup_timeout)
     while True:
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             kind, payload = events.get(timeout=wait)
         except queue.Empty:
-            _raise_in_thread(thread, _TrialTimeout)
-            proceed.put(False)
-            thread.join(5.0)
-            report({ERROR_KEY: f"TimeoutError: the trial ran longer than search.trial_timeout_s={timeout}"})
-            return
+            proceed.put(False)  # a trial blocked in EvalContext.report stops there
+            if in_setup:
+                error = setup_error(setup_timeout, time.monotonic() - started)
+            else:
+                error = trial_timeout_error(timeout)
+            report({ERROR_KEY: error, RETIRE_KEY: 1})
+            return True
+        if kind == "setup":
+            in_setup = False
+            deadline = None if timeout is None else time.monotonic() + float(timeout)
+            continue
         if kind == "step":
             try:
                 report(payload)
@@ -158,20 +196,20 @@ def evaluate_in_worker(
         elif kind == "done":
             clean = {k: v for k, v in payload.items() if isinstance(v, int | float)}
             report({**clean, DONE_KEY: 1})
-            return
+            return False
         elif kind == "error":
             report({ERROR_KEY: payload})
-            return
+            return False
         else:  # stopped
-            return
+            return False
 
 
 # Workers that die before answering (a node going away, say) are replaced; this many in a row, with none
 # starting in between, mean that none can start: the study stops with the reason rather than spin.
 MAX_FAILED_STARTS = 3
 
-# A worker whose trial outlives trial_timeout_s by this much did not return from its own timeout handling
-# (the evaluation is stuck outside Python, where the timeout cannot interrupt it): the driver kills it.
+# A worker whose trial outlives trial_timeout_s by this much did not answer from its own timeout handling
+# (the worker's process is wedged, e.g. holding the GIL outside Python): the driver kills it.
 HARD_TIMEOUT_GRACE_S = 60.0
 
 
@@ -183,11 +221,21 @@ class TrialWorker:
         self.latency = latency
 
     def ready(self) -> bool:
-        """Answered once the worker process is up (trials are handed only to workers that are)."""
+        """Answered once the worker process is up."""
         return True
 
+    def setup(self) -> float:
+        """Set the evaluator up (trials are handed only to workers that are); return the seconds it took."""
+        start = time.monotonic()
+        _worker_evaluator(self.spec_json, self.latency)
+        return time.monotonic() - start
+
     def evaluate(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Run one trial; return its last report (metrics and done, an error, or the last step's metrics)."""
+        """Run one trial; return its last report (metrics and done, an error, or the last step's metrics).
+
+        A result with ``RETIRE_KEY`` comes from a trial that timed out and still runs here: the caller
+        kills this actor.
+        """
         last: dict[str, Any] = {}
 
         def report(result: dict[str, Any]) -> None:
@@ -201,8 +249,9 @@ class TrialWorker:
 class WorkerPool:
     """``spec.search.concurrency`` Ray actors that run a FIFO study's trials, one call per trial.
 
-    :meth:`start` creates the actors and returns at once (they start up while the driver does other work),
-    :meth:`run` runs the searcher's trials on them, :meth:`close` kills them (also after an interrupt).
+    :meth:`start` creates the actors and returns at once (they start up and set their evaluator up while
+    the driver does other work), :meth:`run` runs the searcher's trials on them, :meth:`close` kills them
+    (also after an interrupt). ``setup_s`` lists each worker's start-and-setup time, in seconds.
     """
 
     def __init__(
@@ -211,9 +260,10 @@ class WorkerPool:
         self.spec = spec
         self.latency = latency
         self.run_dir = None if run_dir is None else str(run_dir)
+        self.setup_s: list[float] = []
         self._worker: Any = None
         self._spec_json = ""
-        self._starting: dict[Any, Any] = {}  # ready() ref -> actor
+        self._starting: dict[Any, tuple[Any, float]] = {}  # setup() ref -> actor, spawn time
         self._idle: list[Any] = []
         self._running: dict[
             Any, tuple[str, Any, float | None]
@@ -231,29 +281,41 @@ class WorkerPool:
 
     def _spawn(self) -> None:
         actor = self._worker.remote(self._spec_json, self.latency)
-        self._starting[actor.ready.remote()] = actor
+        self._starting[actor.setup.remote()] = (actor, time.monotonic())
+
+    def _retire(self, actor: Any) -> None:
+        """Kill a worker whose process can no longer be trusted (a timed-out trial runs on) and replace it."""
+        import ray
+
+        ray.kill(actor)
+        self._spawn()
 
     def close(self) -> None:
         import ray
 
-        for actor in [*self._starting.values(), *self._idle, *(a for _, a, _ in self._running.values())]:
+        actors = [a for a, _ in self._starting.values()]
+        for actor in [*actors, *self._idle, *(a for _, a, _ in self._running.values())]:
             ray.kill(actor)
         self._starting, self._idle, self._running = {}, [], {}
 
     def run(self, searcher: AskTellSearcher) -> None:
         """Run the searcher's trials until its budget or deadline.
 
-        A trial is asked for only when a worker is free to run it at once, so the hard timeout (see
-        ``HARD_TIMEOUT_GRACE_S``) counts from its start. Trials still running at the searcher's deadline are
-        left to ``searcher.abandon_live``, as Ray Tune's ``time_budget_s`` leaves them.
+        A trial is asked for only when a set-up worker is free to run it at once, so its timeout counts the
+        evaluation alone. A trial past ``trial_timeout_s`` fails and its worker is killed and replaced; one
+        whose worker does not even answer ``HARD_TIMEOUT_GRACE_S`` later is failed by the driver. Trials
+        still running at the searcher's deadline are left to ``searcher.abandon_live``, as Ray Tune's
+        ``time_budget_s`` leaves them.
 
         Raises:
-            RuntimeError: ``MAX_FAILED_STARTS`` workers in a row died before answering.
+            RuntimeError: ``MAX_FAILED_STARTS`` workers in a row died before they were set up, a worker's
+                evaluator setup raised, or it outlived ``search.setup_timeout_s``.
         """
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
         timeout = self.spec.search.trial_timeout_s
+        setup_timeout = self.spec.search.setup_timeout_s
         starting, idle, running = self._starting, self._idle, self._running
         issued = failed_starts = 0
         exhausted = False
@@ -276,6 +338,8 @@ class WorkerPool:
             ends = [
                 d for d in (searcher.deadline, *(hard for _, _, hard in running.values())) if d is not None
             ]
+            if setup_timeout is not None:
+                ends += [spawned + setup_timeout for _, spawned in starting.values()]
             wait = max(0.0, min(ends) - now) if ends else None
             ready, _ = ray.wait([*running, *starting], num_returns=1, timeout=wait)
             if not ready:
@@ -285,17 +349,21 @@ class WorkerPool:
                 for ref, (trial_id, actor, hard) in list(running.items()):
                     if hard is not None and now >= hard:
                         del running[ref]
-                        ray.kill(actor)
                         error = (
                             f"TimeoutError: the trial ran longer than search.trial_timeout_s={timeout} and "
-                            f"did not stop within {HARD_TIMEOUT_GRACE_S:g} s more; its worker was killed"
+                            f"did not answer {HARD_TIMEOUT_GRACE_S:g} s later; its worker was killed"
                         )
                         searcher.on_trial_complete(trial_id, {ERROR_KEY: error})
-                        self._spawn()
+                        self._retire(actor)
+                for ref, (actor, spawned) in list(starting.items()):
+                    if setup_timeout is not None and now >= spawned + setup_timeout:
+                        del starting[ref]
+                        ray.kill(actor)
+                        raise RuntimeError(setup_error(setup_timeout, now - spawned))
                 continue
             for ref in ready:
                 if ref in starting:
-                    actor = starting.pop(ref)
+                    actor, spawned = starting.pop(ref)
                     try:
                         ray.get(ref)
                     except RayActorError as exc:
@@ -308,7 +376,15 @@ class WorkerPool:
                         log.warning("a Ray worker died before it started (%s); starting another", exc)
                         self._spawn()
                         continue
+                    except RayTaskError as exc:  # the evaluator's setup raised: every trial would fail
+                        ray.kill(actor)
+                        cause = exc.cause if exc.cause is not None else exc
+                        raise RuntimeError(
+                            f"the evaluator's setup failed on a Ray worker (evaluator.kind="
+                            f"'{self.spec.evaluator.kind}'): {type(cause).__name__}: {cause}"
+                        ) from None
                     failed_starts = 0
+                    self.setup_s.append(time.monotonic() - spawned)
                     idle.append(actor)
                     continue
                 trial_id, actor, _ = running.pop(ref)
@@ -322,4 +398,7 @@ class WorkerPool:
                     searcher.on_trial_complete(trial_id, {ERROR_KEY: f"{type(exc).__name__}: {exc}"})
                 else:
                     searcher.on_trial_complete(trial_id, result)
+                    if RETIRE_KEY in result:  # the timed-out evaluation still runs in that process
+                        self._retire(actor)
+                        continue
                 idle.append(actor)
