@@ -11,6 +11,8 @@ from frontier.evaluators._registry import register_evaluator
 from frontier.spaces import Candidate
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
 _KNOWN = ("arch", "depth", "width", "kernel", "activation", "dropout", "lr", "batch_size")
@@ -49,6 +51,20 @@ class DigitsClassifier(Evaluator):
 
     Options = DigitsOptions
     options: DigitsOptions
+
+    @classmethod
+    def tiny_spec(cls, workdir: Path) -> dict[str, Any]:
+        """A small study spec this evaluator runs in seconds (the conformance suite runs it; files under
+        ``workdir``)."""
+        return {
+            "name": "tiny-digits",
+            "evaluator": {"kind": "digits-classifier", "options": {"epochs": 1, "latency_time_cap_s": 0.05}},
+            "space": [
+                {"kind": "int", "name": "depth", "low": 1, "high": 2},
+                {"kind": "ordinal", "name": "width", "choices": [8, 16]},
+            ],
+            "objectives": [{"name": "accuracy", "direction": "maximize"}],
+        }
 
     def metrics(self) -> tuple[str, ...]:
         return ("accuracy", "latency_ms", "latency_norm_ms", "latency_ci_ms", "latency_cv", "params", "flops")

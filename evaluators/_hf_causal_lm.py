@@ -68,6 +68,28 @@ class HFCausalLMPerplexity(CompressionEvaluator):
     Options = HFCausalLMOptions
     options: HFCausalLMOptions
 
+    @classmethod
+    def tiny_spec(cls, workdir: Path) -> dict[str, Any]:
+        """A small study spec this evaluator runs in seconds (the conformance suite runs it; files under
+        ``workdir``)."""
+        from frontier.evaluators._tiny import save_tiny_model
+
+        model = save_tiny_model(workdir / "tiny-llama", "llama")
+        fast = {"seq_len": 32, "eval_windows": 4, "calibration_windows": 2, "latency_time_cap_s": 0.05}
+        return {
+            "name": "tiny-causal-lm",
+            "evaluator": {"kind": "hf-causal-lm-perplexity", "options": {"model": str(model), **fast}},
+            "space": [
+                {
+                    "kind": "family",
+                    "name": "q",
+                    "family": "bits",
+                    "options": {"num_layers": 2, "layout": "llama", "targets": ["**"], "group_by": "all"},
+                },
+            ],
+            "objectives": [{"name": "perplexity", "direction": "minimize"}],
+        }
+
     def metrics(self) -> tuple[str, ...]:
         return ("perplexity", "perplexity_ratio", *METRICS)
 

@@ -148,6 +148,36 @@ class HFEmbeddingFidelity(CompressionEvaluator):
     Options = HFEmbeddingOptions
     options: HFEmbeddingOptions
 
+    @classmethod
+    def tiny_spec(cls, workdir: Path) -> dict[str, Any]:
+        """A small study spec this evaluator runs in seconds (the conformance suite runs it; files under
+        ``workdir``)."""
+        from frontier.evaluators._tiny import save_tiny_model
+
+        model = save_tiny_model(workdir / "tiny-bert", "bert")
+        fast = {
+            "eval_sentences": 24,
+            "calibration_sentences": 8,
+            "max_length": 24,
+            "latency_time_cap_s": 0.05,
+        }
+        return {
+            "name": "tiny-embedding",
+            "evaluator": {"kind": "hf-embedding-fidelity", "options": {"model": str(model), **fast}},
+            "space": [
+                {
+                    "kind": "family",
+                    "name": "q",
+                    "family": "bits",
+                    "options": {"num_layers": 2, "targets": ["encoder.layer.*.**"], "group_by": "all"},
+                },
+            ],
+            "objectives": [
+                {"name": "fidelity", "direction": "maximize"},
+                {"name": "size_mb", "direction": "minimize"},
+            ],
+        }
+
     def metrics(self) -> tuple[str, ...]:
         return ("fidelity", "top10_agreement", *METRICS)
 

@@ -531,6 +531,26 @@ class LMTrain(Evaluator):
     Options = LMTrainOptions
     options: LMTrainOptions
 
+    @classmethod
+    def tiny_spec(cls, workdir: Path) -> dict[str, Any]:
+        """A small study spec this evaluator runs in seconds (the conformance suite runs it; files under
+        ``workdir``)."""
+        options = {"steps": 4, "eval_every": 2, "seq_len": 32, "batch_size": 4, "eval_batches": 2}
+        latency = {"latency_context": 8, "prefill_seq": 16, "latency_time_cap_s": 0.05}
+        return {
+            "name": "tiny-lm-train",
+            "evaluator": {"kind": "lm-train", "options": {**options, **latency}},
+            "space": [
+                {
+                    "kind": "family",
+                    "name": "lm",
+                    "family": "nas",
+                    "options": {"layers": [1, 2], "hidden": [16, 32], "head_dim": [8], "ffn_ratio": [1, 2]},
+                },
+            ],
+            "objectives": [{"name": "perplexity", "direction": "minimize"}],
+        }
+
     def metrics(self) -> tuple[str, ...]:
         return (
             "perplexity",

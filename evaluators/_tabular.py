@@ -65,6 +65,29 @@ class TabularEvaluator(Evaluator):
     Options = TabularOptions
     options: TabularOptions
 
+    @classmethod
+    def tiny_spec(cls, workdir: Path) -> dict[str, Any]:
+        """A small study spec this evaluator runs in seconds (the conformance suite runs it; files under
+        ``workdir``)."""
+        table = workdir / "tiny-table.csv"
+        rows = [f"{x},{k},{x / 10 + (k == 'b') / 5},{x * 3}" for x in range(1, 4) for k in "ab"]
+        table.write_text("\n".join(["x,kind,f1,cost", *rows]) + "\n")
+        return {
+            "name": "tiny-tabular",
+            "evaluator": {
+                "kind": "tabular",
+                "options": {"table": str(table), "metrics": {"f1": "f1", "cost": "cost"}},
+            },
+            "space": [
+                {"kind": "int", "name": "x", "low": 1, "high": 3},
+                {"kind": "categorical", "name": "kind", "choices": ["a", "b"]},
+            ],
+            "objectives": [
+                {"name": "f1", "direction": "maximize"},
+                {"name": "cost", "direction": "minimize"},
+            ],
+        }
+
     def metrics(self) -> tuple[str, ...]:
         return tuple(self.options.metrics)
 
