@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-RUN_DIR ?= runs/demo
+# The read commands (`frontier studies/trials/pareto/export/ui`) look in runs/ by default: the demo writes there.
+RUN_DIR ?= runs
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test lint test-fast bench clean
+.PHONY: install demo ui test lint test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +26,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/frontier run configs/quickstart.yaml --run-dir $(RUN_DIR)
 	@echo
-	@echo "Open the MLflow UI:  $(BIN)/frontier ui --run-dir $(RUN_DIR)   (then http://127.0.0.1:5000)"
+	@echo "frontier is in $(BIN): run 'source $(BIN)/activate' to put it on PATH, then e.g."
+	@echo "  frontier trials quickstart     frontier pareto quickstart     frontier ui quickstart"
+
+# The MLflow UI on the demo study (Ctrl-C stops it); `frontier ui` prints the study's runs view once it answers.
+ui: install
+	$(BIN)/frontier ui quickstart --run-dir $(RUN_DIR)
 
 lint: install
 	$(BIN)/ruff check .

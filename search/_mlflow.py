@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import optuna
@@ -41,6 +42,9 @@ STUDY_TAG = "frontier.study"
 STORAGE_TAG = "frontier.storage"
 TRIAL_TAG = "frontier.trial"
 PARETO_TAG = "pareto"
+NOTE_TAG = "mlflow.note.content"  # the run's description, shown on its page
+# Without a kind, MLflow 3's UI opens an experiment on its empty GenAI overview instead of the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 REFERENCE_ATTR = "frontier.hv_reference"
 DEFAULT_EXPERIMENT = "frontier"
 _STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
@@ -96,9 +100,14 @@ class MlflowTracker:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
-            exp_id = self.client.create_experiment(self.experiment, artifact_location=location)
+            exp_id = self.client.create_experiment(
+                self.experiment, artifact_location=location, tags=EXPERIMENT_KIND
+            )
         else:
             exp_id = exp.experiment_id
+            for key, value in EXPERIMENT_KIND.items():
+                if key not in exp.tags:
+                    self.client.set_experiment_tag(exp_id, key, value)
         self.experiment_id = exp_id
         query = f"tags.`{STUDY_TAG}` = '{self.spec.name}' and tags.`{STORAGE_TAG}` = '{self.storage_url}'"
         parents = self.client.search_runs([exp_id], filter_string=query, max_results=1)
@@ -113,6 +122,7 @@ class MlflowTracker:
                 tags={STUDY_TAG: self.spec.name, STORAGE_TAG: self.storage_url, "frontier.kind": "study"},
             )
             self.parent_id = run.info.run_id
+            self.client.set_tag(self.parent_id, NOTE_TAG, self._parent_note([]))
             self.client.log_dict(self.parent_id, self.spec.to_dict(), "spec.json")
             from mlflow.entities import Param
 
@@ -177,11 +187,15 @@ class MlflowTracker:
                 ):  # latency.mode hybrid: the predictor's running rank correlation
                     self.client.log_metric(self.parent_id, SPEARMAN_KEY, rho, step=t.number)
             front = {t.number for t in pareto_trials(done, self.spec.directions)}
+            by_number = {t.number: t for t in done}
             for number in front ^ self._pareto:
                 if number in self._child:
-                    self.client.set_tag(
-                        self._child[number], PARETO_TAG, "true" if number in front else "false"
-                    )
+                    run_id, on_front = self._child[number], number in front
+                    self.client.set_tag(run_id, PARETO_TAG, "true" if on_front else "false")
+                    # The runs table shows names without any setup: the name carries the Pareto flag.
+                    trial = by_number[number]
+                    self.client.update_run(run_id, name=trial_run_name(trial, self.spec, pareto=on_front))
+                    self.client.set_tag(run_id, NOTE_TAG, trial_note(trial, self.spec, pareto=on_front))
             self._pareto = front
             ref = self._reference(study, done)
             if ref is not None:
@@ -220,9 +234,13 @@ class MlflowTracker:
         for k, v in t.user_attrs.items():
             if k.startswith("frontier.tag."):
                 tags[k.removeprefix("frontier.tag.")] = str(v)
+        tags[NOTE_TAG] = trial_note(t, self.spec, pareto=False)
         start = int(t.datetime_start.timestamp() * 1000) if t.datetime_start else None
         run = self.client.create_run(
-            self.experiment_id, start_time=start, run_name=f"trial-{t.number}", tags=tags
+            self.experiment_id,
+            start_time=start,
+            run_name=trial_run_name(t, self.spec, pareto=False),
+            tags=tags,
         )
         ts = int((t.datetime_complete or t.datetime_start).timestamp() * 1000) if t.datetime_start else 0
         metrics = [Metric(k, v, ts, 0) for k, v in trial_metrics(t).items()]
@@ -288,6 +306,65 @@ class MlflowTracker:
             if any(t.state == TrialState.COMPLETE for t in done):
                 plot_pareto(done, front, self.spec, path / "pareto.png")
                 self.client.log_artifact(self.parent_id, str(path / "pareto.png"))
+        self.client.set_tag(self.parent_id, NOTE_TAG, self._parent_note(rows))
+
+    def _parent_note(self, rows: list[dict[str, Any]]) -> str:
+        """The study run's description: links to the Pareto plot, table and trials, and the Pareto table."""
+        assert self.parent_id is not None
+        exp, run = getattr(self, "experiment_id", "0"), self.parent_id
+        # Relative links: the UI serves artifacts at get-artifact and routes everything else after '#'.
+        artifact = f"get-artifact?run_uuid={run}&path="
+        front = f"#/experiments/{exp}/runs?searchFilter=" + quote(
+            f"tags.`{STUDY_TAG}` = '{self.spec.name}' and tags.{PARETO_TAG} = 'true'"
+        )
+        lines = [
+            f"**Study {self.spec.name}**: {len(rows)} trials on the Pareto set "
+            f"({', '.join(f'{o.direction} {o.name}' for o in self.spec.objectives)}).",
+            "",
+            f"[Pareto plot]({artifact}pareto.png) · [Pareto table (JSON)]({artifact}pareto.json) · "
+            f"[Pareto trials]({front}) · [all artifacts](#/experiments/{exp}/runs/{run}/artifacts)",
+        ]
+        if rows:
+            names = [o.name for o in self.spec.objectives]
+            lines += ["", "| trial | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+            for r in rows[:_NOTE_ROWS]:
+                lines.append(
+                    f"| {r['number']} | " + " | ".join(_num(r["values"].get(n)) for n in names) + " |"
+                )
+            if len(rows) > _NOTE_ROWS:
+                lines.append(f"\n{len(rows) - _NOTE_ROWS} more in the Pareto table.")
+        return "\n".join(lines)
+
+
+_NOTE_ROWS = 50  # a description is a tag value: MLflow caps it, so the full table stays in pareto.json
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
+def trial_run_name(t: FrozenTrial, spec: StudySpec, *, pareto: bool) -> str:
+    """A trial's MLflow run name: number, Pareto flag and objective values, e.g.
+    ``trial-7 ★ pareto · accuracy=0.987 latency_ms=0.235`` (what the runs table shows by default)."""
+    if t.state != TrialState.COMPLETE or not t.values:
+        return f"trial-{t.number} · {t.state.name.lower()}"
+    values = " ".join(f"{o.name}={_num(v)}" for o, v in zip(spec.objectives, t.values, strict=False))
+    flag = " ★ pareto" if pareto else ("" if is_feasible(t) else " · infeasible")
+    return f"trial-{t.number}{flag} · {values}"[:250]
+
+
+def trial_note(t: FrozenTrial, spec: StudySpec, *, pareto: bool) -> str:
+    """A trial's run description: Pareto membership, objectives, constraints, or its error."""
+    head = f"**Trial {t.number}** of study {spec.name}: {t.state.name.lower()}"
+    if t.state == TrialState.COMPLETE and t.values:
+        head += ", on the Pareto set" if pareto else ("" if is_feasible(t) else ", infeasible")
+        lines = [head, ""] + [
+            f"- {o.name} ({o.direction}): {_num(v)}" for o, v in zip(spec.objectives, t.values, strict=False)
+        ]
+        lines += [f"- constraint {name}: {_num(c)} (<= 0 holds)" for name, c in t.constraints.items()]
+        return "\n".join(lines)
+    error = str(t.user_attrs.get(ERROR_ATTR) or "").strip()
+    return head + (f"\n\n```\n{error[-3000:]}\n```" if error else "")
 
 
 def _fast_sqlite_store(client: Any) -> None:
