@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -68,6 +70,7 @@ class Study:
     experiment_id: str
     parent_id: str
     trials: dict[str, str]  # run id -> run name
+    pareto: dict[str, str]  # run id -> run name, the Pareto trials
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,9 @@ def study(tmp_path_factory, ray_session, make_table, make_spec) -> Study:
         if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     }
     assert len(trials) == N_TRIALS
-    return Study(run_dir, experiment.experiment_id, parent.info.run_id, trials)
+    pareto = {r.info.run_id: r.info.run_name for r in runs if r.data.tags.get("pareto") == "true"}
+    assert pareto
+    return Study(run_dir, experiment.experiment_id, parent.info.run_id, trials, pareto)
 
 
 def _free_port() -> int:
@@ -120,25 +125,26 @@ def _stop_group(pid: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def ui_url(study: Study) -> Iterator[str]:
+def ui_printed(study: Study) -> Iterator[dict[str, str]]:
+    """`frontier ui STUDY --detach`: the views it printed (what -> URL), once the server answers."""
     port = _free_port()
-    res = runner.invoke(app, ["ui", "--run-dir", str(study.run_dir), "--port", str(port), "--detach"])
+    res = runner.invoke(app, ["ui", STUDY, "--run-dir", str(study.run_dir), "--port", str(port), "--detach"])
     assert res.exit_code == 0, res.output
     pid = int(res.output.split("server pid ")[1].split(";")[0])
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_TIMEOUT_S
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the MLflow UI at {url} did not answer within {SERVER_TIMEOUT_S} s")
-                time.sleep(1)
-        yield url
+        views = dict(line.strip().split(": ", 1) for line in res.output.splitlines() if ": http://" in line)
+        yield views
     finally:
         _stop_group(pid)
+
+
+@pytest.fixture(scope="module")
+def ui_url(ui_printed: dict[str, str]) -> str:
+    """The server's base URL; `frontier ui` printed it only once /health answered, so it answers now."""
+    url = ui_printed[f"runs of study '{STUDY}'"].split("/#/")[0]
+    with urllib.request.urlopen(f"{url}/health", timeout=30) as r:
+        assert r.status == 200
+    return url
 
 
 @pytest.fixture
@@ -202,8 +208,68 @@ def test_runs_table_shows_the_study_run_and_its_nested_trials(
     assert STUDY in row_text(study.parent_id)
     for run_id, name in study.trials.items():
         assert name in row_text(run_id), (run_id, name, row_text(run_id))
-    assert sorted(study.trials.values()) == [f"trial-{i}" for i in range(N_TRIALS)]
+    # The names say what the runs table cannot show without added columns: Pareto flag and objectives.
+    assert sorted(n.split(" ")[0] for n in study.trials.values()) == [f"trial-{i}" for i in range(N_TRIALS)]
+    for run_id, name in study.trials.items():
+        assert ("★ pareto" in name) == (run_id in study.pareto), name
+        assert re.search(r" · f1=[-0-9.e]+ f2=[-0-9.e]+$", name), name
     assert _screenshot(browser, tmp_path, "mlflow-ui-runs.png").stat().st_size > 0
+
+
+def test_the_printed_pareto_view_shows_the_pareto_trials_and_objectives(
+    study: Study, ui_printed: dict[str, str], ui_url: str, browser: Any, tmp_path: Path
+) -> None:
+    """From the URL `frontier ui` prints, the Pareto trials and their objective values are in view without
+    adding a column (MLflow nests them under the study's row: one click opens it)."""
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    url = ui_printed["its Pareto set"]
+    assert url.startswith(f"{ui_url}/#/experiments/{study.experiment_id}/runs?searchFilter=")
+    browser.get(url)
+    # MLflow files matching child runs under their study's row, collapsed: one click opens it.
+    parent_row = f'[role="row"][row-id="{study.parent_id}"]'
+    expander = (By.CSS_SELECTOR, f'{parent_row} button[data-component-id*="runnamecellrenderer"]')
+    _wait(browser, ec.element_to_be_clickable(expander), "the study row's expander").click()
+
+    def pareto_rows_shown(driver: Any) -> bool:
+        shown = {e.get_attribute("row-id") for e in driver.find_elements(By.CSS_SELECTOR, '[role="row"]')}
+        return set(study.pareto) <= shown
+
+    _wait(browser, pareto_rows_shown, f"the {len(study.pareto)} Pareto trial rows")
+    shown = {e.get_attribute("row-id") for e in browser.find_elements(By.CSS_SELECTOR, '[role="row"]')}
+    assert not (shown & (set(study.trials) - set(study.pareto))), "a trial off the Pareto set is listed"
+    client = MlflowClient(f"sqlite:///{(study.run_dir / 'mlflow.db').resolve()}")
+    for run_id, name in study.pareto.items():
+        text = " ".join(
+            e.text for e in browser.find_elements(By.CSS_SELECTOR, f'[role="row"][row-id="{run_id}"]')
+        )
+        assert name in text and "★ pareto" in text, (name, text)
+        metrics = client.get_run(run_id).data.metrics
+        for objective in ("f1", "f2"):
+            assert f"{objective}={metrics[objective]:.4g}" in text, (objective, metrics, text)
+    assert _screenshot(browser, tmp_path, "mlflow-ui-pareto-runs.png").stat().st_size > 0
+
+
+def test_study_run_description_links_the_pareto_plot_and_table(
+    study: Study, ui_url: str, browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    browser.get(f"{ui_url}/#/experiments/{study.experiment_id}/runs/{study.parent_id}")
+    link = _wait(
+        browser, ec.presence_of_element_located((By.LINK_TEXT, "Pareto plot")), "the Pareto plot link"
+    )
+    assert f"get-artifact?run_uuid={study.parent_id}&path=pareto.png" in link.get_attribute("href")
+    table = browser.find_element(By.LINK_TEXT, "Pareto table (JSON)").get_attribute("href")
+    with urllib.request.urlopen(table, timeout=30) as r:
+        rows = json.loads(r.read())
+    assert sorted(str(row["number"]) for row in rows) == sorted(
+        n.split(" ")[0].removeprefix("trial-") for n in study.pareto.values()
+    )
+    assert _screenshot(browser, tmp_path, "mlflow-ui-study-run.png").stat().st_size > 0
 
 
 def test_parent_run_artifacts_show_the_pareto_plot(
