@@ -1,7 +1,7 @@
 """Numba CPU kernels: ``y = x @ dequant(W).T + b`` straight from packed codes, for few-row inputs.
 
 Importing this module imports numba (not at ``import kernels`` time); each function compiles on first
-use and is cached on disk (``cache=True``).
+use and is cached on disk (``cache=True``); :func:`warm_up` does that once, where a process starts.
 
 For a single input row (:data:`DIRECT_MAX_ROWS`) 2-, 3-, 4- and 8-bit codes are decoded inside the dot
 product. The trick that keeps those inner loops vectorisable: a byte holding ``e`` codes of ``c`` bits is
@@ -49,6 +49,7 @@ LLVM's proof that the index is non-negative, and the wraparound check then block
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -602,3 +603,84 @@ def dense_linear_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bia
         n0 = c * step
         n1 = min(n_rows, n0 + step)
         _rows_dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1)
+
+
+# --- warm-up ----------------------------------------------------------------------------------------
+ENTRIES = (
+    "linear_serial",
+    "linear_parallel",
+    "dense_linear_serial",
+    "dense_linear_parallel",
+    "dequantize_parallel",
+)
+"""The functions the layer kernels call (``kernels._linear_kernels``): what :func:`warm_up` prepares."""
+
+
+def warm_up(
+    widths: Sequence[int] = (2, 3, 4, 5, 6, 8),
+    *,
+    threads: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compile every entry point once in this process, or load it from numba's on-disk cache.
+
+    The first call of a numba function compiles it (minutes for these kernels on a busy machine); with
+    ``cache=True`` the machine code is written next to this file (or numba's cache directory) and a later
+    process loads it in well under a second per function, as long as this file is unchanged. Calling this
+    where a process starts (an evaluator's ``setup``) keeps that cost out of the first measurement and out
+    of any per-trial time limit. Runs a small quantized layer of each width through the one-row, few-row
+    and decoded-weight paths (and, with ``threads > 1``, the parallel ones) on the real dispatch path.
+
+    Args:
+        widths: the bit-widths to prepare (the dense 3/5/6/7-bit kernels specialise per width).
+        threads: torch threads the caller will run with (more than one also prepares the parallel kernels).
+        progress: called with a line before and after (default: printed to stderr).
+
+    Returns:
+        ``{"seconds": ..., "compiled": [...], "cached": [...], "cache_dir": ...}``: which entry points were
+        compiled here and which were loaded from the on-disk cache.
+    """
+    import sys
+    import time
+
+    import torch
+
+    from frontier.kernels import WeightOnlyQuantConfig, apply_
+
+    def say(line: str) -> None:
+        if progress is not None:
+            progress(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    module = sys.modules[__name__]
+    entries = [getattr(module, name) for name in ENTRIES]
+    cache_dir = str(entries[0].stats.cache_path)
+    say(f"frontier: preparing the numba CPU kernels (compiled once per machine, cached in {cache_dir})")
+    start = time.monotonic()
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        # 512 x 1024 weights at 2 bits exceed the serial cut-off (_linear_kernels.SERIAL_MAX_BYTES);
+        # 64 x 64 stay under it.
+        shapes = [(64, 64)] + ([(512, 1024)] if threads > 1 else [])
+        with torch.inference_mode():
+            for bits in widths:
+                for in_features, out_features in shapes:
+                    layer = torch.nn.Sequential(torch.nn.Linear(in_features, out_features))
+                    config = WeightOnlyQuantConfig(bits, group_size=32, symmetric=True)
+                    layer = apply_(layer, config, targets="0")
+                    for rows in (1, 16, 64):  # direct, blocked tile, decoded weight + matmul
+                        layer(torch.randn(rows, in_features))
+    finally:
+        torch.set_num_threads(old)
+    seconds = time.monotonic() - start
+    compiled = [
+        name for name, fn in zip(ENTRIES, entries, strict=True) if sum(fn.stats.cache_misses.values())
+    ]
+    cached = [name for name, fn in zip(ENTRIES, entries, strict=True) if sum(fn.stats.cache_hits.values())]
+    say(
+        f"frontier: numba CPU kernels ready in {seconds:.1f} s (compiled here: {compiled or 'none'}; loaded "
+        f"from the cache: {cached or 'none'})"
+    )
+    return {"seconds": seconds, "compiled": compiled, "cached": cached, "cache_dir": cache_dir}
