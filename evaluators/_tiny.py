@@ -9,14 +9,17 @@ from pathlib import Path
 
 
 def save_char_tokenizer(path: Path) -> int:
-    """Save a character-level WordPiece tokenizer to ``path``; returns its vocabulary size."""
+    """Save a character-level WordPiece tokenizer to ``path``; returns its vocabulary size.
+
+    ``BertTokenizer`` is the fast (Rust) tokenizer in transformers 5; ``BertTokenizerFast`` is an alias.
+    """
     import transformers
 
     chars = string.ascii_lowercase + string.digits + ".,;:'\"()-*_!?"
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    transformers.BertTokenizer(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
     return len(vocab)
 
 
@@ -26,16 +29,28 @@ def save_tiny_model(path: Path, architecture: str) -> Path:
     import transformers
 
     vocab = save_char_tokenizer(path)
-    shape = {"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
     torch.manual_seed(0)
     if architecture == "bert":
-        config = transformers.BertConfig(**shape, num_attention_heads=4, max_position_embeddings=64)
-        transformers.BertModel(config).save_pretrained(path)
-    elif architecture == "llama":
-        config = transformers.LlamaConfig(
-            **shape, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64
+        bert = transformers.BertConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
         )
-        transformers.LlamaForCausalLM(config).save_pretrained(path)
+        transformers.BertModel(bert).save_pretrained(path)
+    elif architecture == "llama":
+        llama = transformers.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+        )
+        transformers.LlamaForCausalLM(llama).save_pretrained(path)
     else:
         raise ValueError(f"architecture must be 'bert' or 'llama'. Got {architecture!r} instead.")
     return path

@@ -152,6 +152,8 @@ def config_from_dict(data: Mapping[str, Any]) -> CompressionConfig:
     if not isinstance(data, Mapping):
         raise TypeError(f"A compression config dict must be a mapping. Got {type(data).__name__} instead.")
     type_name = data.get("type")
+    if not isinstance(type_name, str):
+        raise ValueError(HANDLERS.unknown_message(type_name))
     cls = HANDLERS.get(type_name).config_type
     version = data.get("version", cls.VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= cls.VERSION:
