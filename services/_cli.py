@@ -868,6 +868,8 @@ def ui(
     if mlflow_bin is None:
         raise _fail("the mlflow command is not installed in this environment (pip install mlflow)")
     with socket.socket() as probe:
+        # As uvicorn binds: connections of a server just stopped (TIME_WAIT) do not hold the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:

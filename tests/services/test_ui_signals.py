@@ -113,7 +113,10 @@ def test_ui_stops_its_server_on_a_signal(tracking: str, sig: signal.Signals) -> 
             time.sleep(0.1)
         assert _group_members(groups) == [], "a server process outlived `frontier ui`"
         with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # the port is free again
+            # No listener holds the port (TIME_WAIT connections of the stopped server may remain).
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
         print(f"frontier ui ready in {ready_s:.1f} s")
     finally:
         if proc.poll() is None:
