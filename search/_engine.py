@@ -184,6 +184,12 @@ def init_ray(address: str | None) -> None:
         # A cluster started on the loopback address: join it as a loopback node too, else Ray looks for
         # a local raylet under the machine's network address and does not find it.
         extra["_node_ip_address"] = "127.0.0.1"
+    if not address:
+        # Ray starts its workers at nice 15, below everything else on the machine. Here they do the
+        # study's work (the driver mostly waits), so on a busy machine they starved: any other busy
+        # process took ~10x their CPU share and first trials ran past trial_timeout_s. The local Ray's
+        # workers run at the driver's priority instead (RAY_worker_niceness set by the user still wins).
+        os.environ.setdefault("RAY_worker_niceness", "0")
     with _loopback() if not address else contextlib.nullcontext():
         ray.init(
             # "local" always starts a fresh local Ray: a plain ray.init() would join whatever cluster
