@@ -51,10 +51,11 @@ def test_crash_mid_study_then_restart_resumes_both_owners(service_factory, make_
         final = {sid: wait_for(admin, sid, ("succeeded", "failed"), timeout=200) for sid in (ida, idb)}
     for body in final.values():
         assert body["state"] == "succeeded", body
-        assert body["trials"]["done"] == 10, body
+        # the full budget; trials the crash interrupted stay FAIL and may be re-run once (issue 18)
+        assert body["trials"]["done"] >= 10, body
     for name, old in before.items():
         new = _trials(storage, name)
-        # every finished trial survives unchanged; interrupted ones are marked failed, never re-run
+        # every finished trial survives unchanged; interrupted ones are marked failed
         for n, (state, params, values) in old.items():
             if state in ("COMPLETE", "FAIL", "PRUNED"):
                 assert new[n] == (state, params, values), (name, n)
@@ -62,4 +63,4 @@ def test_crash_mid_study_then_restart_resumes_both_owners(service_factory, make_
                 assert new[n][0] == "FAIL", (name, n, new[n])
         assert sorted(new) == list(range(len(new)))
         finished = [n for n, (s, _, _) in new.items() if s in ("COMPLETE", "FAIL", "PRUNED")]
-        assert len(finished) == 10 and all(s != TrialState.RUNNING.name for s, _, _ in new.values())
+        assert len(finished) >= 10 and all(s != TrialState.RUNNING.name for s, _, _ in new.values())
