@@ -1181,6 +1181,19 @@ def cancel(
 
 
 @app.command()
+def resume(
+    study_id: Annotated[str, typer.Argument(metavar="ID")],
+    server: Server = None,
+    token: Token = None,
+) -> None:
+    """Queue a failed or cancelled study of the service again; it resumes from its stored trials."""
+    _study_id(study_id)
+    with _client(server, token) as c:
+        s = _call(c, "POST", f"/studies/{study_id}/resume").json()
+    console.print(_study_line(s), highlight=False)
+
+
+@app.command()
 def watch(
     study_id: Annotated[str, typer.Argument(metavar="ID")],
     server: Server = None,

@@ -243,5 +243,7 @@ def test_cli_submit_status_watch_cancel(
     assert listing.exit_code == 0 and sid in listing.output
     again = runner.invoke(app, ["cancel", sid])
     assert again.exit_code == 2 and "409" in again.output
+    resumed = runner.invoke(app, ["resume", sid])  # a succeeded study has nothing to resume
+    assert resumed.exit_code == 2 and "only a failed or cancelled study can be resumed" in resumed.output
     nope = runner.invoke(app, ["status", "nope", "--token", "bad-token-0"])
     assert nope.exit_code == 2 and "401" in nope.output
