@@ -203,8 +203,18 @@ class CompressionEvaluator(Evaluator):
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Nothing here: the model loads on first use (:meth:`load`). A trial triggers it inside the node's
-        measurement lane (shared), so loading never runs while another worker times a candidate."""
+        """Load the base model (:meth:`load`) and prepare the numba kernels of the space's bit-widths
+        (:func:`kernels._cpu_kernels.warm_up`), once per worker and before its first trial, so neither
+        counts in a trial's time. A study's worker holds the node's measurement lane shared meanwhile, so
+        loading never runs while another worker times a candidate."""
+        import torch
+
+        self.load()
+        widths = sorted({int(c) for a in self.allocations if a.family == "bits" for c in a.choices})
+        if widths:
+            from frontier.kernels._cpu_kernels import warm_up
+
+            warm_up(widths, threads=torch.get_num_threads())
 
     def load(self) -> None:
         """Load the base model, check the targets against it, and :meth:`prepare` (once per worker)."""
