@@ -115,11 +115,33 @@ def test_runner_tune_runs_a_fifo_study_as_ray_tune_trials(
 
 
 def test_trial_timeout_fails_the_trial_and_the_study_goes_on(ray_session, tmp_path, table, make_spec):
-    raw = make_spec(table, **{"search.n_trials": 3, "search.trial_timeout_s": 0.5})
-    raw["evaluator"]["options"]["delay_s"] = 2.0
-    out = run_study(spec_from_dict(raw), run_dir=tmp_path, track=False)
+    # trial_timeout_s bounds the evaluation (here a 5 s sleep per trial), not the worker's start and setup
+    # (a new process importing pandas and reading the table), which on a loaded machine alone took longer
+    # than the timeout: margins of seconds on both sides, so the outcome does not depend on the load.
+    raw = make_spec(table, **{"search.n_trials": 3, "search.trial_timeout_s": 2.0})
+    raw["evaluator"]["options"]["delay_s"] = 5.0
+    out = run_study(spec_from_dict(raw), run_dir=tmp_path / "slow", track=False)
     assert len(out.trials) == 3
-    assert all(r.state == "fail" and "trial_timeout_s=0.5" in r.error for r in out.trials)
+    for r in out.trials:
+        assert r.state == "fail" and "evaluation ran longer than search.trial_timeout_s=2.0" in r.error
+
+    quick = make_spec(table, **{"search.n_trials": 3, "search.trial_timeout_s": 2.0, "name": "quick"})
+    out = run_study(spec_from_dict(quick), run_dir=tmp_path / "quick", track=False)
+    assert [r.state for r in out.trials] == ["complete"] * 3
+
+
+def test_trial_timeout_under_ray_tune_fails_the_trial_without_a_retry(
+    ray_session, tmp_path, table, make_spec
+):
+    limits = {"search.n_trials": 2, "search.trial_timeout_s": 2.0, "search.sampler": "random"}
+    raw = make_spec(table, **limits)
+    raw["search"]["runner"] = "tune"
+    raw["evaluator"]["options"]["delay_s"] = 5.0
+    out = run_study(spec_from_dict(raw), run_dir=tmp_path, track=False)
+    # a timeout is the candidate's own failure: it keeps its reason and is not run again
+    assert [r.number for r in out.trials] == [0, 1]
+    for r in out.trials:
+        assert r.state == "fail" and "evaluation ran longer than search.trial_timeout_s=2.0" in r.error
 
 
 def test_spec_is_checked_against_registries_before_anything_runs(tmp_path, table, make_spec):

@@ -1,4 +1,5 @@
-"""Kill ``frontier run`` with SIGKILL mid-study, run it again: nothing finished is lost or repeated."""
+"""Kill ``frontier run`` with SIGKILL mid-study, run it again: nothing finished is lost or repeated, and
+each trial the kill interrupted is run once more with the same parameters, linked to the original."""
 
 from __future__ import annotations
 
@@ -62,17 +63,21 @@ def test_sigkill_mid_study_then_resume(tmp_path: Path, make_table, make_spec):
 
     study = optuna.load_study(study_name="toy", storage=storage)
     trials = study.get_trials(deepcopy=False)
+    total = 14 + len(running)  # each interrupted trial is run once more, off the budget
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
-    assert len(finished) == 14 and len(trials) == 14
-    assert len({t.number for t in trials}) == 14
+    assert len(finished) == total and len(trials) == total
+    assert len({t.number for t in trials}) == total
     for number, (params, values) in before.items():
         assert trials[number].state == TrialState.COMPLETE
         assert (trials[number].params, trials[number].values) == (params, values)
     for number in running:
         assert trials[number].state == TrialState.FAIL
         assert trials[number].user_attrs["frontier.error"].startswith("interrupted")
+        assert trials[number].user_attrs["frontier.retried"] is True
+        (retry,) = [t for t in trials if t.user_attrs.get("frontier.retry_of") == number]
+        assert retry.params == trials[number].params and retry.state == TrialState.COMPLETE
     new_complete = [t for t in trials if t.state == TrialState.COMPLETE and t.number not in before]
-    assert len(before) + len(running) + len(new_complete) == 14
+    assert len(before) + len(new_complete) == 14
 
     from mlflow.tracking import MlflowClient
 
@@ -80,4 +85,4 @@ def test_sigkill_mid_study_then_resume(tmp_path: Path, make_table, make_spec):
     exp = client.get_experiment_by_name("frontier")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(int(r.data.tags["frontier.trial"]) for r in children) == list(range(14))
+    assert sorted(int(r.data.tags["frontier.trial"]) for r in children) == list(range(total))

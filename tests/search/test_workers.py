@@ -265,3 +265,14 @@ def test_the_local_ray_listens_on_the_loopback_address_only(ray_session):
         addr = ipaddress.ip_address(ip)
         mapped = getattr(addr, "ipv4_mapped", None)
         assert (mapped or addr).is_loopback, f"a Ray process listens on {ip}"
+
+
+def test_the_local_ray_runs_its_workers_at_the_driver_priority(ray_session):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    # Ray's default (15) left trials a tenth of the CPU share of any other busy process on the machine
+    assert ray.get(niceness.remote()) == os.nice(0)
