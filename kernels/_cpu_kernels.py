@@ -667,7 +667,7 @@ def warm_up(
         with torch.inference_mode():
             for bits in widths:
                 for in_features, out_features in shapes:
-                    layer = torch.nn.Sequential(torch.nn.Linear(in_features, out_features))
+                    layer: torch.nn.Module = torch.nn.Sequential(torch.nn.Linear(in_features, out_features))
                     config = WeightOnlyQuantConfig(bits, group_size=32, symmetric=True)
                     layer = apply_(layer, config, targets="0")
                     for rows in (1, 16, 64):  # direct, blocked tile, decoded weight + matmul
