@@ -17,7 +17,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import optuna
@@ -45,11 +44,46 @@ PARETO_TAG = "pareto"
 NOTE_TAG = "mlflow.note.content"  # the run's description, shown on its page
 # Without a kind, MLflow 3's UI opens an experiment on its empty GenAI overview instead of the runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# MLflow's UI loads a shared view (filter, sort, visible columns, expanded rows) from the experiment tag
+# VIEW_STATE_PREFIX + KEY when its runs URL carries ?viewStateShareKey=KEY; MLflow has no other way to show
+# metric columns by default, and the objectives must be visible without the user adding columns.
+VIEW_STATE_PREFIX = "mlflow.sharedViewState."
 REFERENCE_ATTR = "frontier.hv_reference"
 DEFAULT_EXPERIMENT = "frontier"
 _STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def view_key(study: str, view: str) -> str:
+    """The share key of a study's MLflow UI view (``runs`` or ``pareto``): ``#/experiments/ID/runs?
+    viewStateShareKey=KEY`` opens it."""
+    import hashlib
+
+    return f"frontier-{view}-{hashlib.sha1(study.encode()).hexdigest()[:12]}"
+
+
+def view_states(spec: StudySpec, parent_id: str) -> dict[str, dict[str, Any]]:
+    """The MLflow UI views of a study, by share key: its runs (the study run expanded over its trials) and
+    its Pareto trials, each showing the objectives and the Pareto flag as columns."""
+    columns = [*(f"metrics.`{o.name}`" for o in spec.objectives), f"tags.`{PARETO_TAG}`"]
+    mine = f"tags.`{STUDY_TAG}` = '{spec.name}'"
+    first = spec.objectives[0]
+    shared = {"selectedColumns": columns, "runsExpanded": {parent_id: True}}
+    return {
+        view_key(spec.name, "runs"): {
+            "searchFilter": mine,
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": True,
+            **shared,
+        },
+        view_key(spec.name, "pareto"): {
+            "searchFilter": f"{mine} and tags.`{PARETO_TAG}` = 'true'",
+            "orderByKey": f"metrics.`{first.name}`",
+            "orderByAsc": first.direction == "minimize",
+            **shared,
+        },
+    }
 
 
 def default_tracking_uri(run_dir: str | Path) -> str:
@@ -134,6 +168,8 @@ class MlflowTracker:
                 "n_params": str(len(self.spec.params)),
             }
             self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in flat.items()])
+        for key, state in view_states(self.spec, self.parent_id).items():
+            self.client.set_experiment_tag(exp_id, VIEW_STATE_PREFIX + key, json.dumps(state))
         return self.parent_id
 
     def _load_children(self) -> None:
@@ -314,9 +350,7 @@ class MlflowTracker:
         exp, run = getattr(self, "experiment_id", "0"), self.parent_id
         # Relative links: the UI serves artifacts at get-artifact and routes everything else after '#'.
         artifact = f"get-artifact?run_uuid={run}&path="
-        front = f"#/experiments/{exp}/runs?searchFilter=" + quote(
-            f"tags.`{STUDY_TAG}` = '{self.spec.name}' and tags.{PARETO_TAG} = 'true'"
-        )
+        front = f"#/experiments/{exp}/runs?viewStateShareKey={view_key(self.spec.name, 'pareto')}"
         lines = [
             f"**Study {self.spec.name}**: {len(rows)} trials on the Pareto set "
             f"({', '.join(f'{o.direction} {o.name}' for o in self.spec.objectives)}).",

@@ -974,9 +974,7 @@ def _stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 def _runs_view(study: str | None, storage_url: str | None, tracking: str) -> list[tuple[str, str]]:
     """UI fragments to print: the study's runs (parent and trials) and its Pareto trials; the experiment's
     runs when the study cannot be found (a non-SQLite tracking store, or several studies and no name)."""
-    from urllib.parse import urlencode
-
-    from frontier.search._mlflow import PARETO_TAG, STUDY_TAG
+    from frontier.search._mlflow import view_key
 
     found = _study_parents(tracking)
     if study is not None:
@@ -989,12 +987,10 @@ def _runs_view(study: str | None, storage_url: str | None, tracking: str) -> lis
     if not matches:
         return [("runs", "#/experiments")]
     exp, _, name, _ = matches[-1]
-    mine = f"tags.`{STUDY_TAG}` = '{name}'"
-    runs = urlencode({"searchFilter": mine, "orderByKey": "attributes.start_time", "orderByAsc": "true"})
-    front = urlencode({"searchFilter": f"{mine} and tags.{PARETO_TAG} = 'true'"})
+    # the views the tracker stored on the experiment: objectives and the Pareto flag as columns
     return [
-        (f"runs of study '{name}'", f"#/experiments/{exp}/runs?{runs}"),
-        ("its Pareto set", f"#/experiments/{exp}/runs?{front}"),
+        (f"runs of study '{name}'", f"#/experiments/{exp}/runs?viewStateShareKey={view_key(name, 'runs')}"),
+        ("its Pareto set", f"#/experiments/{exp}/runs?viewStateShareKey={view_key(name, 'pareto')}"),
     ]
 
 

@@ -220,18 +220,22 @@ def test_the_printed_pareto_view_shows_the_pareto_trials_and_objectives(
     study: Study, ui_printed: dict[str, str], ui_url: str, browser: Any, tmp_path: Path
 ) -> None:
     """From the URL `frontier ui` prints, the Pareto trials and their objective values are in view without
-    adding a column (MLflow nests them under the study's row: one click opens it)."""
+    adding a column or a click: the URL names the view the tracker stored on the experiment (MLflow's shared
+    view state), which filters to the Pareto trials, expands the study's row and shows the objectives."""
     from mlflow.tracking import MlflowClient
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
 
     url = ui_printed["its Pareto set"]
-    assert url.startswith(f"{ui_url}/#/experiments/{study.experiment_id}/runs?searchFilter=")
+    assert url.startswith(
+        f"{ui_url}/#/experiments/{study.experiment_id}/runs?viewStateShareKey=frontier-pareto-"
+    )
     browser.get(url)
-    # MLflow files matching child runs under their study's row, collapsed: one click opens it.
-    parent_row = f'[role="row"][row-id="{study.parent_id}"]'
-    expander = (By.CSS_SELECTOR, f'{parent_row} button[data-component-id*="runnamecellrenderer"]')
-    _wait(browser, ec.element_to_be_clickable(expander), "the study row's expander").click()
+
+    def objective_columns_shown(driver: Any) -> bool:
+        headers = {e.text.strip() for e in driver.find_elements(By.CSS_SELECTOR, '[role="columnheader"]')}
+        return {"f1", "f2", "pareto"} <= headers
+
+    _wait(browser, objective_columns_shown, "the objective columns f1, f2 and pareto")
 
     def pareto_rows_shown(driver: Any) -> bool:
         shown = {e.get_attribute("row-id") for e in driver.find_elements(By.CSS_SELECTOR, '[role="row"]')}
@@ -249,6 +253,10 @@ def test_the_printed_pareto_view_shows_the_pareto_trials_and_objectives(
         metrics = client.get_run(run_id).data.metrics
         for objective in ("f1", "f2"):
             assert f"{objective}={metrics[objective]:.4g}" in text, (objective, metrics, text)
+            cells = browser.find_elements(
+                By.CSS_SELECTOR, f'[role="row"][row-id="{run_id}"] [col-id="metrics.`{objective}`"]'
+            )
+            assert cells and float(cells[0].text.rstrip("…")) == pytest.approx(metrics[objective], rel=1e-3)
     assert _screenshot(browser, tmp_path, "mlflow-ui-pareto-runs.png").stat().st_size > 0
 
 
