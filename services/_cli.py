@@ -1170,10 +1170,7 @@ def cancel(
     token: Token = None,
 ) -> None:
     """Cancel a queued or running study."""
-    _study_id(study_id)
-    with _client(server, token) as c:
-        s = _call(c, "POST", f"/studies/{study_id}/cancel").json()
-    console.print(_study_line(s), highlight=False)
+    _study_action(study_id, "cancel", server, token)
 
 
 @app.command()
@@ -1183,9 +1180,14 @@ def resume(
     token: Token = None,
 ) -> None:
     """Queue a failed or cancelled study of the service again; it resumes from its stored trials."""
+    _study_action(study_id, "resume", server, token)
+
+
+def _study_action(study_id: str, action: str, server: str | None, token: str | None) -> None:
+    """``POST /studies/{id}/{action}`` and print the study's new state."""
     _study_id(study_id)
     with _client(server, token) as c:
-        s = _call(c, "POST", f"/studies/{study_id}/resume").json()
+        s = _call(c, "POST", f"/studies/{study_id}/{action}").json()
     console.print(_study_line(s), highlight=False)
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from frontier.evaluators import EvalContext, make_evaluator
+from frontier.evaluators._tiny import save_tiny_model
 from frontier.spaces import Candidate, SpecError, spec_from_dict
-from tests.evaluators.conftest import save_char_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -16,20 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("tiny-llama")
-    vocab = save_char_tokenizer(path)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    return str(path)
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama"))
 
 
 def spec(model: str, **options: Any) -> Any:
