@@ -180,6 +180,17 @@ class Evaluator(abc.ABC):
             ) from None
         return cls(parsed)
 
+    @classmethod
+    def tiny_spec(cls, workdir: Path) -> dict[str, Any]:
+        """A study spec (a dict) that evaluates one candidate of this evaluator in seconds, with whatever it
+        needs (a tiny model, a table) written under ``workdir``. The conformance suite
+        (``tests/evaluators/test_conformance.py``) runs every registered evaluator through its lifecycle
+        with it; a new evaluator overrides it."""
+        raise NotImplementedError(
+            f"evaluator '{cls.name}' ({cls.__module__}.{cls.__qualname__}) ships no tiny_spec(workdir); "
+            "override it with a spec it runs in seconds"
+        )
+
     def metrics(self) -> tuple[str, ...]:
         """Names of the metrics ``evaluate`` returns; objectives and constraints must come from these."""
         return ()
