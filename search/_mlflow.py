@@ -26,10 +26,11 @@ from frontier.search._latency import SPEARMAN_KEY
 from frontier.search._pareto import (
     BASELINE_ATTR,
     ERROR_ATTR,
-    default_reference,
+    REFERENCE_ATTR,
     hypervolume,
     is_feasible,
     pareto_trials,
+    reference_point,
     to_loss,
     trial_metrics,
 )
@@ -48,7 +49,6 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # VIEW_STATE_PREFIX + KEY when its runs URL carries ?viewStateShareKey=KEY; MLflow has no other way to show
 # metric columns by default, and the objectives must be visible without the user adding columns.
 VIEW_STATE_PREFIX = "mlflow.sharedViewState."
-REFERENCE_ATTR = "frontier.hv_reference"
 DEFAULT_EXPERIMENT = "frontier"
 _STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
 
@@ -290,17 +290,17 @@ class MlflowTracker:
 
     def _reference(self, study: optuna.Study, done: Sequence[FrozenTrial]) -> np.ndarray | None:
         """The hypervolume reference point: from the spec, else fixed once from the first feasible trials."""
-        if all(o.reference is not None for o in self.spec.objectives):
-            return to_loss(np.array([[o.reference for o in self.spec.objectives]]), self.spec.directions)[0]
-        stored = study.user_attrs.get(REFERENCE_ATTR)
-        if stored is not None:
-            return np.asarray(stored, dtype=float)
         feasible = [t for t in done if t.state == TrialState.COMPLETE and is_feasible(t)]
-        if len(feasible) < min(5, self.spec.search.n_trials):
-            return None
-        loss = to_loss(np.array([t.values for t in feasible]), self.spec.directions)
-        ref = default_reference(loss)
-        study.set_user_attr(REFERENCE_ATTR, ref.tolist())
+        values = np.array([t.values for t in feasible], dtype=float)
+        loss = to_loss(values.reshape(len(feasible), len(self.spec.objectives)), self.spec.directions)
+        stored = study.user_attrs.get(REFERENCE_ATTR)
+        ref = reference_point(self.spec, loss, stored, min_rows=min(5, self.spec.search.n_trials))
+        if (
+            ref is not None
+            and stored is None
+            and not all(o.reference is not None for o in self.spec.objectives)
+        ):
+            study.set_user_attr(REFERENCE_ATTR, ref.tolist())  # fixed once, so hypervolumes stay comparable
         return ref
 
     def _log_hypervolume(self, done: Sequence[FrozenTrial], ref: np.ndarray) -> None:

@@ -80,6 +80,38 @@ def default_reference(loss: np.ndarray) -> np.ndarray:
     return worst + pad
 
 
+# the study attribute holding the reference point fixed once from the first feasible trials
+REFERENCE_ATTR = "frontier.hv_reference"
+
+
+def reference_point(
+    spec: Any, loss: np.ndarray, stored: Sequence[float] | None, *, min_rows: int = 1
+) -> np.ndarray | None:
+    """The study's hypervolume reference point, in loss space (every column minimised): the spec's
+    ``objectives[].reference`` when all are given, else the one stored on the study (``REFERENCE_ATTR``),
+    else :func:`default_reference` of ``loss`` (None with fewer than ``min_rows`` rows)."""
+    if all(o.reference is not None for o in spec.objectives):
+        return to_loss(np.array([[o.reference for o in spec.objectives]]), spec.directions)[0]
+    if stored is not None:
+        return np.asarray(stored, dtype=float)
+    if len(loss) < min_rows:
+        return None
+    return default_reference(np.asarray(loss, dtype=float))
+
+
+def study_hypervolume(spec: Any, rows: Sequence[Any], stored: Sequence[float] | None) -> float | None:
+    """Hypervolume of the feasible complete trial rows (:class:`~search.TrialRow`) with the study's
+    reference point (:func:`reference_point`, the one MLflow logging uses); None without such a trial."""
+    values = [
+        [r.values[o.name] for o in spec.objectives] for r in rows if r.state == "complete" and r.feasible
+    ]
+    if not values:
+        return None
+    loss = to_loss(np.asarray(values, dtype=float), spec.directions)
+    ref = reference_point(spec, loss, stored)
+    return None if ref is None else hypervolume(loss, ref)
+
+
 def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)]
 

@@ -26,8 +26,6 @@ from frontier.services._runner import worker_tmp_dir
 from frontier.services._settings import Settings, get_settings
 from frontier.spaces import SpecError, StudySpec, spec_from_dict
 
-HV_REFERENCE_ATTR = "frontier.hv_reference"
-
 
 def run_spec(record_spec: dict[str, Any], storage_name: str, settings: Settings) -> StudySpec:
     """The spec the worker runs: namespaced name, the service's storage and tracking store."""
@@ -40,30 +38,6 @@ def run_spec(record_spec: dict[str, Any], storage_name: str, settings: Settings)
             "address": settings.ray_address,
         }
     )
-
-
-def study_hypervolume(spec: StudySpec, rows: list[Any], stored_reference: list[float] | None) -> float | None:
-    """Hypervolume of the feasible complete trials, with the reference point MLflow logging uses."""
-    import numpy as np
-
-    from frontier.search import hypervolume
-
-    values = [
-        [r.values[o.name] for o in spec.objectives] for r in rows if r.state == "complete" and r.feasible
-    ]
-    if not values:
-        return None
-    sign = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in spec.objectives])
-    loss = np.asarray(values, dtype=float) * sign
-    if all(o.reference is not None for o in spec.objectives):
-        ref = np.array([o.reference for o in spec.objectives], dtype=float) * sign
-    elif stored_reference is not None:
-        ref = np.asarray(stored_reference, dtype=float)
-    else:
-        worst, best = loss.max(axis=0), loss.min(axis=0)
-        span = worst - best
-        ref = worst + np.where(span > 0, 0.1 * span, np.maximum(0.1 * np.abs(worst), 1e-9))
-    return float(hypervolume(loss, ref))
 
 
 def final_state(trials: list[Any], run_state: str) -> tuple[StudyState, str | None]:
@@ -214,7 +188,9 @@ def _main(study_id: str, settings: Settings) -> int:
     finally:
         watch.done.set()
     study = load_study(spec.name, outcome.storage)
-    hv = study_hypervolume(spec, outcome.trials, study.user_attrs.get(HV_REFERENCE_ATTR))
+    from frontier.search._pareto import REFERENCE_ATTR, study_hypervolume
+
+    hv = study_hypervolume(spec, outcome.trials, study.user_attrs.get(REFERENCE_ATTR))
     experiment_id = None
     if outcome.parent_run_id and outcome.tracking_uri:
         from mlflow.tracking import MlflowClient

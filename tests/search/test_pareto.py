@@ -42,3 +42,46 @@ def test_infeasible_trials_are_never_on_the_front():
         study.tell(t, values)
     front = pareto_trials(study.trials, study.directions)
     assert [t.number for t in front] == [1, 2, 3]  # (0, 0) dominates all but is infeasible
+
+
+def test_one_reference_rule_for_mlflow_and_the_service():
+    from types import SimpleNamespace
+
+    from frontier.search._pareto import reference_point, study_hypervolume
+    from frontier.spaces import spec_from_dict
+
+    def spec(reference: float | None) -> object:
+        return spec_from_dict(
+            {
+                "name": "hv",
+                "evaluator": {"kind": "tabular", "options": {"table": "t.csv"}},
+                "space": [{"name": "x", "kind": "int", "low": 0, "high": 9}],
+                "objectives": [
+                    {"name": "acc", "direction": "maximize", **({"reference": 0.0} if reference else {})},
+                    {
+                        "name": "ms",
+                        "direction": "minimize",
+                        **({"reference": reference} if reference else {}),
+                    },
+                ],
+            }
+        )
+
+    def row(acc: float, ms: float, *, state: str = "complete", feasible: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(values={"acc": acc, "ms": ms}, state=state, feasible=feasible)
+
+    rows = [row(0.9, 2.0), row(0.8, 1.0), row(0.99, 9.0, feasible=False), row(0.5, 0.5, state="fail")]
+    loss = to_loss(np.array([[0.9, 2.0], [0.8, 1.0]]), ["maximize", "minimize"])
+    # the spec's references, in loss space, win over anything stored
+    given = spec(4.0)
+    assert reference_point(given, loss, [9.0, 9.0]).tolist() == [0.0, 4.0]
+    assert study_hypervolume(given, rows, [9.0, 9.0]) == pytest.approx(
+        hypervolume(loss, np.array([0.0, 4.0]))
+    )
+    # else the stored one, else the default from the feasible complete rows (once there are enough)
+    free = spec(None)
+    assert reference_point(free, loss, [0.0, 3.0]).tolist() == [0.0, 3.0]
+    assert reference_point(free, loss, None, min_rows=5) is None
+    assert reference_point(free, loss, None).tolist() == pytest.approx(default_reference(loss).tolist())
+    assert study_hypervolume(free, rows, None) == pytest.approx(hypervolume(loss, default_reference(loss)))
+    assert study_hypervolume(free, [row(0.5, 0.5, state="fail")], None) is None
