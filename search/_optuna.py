@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from frontier.search._optuna_private import rdb_backend, rdb_models
 from frontier.search._pareto import ERROR_ATTR, METRICS_ATTR
 from frontier.spaces import StudySpec, spec_from_dict
 
@@ -232,8 +233,8 @@ class _TrialWriter:
 
     def __init__(self, backend: optuna.storages.RDBStorage) -> None:
         import sqlalchemy
-        from optuna.storages._rdb import models
 
+        models = rdb_models()
         self.engine = backend.engine
         self.models = models
         self.trials = models.TrialModel.__table__
@@ -252,7 +253,7 @@ class _TrialWriter:
 
     @classmethod
     def for_storage(cls, storage: optuna.storages.BaseStorage) -> _TrialWriter | None:
-        backend = getattr(storage, "_backend", storage)  # studies wrap an RDBStorage in a cache
+        backend = rdb_backend(storage)  # studies wrap an RDBStorage in a cache
         if not isinstance(backend, optuna.storages.RDBStorage) or backend.engine.dialect.name != "sqlite":
             return None
         try:

@@ -1,8 +1,8 @@
 """Pareto sets and hypervolume over Optuna trials, using Optuna's own code.
 
-Optuna exposes these only privately (``optuna.study._multi_objective`` and ``optuna._hypervolume``); this
-module is the one place that touches them, so an Optuna upgrade that moves them changes one file
-(pinned optuna>=5,<6; tests/search/test_pareto.py checks the results against hand-computed cases).
+Optuna exposes these only privately; they come through :mod:`search._optuna_private`, the one module that
+touches Optuna's private API (pinned optuna>=5,<6; tests/search/test_pareto.py checks the results against
+hand-computed cases).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume
-from optuna.study._multi_objective import _get_pareto_front_trials_by_trials, _is_pareto_front
 from optuna.trial import FrozenTrial, TrialState
+
+from frontier.search._optuna_private import compute_hypervolume, is_pareto_front, pareto_front_trials
 
 METRICS_ATTR = "frontier.metrics"
 ERROR_ATTR = "frontier.error"
@@ -29,7 +29,7 @@ def is_feasible(trial: FrozenTrial) -> bool:
 def pareto_trials(trials: Sequence[FrozenTrial], directions: Sequence[Any]) -> list[FrozenTrial]:
     """Complete, feasible, non-dominated trials, in trial-number order."""
     dirs = [_direction(d) for d in directions]
-    front = _get_pareto_front_trials_by_trials(list(trials), dirs, consider_constraint=True)
+    front = pareto_front_trials(list(trials), dirs, consider_constraint=True)
     return sorted(front, key=lambda t: t.number)
 
 
@@ -56,7 +56,7 @@ def pareto_mask(loss: np.ndarray) -> np.ndarray:
     loss = np.asarray(loss, dtype=float)
     if len(loss) == 0:
         return np.zeros(0, dtype=bool)
-    return _is_pareto_front(loss, assume_unique_lexsorted=False)
+    return is_pareto_front(loss, assume_unique_lexsorted=False)
 
 
 def hypervolume(loss: np.ndarray, reference: np.ndarray) -> float:
