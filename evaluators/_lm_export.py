@@ -113,8 +113,8 @@ class TrialModel:
     def logits(self, ids: Tensor) -> Tensor:
         """Next-token logits for ``ids`` (batch, tokens)."""
         if self.llama:
-            return self.model(input_ids=ids, use_cache=False).logits  # type: ignore[no-any-return]
-        return self.model(ids)[0]  # type: ignore[no-any-return]
+            return self.model(input_ids=ids, use_cache=False).logits
+        return self.model(ids)[0]
 
 
 def checkpoint_dir(source: str | Path | Mapping[str, Any]) -> Path:

@@ -344,11 +344,11 @@ class _Runner:
 
     def logits(self, ids: Tensor) -> Tensor:
         if self.hf:
-            return self.model(input_ids=ids, use_cache=False).logits  # type: ignore[no-any-return]
-        return self.model(ids)[0]  # type: ignore[no-any-return]
+            return self.model(input_ids=ids, use_cache=False).logits
+        return self.model(ids)[0]
 
     def router_loss(self) -> Tensor | None:
-        return None if self.hf else self.model.router_loss()  # type: ignore[operator, no-any-return]
+        return None if self.hf else self.model.router_loss()  # type: ignore[operator]
 
     def decode_step(self, context: Tensor, nxt: Tensor) -> Callable[[], Any]:
         """A callable that decodes token ``nxt`` after a KV cache holding ``context`` (the cache is not

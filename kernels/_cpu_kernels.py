@@ -107,7 +107,7 @@ def _phases(x: np.ndarray, per_byte: int, cbits: int, differenced: bool) -> np.n
 
 # --- direct: one row of 2/4/8-bit codes -----------------------------------------------------------
 @_jit
-def _rows_c8(x, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+def _rows_c8(x, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n1):
     m_rows = x.shape[0]
     groups = scales.shape[1]
     for n in range(n0, n1):
@@ -124,7 +124,7 @@ def _rows_c8(x, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n
 
 
 @_jit
-def _rows_c4(xp, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+def _rows_c4(xp, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n1):
     m_rows = xp.shape[0]
     groups = scales.shape[1]
     hg = gs // 2
@@ -144,7 +144,7 @@ def _rows_c4(xp, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, 
 
 
 @_jit
-def _rows_c2(xp, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+def _rows_c2(xp, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n1):
     m_rows = xp.shape[0]
     groups = scales.shape[1]
     qg = gs // 4
@@ -171,7 +171,7 @@ def _rows_c2(xp, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, 
 
 
 # --- tile path: 2..16 rows (and one row of 5/6/7-bit codes) ---------------------------------------
-def _decode_unit_typer(typingctx, w, off, out, k, s, z, bits, exact, fused):  # type: ignore[no-untyped-def]
+def _decode_unit_typer(typingctx, w, off, out, k, s, z, bits, exact, fused):
     """``out[k:k+8]`` from the 8 codes in bytes ``off:off+bits`` of C-contiguous uint8 ``w``: ``(code - z) *
     s``, or with ``fused`` ``code * s + z`` rounded once (the caller then passes ``-zero_point * s``).
 
@@ -198,7 +198,7 @@ def _decode_unit_typer(typingctx, w, off, out, k, s, z, bits, exact, fused):  # 
     half = b // 2
     shifts = [b * i - (8 * half if i >= 4 else 0) for i in range(8)]
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, sig, args):
         i32, i64 = ir.IntType(32), ir.IntType(64)
         v32, vf = ir.VectorType(i32, 8), ir.VectorType(ir.FloatType(), 8)
         wty, offty, outty, kty, sty, zty = sig.args[:6]
@@ -216,7 +216,7 @@ def _decode_unit_typer(typingctx, w, off, out, k, s, z, bits, exact, fused):  # 
             src_hi = builder.gep(src, [ir.Constant(i64, half)])
             hi = builder.load(builder.bitcast(src_hi, i32.as_pointer()), align=1)
 
-        def splat(value, vty):  # type: ignore[no-untyped-def]
+        def splat(value, vty):
             undef = ir.Constant(vty, ir.Undefined)
             one = builder.insert_element(undef, value, ir.Constant(i32, 0))
             return builder.shuffle_vector(one, undef, ir.Constant(v32, [0] * 8))
@@ -244,7 +244,7 @@ _decode_unit: Any = intrinsic(_decode_unit_typer)
 
 
 @_jit_inline
-def _decode_groups(w, bits, n, scales, zeros, asym, zc, ug, out, k0, checked, fast, fused):  # type: ignore[no-untyped-def]
+def _decode_groups(w, bits, n, scales, zeros, asym, zc, ug, out, k0, checked, fast, fused):
     """The whole units of row ``n`` (``ug`` per scale group); with ``checked`` (a literal) units from
     ``fast`` on load exactly."""
     rb = w.shape[1]
@@ -262,7 +262,7 @@ def _decode_groups(w, bits, n, scales, zeros, asym, zc, ug, out, k0, checked, fa
 
 
 @_jit_inline
-def _decode_row(w, bits, n, scales, zeros, asym, zc, gs, out, k0, fused):  # type: ignore[no-untyped-def]
+def _decode_row(w, bits, n, scales, zeros, asym, zc, gs, out, k0, fused):
     """Dequantise row ``n`` of ``w`` into ``out[k0:k0+K]`` (inlined where ``bits`` is a literal)."""
     rb = w.shape[1]
     nu = rb // bits  # whole units; a 2/4/8-bit row may end in a partial one (per-channel scales then)
@@ -283,7 +283,7 @@ def _decode_row(w, bits, n, scales, zeros, asym, zc, gs, out, k0, fused):  # typ
 
 
 @_jit_inline
-def _tile_6x2(x, tile, nr, bias, has_bias, out, n0):  # type: ignore[no-untyped-def]
+def _tile_6x2(x, tile, nr, bias, has_bias, out, n0):
     """``out[:, n0:n0+nr] = x @ tile[:nr].T (+ bias)``, 6 weight rows x 2 input rows per pass over K.
 
     Twelve scalar accumulators, which LLVM vectorises along K into twelve ymm registers: 8 loads per 12
@@ -340,7 +340,7 @@ def _tile_6x2(x, tile, nr, bias, has_bias, out, n0):  # type: ignore[no-untyped-
 
 
 @_jit_inline
-def _store6(out, m, n0, r1, r2, r3, r4, r5, a0, a1, a2, a3, a4, a5, bias, has_bias):  # type: ignore[no-untyped-def]
+def _store6(out, m, n0, r1, r2, r3, r4, r5, a0, a1, a2, a3, a4, a5, bias, has_bias):
     if has_bias:
         out[m, n0 + r5] = a5 + bias[n0 + r5]
         out[m, n0 + r4] = a4 + bias[n0 + r4]
@@ -358,7 +358,7 @@ def _store6(out, m, n0, r1, r2, r3, r4, r5, a0, a1, a2, a3, a4, a5, bias, has_bi
 
 
 @_jit_inline
-def _blocked(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+def _blocked(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):
     k_cols = x.shape[1]
     flat = np.empty(_BLOCK * k_cols, np.float32)
     tile = flat.reshape(_BLOCK, k_cols)
@@ -371,7 +371,7 @@ def _blocked(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n
 
 
 @_jit
-def _rows_blocked(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+def _rows_blocked(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):
     """Rows ``n0:n1`` of ``out`` on the tile path: weight rows decoded :data:`_BLOCK` at a time."""
     if bits == 2:
         _blocked(x, w, scales, zeros, asym, zc, gs, 2, bias, has_bias, out, n0, n1)
@@ -390,7 +390,7 @@ def _rows_blocked(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, 
 
 
 @_jit_inline
-def _dequant_rows(w, scales, zeros, asym, zc, gs, bits, out, n0, n1):  # type: ignore[no-untyped-def]
+def _dequant_rows(w, scales, zeros, asym, zc, gs, bits, out, n0, n1):
     flat = out.reshape(-1)
     k_cols = out.shape[1]
     for i in range(n1 - n0):
@@ -398,7 +398,7 @@ def _dequant_rows(w, scales, zeros, asym, zc, gs, bits, out, n0, n1):  # type: i
 
 
 @_jit
-def _dequantize_rows(w, scales, zeros, asym, zc, gs, bits, out, n0, n1):  # type: ignore[no-untyped-def]
+def _dequantize_rows(w, scales, zeros, asym, zc, gs, bits, out, n0, n1):
     if bits == 2:
         _dequant_rows(w, scales, zeros, asym, zc, gs, 2, out, n0, n1)
     elif bits == 3:
@@ -416,7 +416,7 @@ def _dequantize_rows(w, scales, zeros, asym, zc, gs, bits, out, n0, n1):  # type
 
 
 @_jit_parallel
-def dequantize_parallel(w, scales, zeros, asym, zc, gs, bits, out, chunks):  # type: ignore[no-untyped-def]
+def dequantize_parallel(w, scales, zeros, asym, zc, gs, bits, out, chunks):
     """The float32 weight ``out[N, K]``, any width (same arithmetic as the torch reference: bit-identical)."""
     n_rows = w.shape[0]
     chunks = max(1, min(n_rows, chunks))
@@ -427,7 +427,7 @@ def dequantize_parallel(w, scales, zeros, asym, zc, gs, bits, out, chunks):  # t
 
 
 @_jit_parallel
-def _blocked_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, chunks):  # type: ignore[no-untyped-def]
+def _blocked_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, chunks):
     """The tile path over about ``chunks`` slices of the output features (whole tiles each) in parallel."""
     n_rows = w.shape[0]
     step = _BLOCK * ((n_rows + _BLOCK * chunks - 1) // (_BLOCK * chunks))
@@ -440,7 +440,7 @@ def _blocked_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, o
 
 # --- entry points ---------------------------------------------------------------------------------
 @_jit
-def _linear_rows(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+def _linear_rows(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out, n0, n1):
     xsum = _group_sums(x, scales.shape[1], gs)
     if cbits == 8:
         _rows_c8(x, xsum, w, scales, zeros, asym, zc, gs, bias, has_bias, out, n0, n1)
@@ -453,7 +453,7 @@ def _linear_rows(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out, 
 
 
 @_jit
-def linear_serial(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out):  # type: ignore[no-untyped-def]
+def linear_serial(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out):
     """``out = x @ dequant(W).T + b`` for 8-, 4- or 2-bit ``w``, one thread."""
     if x.shape[0] > DIRECT_MAX_ROWS:
         _rows_blocked(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out, 0, w.shape[0])
@@ -462,7 +462,7 @@ def linear_serial(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out)
 
 
 @_jit_parallel
-def linear_parallel(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out, chunks):  # type: ignore[no-untyped-def]
+def linear_parallel(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, out, chunks):
     """:func:`linear_serial` over ``chunks`` slices of the output features in parallel."""
     n_rows = w.shape[0]
     per_byte = 8 // cbits
@@ -487,7 +487,7 @@ def linear_parallel(x, w, scales, zeros, asym, zc, gs, cbits, bias, has_bias, ou
 
 # --- direct: one row of dense 3-bit codes (the segment trick) -------------------------------------
 @_jit_inline
-def _segment_start(bits, b, k):  # type: ignore[no-untyped-def]
+def _segment_start(bits, b, k):
     """Bit (within byte ``b`` of a unit) where the byte's ``k``-th code segment starts; 8 if it has none."""
     first = (bits - (8 * b) % bits) % bits  # the first code that starts inside this byte starts here
     if k == 0:
@@ -500,7 +500,7 @@ def _segment_start(bits, b, k):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def _dense_segments(x, bits):  # type: ignore[no-untyped-def]
+def _dense_segments(x, bits):
     """Differenced activations ``xd[m, 4*b + k, j]`` for segment ``k`` of byte ``b`` of unit ``j``."""
     m_rows, k_cols = x.shape
     nu = k_cols // 8
@@ -524,7 +524,7 @@ def _dense_segments(x, bits):  # type: ignore[no-untyped-def]
 
 
 @_jit_inline
-def _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+def _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):
     """Rows ``n0:n1`` of ``out`` from the segment trick (inlined under a literal ``bits``)."""
     m_rows, _, nu = xd.shape
     t = np.empty(nu, np.float32)
@@ -556,7 +556,7 @@ def _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias
 
 
 @_jit
-def _group_total(t, xsum, scales, zeros, asym, zc, gs, n, m):  # type: ignore[no-untyped-def]
+def _group_total(t, xsum, scales, zeros, asym, zc, gs, n, m):
     """``sum_g s_g * (sum of t over group g - z_g * xsum[m, g])`` (reassociated: a vectorised sum)."""
     ug = gs // 8  # units per scale group
     total = np.float32(0.0)
@@ -571,13 +571,13 @@ def _group_total(t, xsum, scales, zeros, asym, zc, gs, n, m):  # type: ignore[no
 
 
 @_jit_ordered
-def _rows_dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):  # type: ignore[no-untyped-def]
+def _rows_dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, n0, n1):
     # only widths up to DENSE_DIRECT_MAX_BITS come here
     _dense_direct(xd, xsum, w, scales, zeros, asym, zc, gs, 3, bias, has_bias, out, n0, n1)
 
 
 @_jit
-def dense_linear_serial(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out):  # type: ignore[no-untyped-def]
+def dense_linear_serial(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out):
     """``out = x @ dequant(W).T + b`` for densely packed 3/5/6/7-bit ``w``, one thread."""
     n_rows = w.shape[0]
     if x.shape[0] > DIRECT_MAX_ROWS or bits > DENSE_DIRECT_MAX_BITS:
@@ -589,7 +589,7 @@ def dense_linear_serial(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias,
 
 
 @_jit_parallel
-def dense_linear_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, chunks):  # type: ignore[no-untyped-def]
+def dense_linear_parallel(x, w, scales, zeros, asym, zc, gs, bits, bias, has_bias, out, chunks):
     """:func:`dense_linear_serial` over ``chunks`` slices of the output features in parallel."""
     n_rows = w.shape[0]
     chunks = max(1, min(n_rows, chunks))

@@ -167,7 +167,7 @@ def _weight_args(layer: QuantizedLinear) -> tuple[Any, ...]:
     if cached is not None:
         cw, cs, cz, cb = cached[0]
         if cw is w and cs is s and cz is z and cb is b:
-            return cached[1]  # type: ignore[no-any-return]
+            return cached[1]
     args = (
         np.ascontiguousarray(layer.weight_packed.numpy()),  # the tile decode reads rows as one buffer
         layer.scales.numpy(),

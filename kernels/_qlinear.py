@@ -195,7 +195,7 @@ class QuantizedLinear(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
         self._drop_caches()
-        return super()._apply(fn, recurse)  # type: ignore[no-any-return]
+        return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._drop_caches()

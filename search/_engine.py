@@ -472,7 +472,7 @@ def _latency_runtime(spec: StudySpec, study: Any, run_path: Path) -> Any:
         if metrics.get(MEASURED_KEY) and spec.latency.metric in metrics:
             signature = evaluator.latency_signature(Candidate(decode(spec.params, t.params)))
             rows.append({"signature": signature, "latency_ms": metrics[spec.latency.metric]})
-    actor = ray.remote(LatencyPolicy).options(num_cpus=0)  # type: ignore[attr-defined]
+    actor = ray.remote(LatencyPolicy).options(num_cpus=0)
     policy = actor.remote(json.dumps(spec.to_dict()), profile={**profile, "rows": rows}, history=history)
     return latency_runtime(spec, run_path, policy)
 

@@ -57,7 +57,7 @@ class HFDirectoryModel(PythonModel):
         self.pad_id = int(pad) if pad is not None else 0
 
     # no type hints: MLflow would read them as an input schema and convert the input to fit it
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, context, model_input, params=None):
         inputs = self._encode(model_input)
         with torch.inference_mode():
             out = self.model(**inputs)

@@ -40,7 +40,7 @@ def plot_pareto(trials: Sequence[FrozenTrial], front: set[int], spec: StudySpec,
                 continue
             xs = [t.values[i] for t in group]
             ys = [t.values[j] if i != j else t.number for t in group]
-            ax.scatter(xs, ys, label=f"{label} ({len(group)})", **style[label])  # type: ignore[arg-type]
+            ax.scatter(xs, ys, label=f"{label} ({len(group)})", **style[label])
             if label == "Pareto set" and i != j:
                 ax.step(xs, ys, where="post", c="tab:red", lw=1, alpha=0.6)
         ax.set_xlabel(f"{names[i]} ({spec.objectives[i].direction})")

@@ -272,7 +272,7 @@ class WorkerPool:
     def start(self) -> None:
         import ray
 
-        self._worker = ray.remote(TrialWorker).options(  # type: ignore[attr-defined]
+        self._worker = ray.remote(TrialWorker).options(
             num_cpus=self.spec.resources.cpu, num_gpus=self.spec.resources.gpu, max_restarts=0
         )
         self._spec_json = json.dumps(self.spec.to_dict())

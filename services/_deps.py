@@ -17,11 +17,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_registry(request: Request) -> Registry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return request.app.state.registry
 
 
 def get_scheduler(request: Request) -> Scheduler:
-    return request.app.state.scheduler  # type: ignore[no-any-return]
+    return request.app.state.scheduler
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]

@@ -98,7 +98,7 @@ def _suggest_one(trial: optuna.trial.BaseTrial, p: Param) -> Any:
         return trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
     if isinstance(p, OrdinalParam):
         return p.choices[trial.suggest_int(p.name, 0, len(p.choices) - 1)]
-    return trial.suggest_categorical(p.name, list(p.choices))  # type: ignore[arg-type]
+    return trial.suggest_categorical(p.name, list(p.choices))
 
 
 def suggest(trial: optuna.trial.BaseTrial, params: Iterable[Param]) -> Candidate:
