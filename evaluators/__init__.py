@@ -9,7 +9,6 @@ from frontier.evaluators._base import (
     EvaluatorOptions,
     InitialCandidate,
     TrialStopped,
-    check_metrics,
 )
 from frontier.evaluators._lm_export import write_hf_checkpoint
 from frontier.evaluators._registry import (
@@ -27,7 +26,6 @@ __all__ = [
     "InitialCandidate",
     "TrialStopped",
     "available_evaluators",
-    "check_metrics",
     "get_evaluator_class",
     "make_evaluator",
     "register_evaluator",

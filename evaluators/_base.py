@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -246,19 +245,3 @@ class Evaluator(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
         """Return the candidate's metrics (finite floats); raise to mark the trial failed."""
-
-
-def check_metrics(metrics: Mapping[str, Any], required: list[str]) -> dict[str, float]:
-    """Coerce metrics to floats and check the required ones are present and finite."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        try:
-            out[key] = float(value)
-        except (TypeError, ValueError):
-            continue  # non-numeric extras (tags) are not metrics
-    for name in required:
-        if name not in out:
-            raise ValueError(f"the evaluator returned no '{name}' metric; it returned {sorted(out)}")
-        if not math.isfinite(out[name]):
-            raise ValueError(f"metric '{name}' is {out[name]}, not a finite number")
-    return out

@@ -1,8 +1,8 @@
 """MLflow adapter: one parent run per study, one nested child run per trial, the Pareto set kept current.
 
 MLflow is a *view* of the Optuna storage, which is the source of truth: :meth:`MlflowTracker.sync` logs
-every finished trial not yet in MLflow, so a crash never leaves MLflow behind for good: the next run or
-``frontier sync`` catches up.
+every finished trial not yet in MLflow, so a crash never leaves MLflow behind for good: the next
+``frontier run`` of the study (a resume) catches up.
 """
 
 from __future__ import annotations
@@ -629,9 +629,6 @@ class TrackerThread:
 
     def start(self) -> None:
         self._thread.start()
-
-    def poke(self) -> None:
-        self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()

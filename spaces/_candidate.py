@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +26,9 @@ class Candidate:
 
     params: Mapping[str, Any]
     number: int | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
-        object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
 
     def signature(self) -> str:
         """A stable hash of the parameter values (order-independent), for caches."""
