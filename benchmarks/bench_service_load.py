@@ -160,7 +160,14 @@ def main() -> None:
         "FRONTIER_ALLOWED_ROOTS": json.dumps([str(data)]),
         "FRONTIER_MAX_CONCURRENT_STUDIES": str(args.max_concurrent),
     }
-    cmd = [sys.executable, "-c", "from services._cli import main; main()", "serve", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from frontier.services._cli import main; main()",
+        "serve",
+        "--port",
+        str(port),
+    ]
     log = (home / "serve.log").open("wb")
     proc = subprocess.Popen(
         cmd, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

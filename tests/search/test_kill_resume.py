@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-FRONTIER = [sys.executable, "-c", "from services._cli import main; main()"]
+FRONTIER = [sys.executable, "-c", "from frontier.services._cli import main; main()"]
 
 
 def test_sigkill_mid_study_then_resume(tmp_path: Path, make_table, make_spec):

@@ -59,7 +59,7 @@ class Service:
             [
                 sys.executable,
                 "-c",
-                "from services._cli import main; main()",
+                "from frontier.services._cli import main; main()",
                 "serve",
                 "--port",
                 str(self.port),
