@@ -165,9 +165,12 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def _wait(driver: Any, condition: Any, what: str) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, PAGE_TIMEOUT_S).until(condition, message=f"timed out waiting for {what}")
+    # MLflow's grid re-renders rows and headers while runs load: an element found a moment ago may be gone
+    wait = WebDriverWait(driver, PAGE_TIMEOUT_S, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(condition, message=f"timed out waiting for {what}")
 
 
 def _screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
@@ -216,6 +219,18 @@ def test_runs_table_shows_the_study_run_and_its_nested_trials(
     assert _screenshot(browser, tmp_path, "mlflow-ui-runs.png").stat().st_size > 0
 
 
+def _cell_text(driver: Any, css: str) -> str:
+    """The text of the first element matching ``css``, or "" while the grid re-renders it."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        cells = driver.find_elements(By.CSS_SELECTOR, css)
+        return cells[0].text if cells else ""
+    except StaleElementReferenceException:  # the grid replaced the row between the lookup and the read
+        return ""
+
+
 def test_the_printed_pareto_view_shows_the_pareto_trials_and_objectives(
     study: Study, ui_printed: dict[str, str], ui_url: str, browser: Any, tmp_path: Path
 ) -> None:
@@ -253,10 +268,10 @@ def test_the_printed_pareto_view_shows_the_pareto_trials_and_objectives(
         metrics = client.get_run(run_id).data.metrics
         for objective in ("f1", "f2"):
             assert f"{objective}={metrics[objective]:.4g}" in text, (objective, metrics, text)
-            cells = browser.find_elements(
-                By.CSS_SELECTOR, f'[role="row"][row-id="{run_id}"] [col-id="metrics.`{objective}`"]'
-            )
-            assert cells and float(cells[0].text.rstrip("…")) == pytest.approx(metrics[objective], rel=1e-3)
+            cell = f'[role="row"][row-id="{run_id}"] [col-id="metrics.`{objective}`"]'
+            _wait(browser, lambda d, c=cell: _cell_text(d, c), f"the {objective} cell of {name}")
+            shown = float(_cell_text(browser, cell).rstrip("…"))
+            assert shown == pytest.approx(metrics[objective], rel=1e-3)
     assert _screenshot(browser, tmp_path, "mlflow-ui-pareto-runs.png").stat().st_size > 0
 
 
