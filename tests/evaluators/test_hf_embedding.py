@@ -10,8 +10,8 @@ import pytest
 from frontier.evaluators import EvalContext, make_evaluator
 from frontier.evaluators._hf_compress import _Probe, recipe_from_plan
 from frontier.evaluators._hf_embedding import prose_sentences, split_sentences, topk_agreement
+from frontier.evaluators._tiny import save_tiny_model
 from frontier.spaces import Candidate, SpecError, spec_from_dict
-from tests.evaluators.conftest import save_char_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -22,19 +22,7 @@ FAST = {"eval_sentences": 24, "calibration_sentences": 8, "max_length": 24, "lat
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer BERT (hidden 32) with a character-level WordPiece vocabulary, saved like a hub model."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    vocab_size = save_char_tokenizer(path)
-    config = transformers.BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(path)
-    return str(path)
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
 
 
 def spec(model: str, space: list[dict[str, Any]], **extra: Any) -> Any:
