@@ -12,6 +12,7 @@ from pydantic import Field
 from frontier.evaluators._base import EvalContext
 from frontier.evaluators._hf_compress import METRICS, CompressionEvaluator, CompressionOptions
 from frontier.evaluators._registry import register_evaluator
+from frontier.spaces import LocalPath
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +34,7 @@ class HFCausalLMOptions(CompressionOptions):
         warm_start, latency_time_cap_s: see :class:`~evaluators._hf_compress.CompressionOptions`.
     """
 
-    model: str = Field(min_length=1)
+    model: LocalPath
     seq_len: int = Field(default=128, ge=8, le=65_536)
     eval_windows: int = Field(default=16, ge=1, le=100_000)
     calibration_windows: int = Field(default=8, ge=1, le=100_000)

@@ -13,6 +13,7 @@ from pydantic import Field
 from frontier.evaluators._base import EvalContext
 from frontier.evaluators._hf_compress import METRICS, CompressionEvaluator, CompressionOptions
 from frontier.evaluators._registry import register_evaluator
+from frontier.spaces import LocalPath
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,7 @@ class HFEmbeddingOptions(CompressionOptions):
         warm_start, latency_time_cap_s: see :class:`~evaluators._hf_compress.CompressionOptions`.
     """
 
-    model: str | None = None
+    model: LocalPath | None = None
     eval_sentences: int = Field(default=96, ge=12, le=8192)
     calibration_sentences: int = Field(default=32, ge=1, le=8192)
     max_length: int = Field(default=64, ge=4, le=4096)

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from frontier.evaluators._base import EvalContext, Evaluator, EvaluatorOptions
 from frontier.evaluators._registry import register_evaluator
-from frontier.spaces import Candidate
+from frontier.spaces import Candidate, LocalPath
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -84,12 +84,12 @@ class LMTrainOptions(EvaluatorOptions):
     aux_loss_coef: float = Field(default=0.01, ge=0)
     eval_batches: int = Field(default=8, ge=1)
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
-    text_file: str | None = None
+    text_file: LocalPath | None = None
     dataset: str | None = None
     dataset_split: str = "train"
     dataset_field: str = "text"
     max_chars: int = Field(default=5_000_000, ge=1000)
-    tokenizer: str | None = None
+    tokenizer: LocalPath | None = None
     latency_context: int = Field(default=32, ge=1)
     prefill_batch: int = Field(default=1, ge=1)
     prefill_seq: int = Field(default=64, ge=1)

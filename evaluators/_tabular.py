@@ -12,11 +12,11 @@ from pydantic import Field, field_validator
 
 from frontier.evaluators._base import EvalContext, Evaluator, EvaluatorOptions
 from frontier.evaluators._registry import register_evaluator
-from frontier.spaces import Candidate
+from frontier.spaces import Candidate, LocalPath
 
 
 class TabularOptions(EvaluatorOptions):
-    table: str = Field(min_length=1, description="Path to a .csv or .parquet file.")
+    table: LocalPath = Field(description="Path to a .csv or .parquet file.")
     metrics: dict[str, str] = Field(min_length=1, description="metric name -> column of the table")
     delay_s: float = Field(
         default=0.0, ge=0, le=3600, description="Sleep this long per evaluation (to simulate costly trials)."

@@ -14,16 +14,11 @@ from typing import Any
 import yaml
 
 from frontier.services._settings import Settings
-from frontier.spaces import SpecError, StudySpec, spec_from_dict
+from frontier.spaces import SpecError, StudySpec, path_option_names, spec_from_dict
 from frontier.spaces._spec import NAME_PATTERN, load_json_text, load_yaml_text
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
-# Options whose string values look like file names: these must lie under an allowed root.
-_FILE_SUFFIXES = {
-    ".csv", ".parquet", ".pq", ".json", ".yaml", ".yml", ".pt", ".pth", ".bin", ".safetensors", ".onnx",
-    ".pkl", ".pickle", ".npz", ".npy", ".db", ".txt", ".h5",
-}  # fmt: skip
 _SERVICE_OWNED = ("storage", "tracking.uri", "address")
 
 
@@ -63,47 +58,60 @@ class UnsupportedMediaType(ValueError):
     """The body's Content-Type is neither JSON nor YAML."""
 
 
-def _walk(node: Any, path: str) -> Iterator[tuple[str, str | None, Any]]:
-    """(field path, key, value) for every value under ``node``."""
+def _keys(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(field path, key) of every mapping key under ``node``."""
     if isinstance(node, dict):
         for k, v in node.items():
             sub = f"{path}.{k}"
-            yield sub, str(k), v
-            yield from _walk(v, sub)
+            yield sub, str(k)
+            yield from _keys(v, sub)
     elif isinstance(node, list | tuple):
         for i, v in enumerate(node):
-            sub = f"{path}[{i}]"
-            yield sub, None, v
-            yield from _walk(v, sub)
-
-
-def _looks_like_path(value: str) -> bool:
-    if "\x00" in value:
-        return True
-    if "/" in value or "\\" in value or value.startswith(("~", ".")):
-        return True
-    return Path(value).suffix.lower() in _FILE_SUFFIXES
+            yield from _keys(v, f"{path}[{i}]")
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
-def path_fields(data: dict[str, Any]) -> Iterator[tuple[str, str | None, Any]]:
-    """(field path, key, value) of every spec field that may hold a file path: evaluator options, family
-    options in ``space``, and ``latency.cache``. One list, so submission and the worker's open-time check
-    hold the same fields to the same policy."""
-    yield from _walk((data.get("evaluator") or {}).get("options") or {}, "evaluator.options")
+Location = tuple[str | int, ...]
+
+
+def path_fields(data: dict[str, Any]) -> Iterator[tuple[str, Location, str]]:
+    """(field path, location in ``data``, value) of every path-valued field the spec sets: ``latency.cache``
+    and each option the evaluator's or a space family's options model declares a path
+    (:class:`~spaces.PathOption`), whatever its value looks like (a bare ``mytok`` is the path ``./mytok``).
+    One list, so submission and the worker's open-time check hold the same fields to the same policy.
+
+    Raises:
+        SpecError: a family is not registered (nothing could say which of its options are paths).
+    """
+    from frontier.evaluators import get_evaluator_class
+    from frontier.spaces._families import family_options_model
+
+    evaluator = data.get("evaluator") or {}
+    try:
+        evaluator_cls = get_evaluator_class(str(evaluator.get("kind")))
+    except ValueError:
+        evaluator_cls = None  # an unknown evaluator: the spec check refuses it, naming the ones there are
+    options = evaluator.get("options") or {}
+    for name in path_option_names(evaluator_cls.Options) if evaluator_cls is not None else ():
+        if isinstance(options.get(name), str):
+            yield f"evaluator.options.{name}", ("evaluator", "options", name), options[name]
     for i, item in enumerate(data.get("space") or ()):
-        if isinstance(item, dict) and isinstance(item.get("options"), dict):
-            yield from _walk(item["options"], f"space[{i}].options")
+        if not (isinstance(item, dict) and item.get("kind") == "family"):
+            continue
+        try:
+            model = family_options_model(str(item.get("family")))
+        except ValueError as exc:
+            raise SpecError(f"space[{i}].family: {exc}") from None
+        opts = item.get("options") or {}
+        for name in path_option_names(model):
+            if isinstance(opts.get(name), str):
+                yield f"space[{i}].options.{name}", ("space", i, "options", name), opts[name]
     cache = (data.get("latency") or {}).get("cache")
     if isinstance(cache, str):
-        yield "latency.cache", "cache", cache
-
-
-def _is_path(field: str, value: Any) -> bool:
-    return isinstance(value, str) and (field == "latency.cache" or _looks_like_path(value))
+        yield "latency.cache", ("latency", "cache"), cache
 
 
 def _roots(settings: Settings) -> list[Path]:
@@ -140,54 +148,43 @@ def check_policy(spec: StudySpec, settings: Settings) -> StudySpec:
         )
     _check_resources(spec, settings)
     roots = _roots(settings)
-    absolute: dict[str, str] = {}
-    for field, key, value in path_fields(data):
-        if key is not None and "trust_remote_code" in key.lower():
+    for field, key in _option_keys(data):
+        if "trust_remote_code" in key.lower():
             raise SpecError(
                 f"{field}: trust_remote_code is not allowed on this service (remote code is never run)"
             )
-        if _is_path(field, value):
-            if "\x00" in value:
-                raise SpecError(f"{field}: a path must not contain NUL characters, but got {value!r}")
-            resolved = Path(os.path.expanduser(value)).resolve()
-            if not _inside(resolved, roots):
-                raise _outside(field, value, roots)
-            if not os.path.isabs(value):
-                absolute[field] = str(resolved)  # the worker may run from another directory
+    absolute: dict[Location, str] = {}
+    for field, where, value in path_fields(data):
+        if "\x00" in value:
+            raise SpecError(f"{field}: a path must not contain NUL characters, but got {value!r}")
+        resolved = Path(os.path.expanduser(value)).resolve()
+        if not _inside(resolved, roots):
+            raise _outside(field, value, roots)
+        if not os.path.isabs(value):
+            absolute[where] = str(resolved)  # the worker may run from another directory
     if not absolute:
         return spec
     return spec_from_dict(_with_values(data, absolute))
 
 
-def _with_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of spec data with the fields named in ``values`` (paths from :func:`path_fields`) replaced."""
-    out: dict[str, Any] = json.loads(json.dumps(data))
-    index = {field: (path, key) for field, path, key in _locations(out)}
-    for field, value in values.items():
-        parent, key = index[field]
-        parent[key] = value
-    return out
-
-
-def _locations(data: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
-    """(field path, parent container, key) of every value under the path-valued fields."""
-    stack: list[tuple[str, Any]] = []
-    options = (data.get("evaluator") or {}).get("options")
-    if isinstance(options, dict):
-        stack.append(("evaluator.options", options))
+def _option_keys(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(field path, key) of every key in the evaluator's and the families' options."""
+    yield from _keys((data.get("evaluator") or {}).get("options") or {}, "evaluator.options")
     for i, item in enumerate(data.get("space") or ()):
         if isinstance(item, dict) and isinstance(item.get("options"), dict):
-            stack.append((f"space[{i}].options", item["options"]))
-    if isinstance(data.get("latency"), dict):
-        yield "latency.cache", data["latency"], "cache"
-    while stack:
-        path, node = stack.pop()
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for k, v in items:
-            sub = f"{path}.{k}" if isinstance(node, dict) else f"{path}[{k}]"
-            yield sub, node, k
-            if isinstance(v, dict | list):
-                stack.append((sub, v))
+            yield from _keys(item["options"], f"space[{i}].options")
+
+
+def _with_values(data: dict[str, Any], values: dict[Location, str]) -> dict[str, Any]:
+    """A copy of spec data with the fields at the locations in ``values`` (from :func:`path_fields`)
+    replaced."""
+    out: dict[str, Any] = json.loads(json.dumps(data))
+    for where, value in values.items():
+        node: Any = out
+        for part in where[:-1]:
+            node = node[part]
+        node[where[-1]] = value
+    return out
 
 
 def _check_resources(spec: StudySpec, settings: Settings) -> None:
@@ -230,12 +227,11 @@ def recheck_paths(spec: StudySpec, settings: Settings) -> StudySpec:
     """
     roots = _roots(settings)
     data = spec.to_dict()
-    resolved: dict[str, str] = {}
-    for field, _key, value in path_fields(data):
-        if _is_path(field, value):
-            real = open_checked(field, value, roots)
-            if real != value:
-                resolved[field] = real
+    resolved: dict[Location, str] = {}
+    for field, where, value in path_fields(data):
+        real = open_checked(field, value, roots)
+        if real != value:
+            resolved[where] = real
     return spec_from_dict(_with_values(data, resolved)) if resolved else spec
 
 

@@ -17,6 +17,7 @@ from frontier.spaces._params import (
     OrdinalParam,
     Param,
 )
+from frontier.spaces._paths import LocalPath, PathOption, path_option_names
 from frontier.spaces._registry import Registry
 from frontier.spaces._samplers import available_samplers
 from frontier.spaces._spec import (
@@ -48,9 +49,11 @@ __all__ = [
     "FloatParam",
     "IntParam",
     "LatencyConfig",
+    "LocalPath",
     "Objective",
     "OrdinalParam",
     "Param",
+    "PathOption",
     "Registry",
     "Resources",
     "RuntimeRules",
@@ -70,6 +73,7 @@ __all__ = [
     "expand_space",
     "load_spec",
     "parse_overrides",
+    "path_option_names",
     "register_family",
     "spec_from_dict",
     "suggest",

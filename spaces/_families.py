@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import BaseModel
+
 from frontier.spaces._registry import Registry
 
 FamilyExpander = Callable[[str, Mapping[str, Any]], list[dict[str, Any]]]
@@ -35,3 +37,14 @@ def available_families() -> list[str]:
 
 def expand_family(family: str, prefix: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
     return FAMILIES.get(family)(prefix, options)
+
+
+def family_options_model(family: str) -> type[BaseModel]:
+    """The options model of the family registered as ``family`` (its path options are
+    :func:`~spaces.path_option_names`); a family registered as a plain function has no declared options.
+
+    Raises:
+        ValueError: ``Unknown space family 'x'. Available: [...]``.
+    """
+    entry = FAMILIES.get(family)
+    return entry if isinstance(entry, type) and issubclass(entry, BaseModel) else BaseModel
