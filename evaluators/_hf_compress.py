@@ -1,5 +1,6 @@
-"""What compression evaluators share: a candidate of a ``bits``/``sparsity`` space as a kernels recipe, the
-compression metrics, uniform baselines and the sensitivity-guided warm start.
+"""What compression evaluators share: a candidate of a ``bits``/``sparsity`` space decoded into a recipe
+(:func:`spaces.compression_recipe`) and applied with ``kernels.apply_``, the compression metrics, uniform
+baselines and the sensitivity-guided warm start.
 
 A subclass loads its base model and reference outputs once per worker (``setup``) and implements
 :meth:`CompressionEvaluator.quality` (metrics of a compressed copy) and
@@ -13,7 +14,7 @@ import abc
 import copy
 import hashlib
 import itertools
-import math
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from frontier.evaluators._base import EvalContext, Evaluator, EvaluatorOptions, InitialCandidate
-from frontier.spaces import Candidate, StudySpec, compression_plan
-from frontier.spaces._family_compress import Allocation, check_allocations, ffn_pair
+from frontier.spaces import Candidate, DecodedRecipe, StudySpec, compression_recipe
+from frontier.spaces._family_compress import Allocation, check_allocations
 
 if TYPE_CHECKING:
     import torch
@@ -58,54 +59,6 @@ class CompressionOptions(EvaluatorOptions):
 
     warm_start: Literal["off", "baselines", "sensitivity"] = "sensitivity"
     latency_time_cap_s: float = Field(default=1.0, gt=0)
-
-
-def recipe_from_plan(plan: Mapping[str, Mapping[str, Any]]) -> kernels.CompressionRecipe:
-    """A per-module plan (:func:`spaces.compression_plan`) as a :class:`kernels.CompressionRecipe`.
-
-    Sparsity ``magnitude`` -> :class:`~kernels.MagnitudeSparsityConfig`, ``wanda`` ->
-    :class:`~kernels.WandaSparsityConfig` (needs calibration), ``2:4`` -> :class:`~kernels.NMSparsityConfig`;
-    bits -> :class:`~kernels.WeightOnlyQuantConfig`. Targets are the exact module names.
-    """
-    from frontier import kernels
-
-    entries: dict[str, list[kernels.CompressionConfig]] = {}
-    for module, step in plan.items():
-        configs: list[kernels.CompressionConfig] = []
-        kind = step.get("sparsity")
-        if kind == "channels":
-            layer, down = ffn_pair(module)
-            # the kept width must stay a whole number of the down-projection's quantization groups (and of
-            # 8-code packing units)
-            round_to = math.lcm(8, int(plan.get(down, {}).get("group_size") or 8))
-            entries[layer] = [
-                kernels.StructuredPruneConfig(
-                    0, ffn_ratio=float(step["ratio"]), importance="activation", round_to=round_to
-                )
-            ]
-        elif kind == "magnitude":
-            configs.append(kernels.MagnitudeSparsityConfig(float(step["ratio"])))
-        elif kind == "wanda":
-            configs.append(kernels.WandaSparsityConfig(float(step["ratio"])))
-        elif kind == "2:4":
-            configs.append(kernels.NMSparsityConfig(2, 4))
-        elif kind is not None:
-            raise ValueError(
-                f"sparsity kind must be one of ['magnitude', 'wanda', '2:4', 'channels'], but got {kind!r}"
-            )
-        if "bits" in step:
-            configs.append(
-                kernels.WeightOnlyQuantConfig(
-                    int(step["bits"]), group_size=step.get("group_size"), symmetric=bool(step["symmetric"])
-                )
-            )
-        if configs:
-            entries[module] = configs
-    return kernels.CompressionRecipe(entries)
-
-
-def needs_calibration(plan: Mapping[str, Mapping[str, Any]]) -> bool:
-    return any(step.get("sparsity") in ("wanda", "channels") for step in plan.values())
 
 
 class CompressionEvaluator(Evaluator):
@@ -162,16 +115,19 @@ class CompressionEvaluator(Evaluator):
         """Every module some allocation covers (the scope of ``avg_bits`` and ``sparsity``)."""
         return sorted({m for a in self.allocations for m in a.covers})
 
-    def plan(self, candidate: Candidate) -> dict[str, dict[str, Any]]:
+    def decode(self, candidate: Candidate) -> DecodedRecipe:
+        """The candidate as the recipe it stands for (what the export re-creates)."""
         self.allocations  # noqa: B018 - raises when unbound
-        return compression_plan(self._spec_space, candidate.params)
+        return compression_recipe(self._spec_space, candidate.params)
 
     def recipe(self, candidate: Candidate) -> kernels.CompressionRecipe:
-        return recipe_from_plan(self.plan(candidate))
+        from frontier import kernels
+
+        return kernels.CompressionRecipe.from_dict(self.decode(candidate).to_dict())
 
     def latency_signature(self, candidate: Candidate) -> dict[str, Any]:
-        digest = hashlib.sha256(repr(sorted(self.plan(candidate).items())).encode()).hexdigest()[:16]
-        return {"model": self.model_id(), "plan": digest}
+        blob = json.dumps(self.decode(candidate).to_dict(), sort_keys=True)
+        return {"model": self.model_id(), "recipe": hashlib.sha256(blob.encode()).hexdigest()[:16]}
 
     # -- what subclasses provide -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -244,15 +200,16 @@ class CompressionEvaluator(Evaluator):
             self._calibration = kernels.calibrate(self.base, self.calibration_batches(), self.targets)
         return self._calibration
 
-    def compress(self, plan: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+    def compress(self, decoded: DecodedRecipe) -> nn.Module:
         """A compressed deep copy of the base model (the base stays untouched)."""
         from frontier import kernels
 
         model = copy.deepcopy(self.base)
-        if not plan:
+        if not decoded:
             return model
-        calib = self.calibration() if needs_calibration(plan) else None
-        return kernels.apply_(model, recipe_from_plan(plan), calibration=calib).eval()
+        recipe = kernels.CompressionRecipe.from_dict(decoded.to_dict())
+        calib = self.calibration() if kernels.needs_calibration(recipe) else None
+        return kernels.apply_(model, recipe, calibration=calib).eval()
 
     def compression_metrics(self, model: nn.Module) -> dict[str, float]:
         from frontier import kernels
@@ -272,12 +229,12 @@ class CompressionEvaluator(Evaluator):
 
         from frontier.evaluators.latency import fixed_threads
 
-        plan = self.plan(candidate)
+        decoded = self.decode(candidate)
         metrics: dict[str, float] = {}
         with fixed_threads(context.threads), torch.inference_mode():
             with context.training():  # loading and compressing is work, not a measurement
                 self.load()
-                model = self.compress(plan)
+                model = self.compress(decoded)
             if not context.skip_latency:
                 # Timed before the quality pass: right after a process first ran the large-batch
                 # dequantize-matmul path, the next batch-1 measurement on the packed kernels was ~25x slower
@@ -339,16 +296,16 @@ class CompressionEvaluator(Evaluator):
         with torch.inference_mode():
             for alloc in self.allocations:
                 mild = _mildest(alloc)
-                for group, modules in alloc.groups.items():
+                for group in alloc.groups:
                     out[group] = {mild: 0.0}
                     for choice in alloc.choices:
                         if choice == mild:
                             continue
-                        settings = alloc.settings(choice)
-                        if alloc.family == "sparsity" and settings["ratio"] == 0:
+                        if alloc.family == "sparsity" and choice == 0:
                             continue
-                        plan = {m: dict(settings) for m in modules}  # every other group stays float
-                        out[group][choice] = float(self.distortion(self.compress(plan)))
+                        # only this group's parameter: every other group stays float
+                        alone = compression_recipe(self._spec_space, {group: choice})
+                        out[group][choice] = float(self.distortion(self.compress(alone)))
         return out
 
     def greedy_candidates(self, spec: StudySpec, levels: int = 3) -> list[tuple[str, dict[str, Any]]]:

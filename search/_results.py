@@ -244,15 +244,12 @@ def _checkpoint(study: optuna.Study, number: int) -> str | None:
 
 
 def compression_export(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
-    """For a study with ``bits``/``sparsity`` families: the point's per-module ``allocation`` (bits, group
-    size, symmetric, sparsity kind and ratio) and the ``recipe`` (:class:`kernels.CompressionRecipe` dict)
-    that ``frontier apply`` and ``kernels.apply_`` re-create it with; empty for other studies."""
-    from frontier.spaces import compression_plan
+    """For a study with ``bits``/``sparsity`` families: the ``recipe`` the point decodes to
+    (:func:`spaces.compression_recipe`, the :class:`kernels.CompressionRecipe` dict) that ``frontier apply``
+    and ``kernels.apply_`` re-create it with; empty for other studies."""
+    from frontier.spaces import compression_recipe
     from frontier.spaces._family_compress import allocations
 
     if not allocations(spec):
         return {}
-    from frontier.evaluators._hf_compress import recipe_from_plan
-
-    plan = compression_plan(spec, params)
-    return {"allocation": plan, "recipe": recipe_from_plan(plan).to_dict()}
+    return {"recipe": compression_recipe(spec, params).to_dict()}

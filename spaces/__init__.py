@@ -7,7 +7,7 @@ from frontier.spaces._candidate import Candidate, active, decode, distribution, 
 from frontier.spaces._deploy import RUNTIMES, RuntimeRules, check_deploy
 from frontier.spaces._errors import SpecError
 from frontier.spaces._families import available_families, register_family
-from frontier.spaces._family_compress import compression_plan
+from frontier.spaces._family_compress import compression_recipe
 from frontier.spaces._params import (
     CategoricalParam,
     Condition,
@@ -18,6 +18,15 @@ from frontier.spaces._params import (
     Param,
 )
 from frontier.spaces._paths import LocalPath, PathOption, path_option_names
+from frontier.spaces._recipe import (
+    ConfigSpec,
+    DecodedRecipe,
+    MagnitudeSparsity,
+    NMSparsity,
+    StructuredPrune,
+    WandaSparsity,
+    WeightOnlyQuant,
+)
 from frontier.spaces._registry import Registry
 from frontier.spaces._samplers import available_samplers
 from frontier.spaces._spec import (
@@ -42,7 +51,9 @@ __all__ = [
     "Candidate",
     "CategoricalParam",
     "Condition",
+    "ConfigSpec",
     "Constraint",
+    "DecodedRecipe",
     "DeployTarget",
     "EvaluatorSpec",
     "FamilyParam",
@@ -50,6 +61,8 @@ __all__ = [
     "IntParam",
     "LatencyConfig",
     "LocalPath",
+    "MagnitudeSparsity",
+    "NMSparsity",
     "Objective",
     "OrdinalParam",
     "Param",
@@ -60,13 +73,16 @@ __all__ = [
     "SchedulerConfig",
     "SearchConfig",
     "SpecError",
+    "StructuredPrune",
     "StudySpec",
     "Tracking",
+    "WandaSparsity",
+    "WeightOnlyQuant",
     "active",
     "available_families",
     "available_samplers",
     "check_deploy",
-    "compression_plan",
+    "compression_recipe",
     "decode",
     "distribution",
     "encode",

@@ -1,5 +1,6 @@
 """Compression allocation families: ``bits`` (per-module weight bit-width) and ``sparsity`` (per-module
-pruning ratio), and :func:`compression_plan`, which turns a candidate of such a space into a per-module plan.
+pruning ratio), and :func:`compression_recipe`, which decodes a candidate of such a space into the compression
+recipe it stands for (:class:`~spaces.DecodedRecipe`, torch-free configs per module).
 
 A family item names the modules it allocates over and how they are grouped::
 
@@ -34,12 +35,23 @@ Optuna's constrained samplers; they are never folded into the objectives as pena
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from frontier.spaces._families import register_family
 from frontier.spaces._params import FamilyParam
+from frontier.spaces._recipe import (
+    ConfigSpec,
+    DecodedRecipe,
+    MagnitudeSparsity,
+    NMSparsity,
+    StructuredPrune,
+    WandaSparsity,
+    WeightOnlyQuant,
+)
 from frontier.spaces._targets import compile_target
 
 LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -68,7 +80,16 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
 }
 GROUP_BY = ("none", "layer", "block", "module_type", "all")
-SPARSITY_KINDS = ("magnitude", "wanda", "2:4", "channels")
+# What a module of a ``sparsity`` group gets at a nonzero ratio, by ``kind``. ``channels`` removes whole FFN
+# channels (the kept width rounded to 8: packing units; ``compression_recipe`` widens it to the down
+# projection's quantization groups).
+SPARSITY_CONFIGS: dict[str, Callable[[float], ConfigSpec]] = {
+    "magnitude": lambda ratio: MagnitudeSparsity(ratio),
+    "wanda": lambda ratio: WandaSparsity(ratio),
+    "2:4": lambda ratio: NMSparsity(2, 4),
+    "channels": lambda ratio: StructuredPrune(ffn_ratio=ratio, importance="activation", round_to=8),
+}
+SPARSITY_KINDS = tuple(SPARSITY_CONFIGS)
 FFN_UP, FFN_DOWN = "intermediate.dense", "output.dense"  # the BERT FFN pair that ``channels`` prunes
 MAX_LAYERS = 1024
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
@@ -270,11 +291,20 @@ class Allocation:
     def params(self) -> list[dict[str, Any]]:
         return [{"name": g, "kind": "ordinal", "choices": list(self.choices)} for g in self.groups]
 
-    def settings(self, value: Any) -> dict[str, Any]:
-        """What one module of a group gets when the group's parameter has ``value``."""
+    def config(self, value: Any) -> ConfigSpec | None:
+        """What each module of a group gets when the group's parameter has ``value`` (None: a ratio of 0,
+        the modules stay dense).
+
+        Raises:
+            ValueError: ``value`` is not one of the family's choices.
+        """
+        if value not in self.choices:
+            raise ValueError(
+                f"parameter of family '{self.prefix}' must be one of {self.choices}, but got {value!r}"
+            )
         if self.family == "bits":
-            return {"bits": int(value), "group_size": self.group_size, "symmetric": self.symmetric}
-        return {"sparsity": self.kind, "ratio": float(value)}
+            return WeightOnlyQuant(int(value), group_size=self.group_size, symmetric=self.symmetric)
+        return SPARSITY_CONFIGS[self.kind](float(value)) if value != 0 else None
 
 
 @register_family("bits")
@@ -325,8 +355,8 @@ def allocations(space: Iterable[Any]) -> list[Allocation]:
     return out
 
 
-def compression_plan(space: Iterable[Any], params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """A candidate of a compression space as a per-module plan (plain JSON, no torch).
+def compression_recipe(space: Iterable[Any], params: Mapping[str, Any]) -> DecodedRecipe:
+    """Decode a candidate of a compression space into the recipe it stands for (no torch).
 
     Args:
         space: a :class:`~spaces.StudySpec` or its ``space`` items; only ``bits``/``sparsity`` families count.
@@ -334,27 +364,38 @@ def compression_plan(space: Iterable[Any], params: Mapping[str, Any]) -> dict[st
             leaves its modules uncompressed by that family.
 
     Returns:
-        ``{module: {"bits", "group_size", "symmetric"} and/or {"sparsity", "ratio"}}`` for every module a
-        family assigned; modules whose ratio is 0 get no sparsity entry.
+        Per targeted module its configs in apply order (sparsity, then bits); a ``channels`` module's
+        :class:`~spaces.StructuredPrune` targets its layer instead, its kept width a whole number of the
+        down projection's quantization groups. Modules whose ratio is 0 get no sparsity config.
 
     Raises:
         ValueError: two families of the same kind assign the same module, or a value is not a choice.
     """
-    allocs = check_allocations(space)
-    plan: dict[str, dict[str, Any]] = {}
-    for alloc in allocs:
+    per_module: dict[str, list[ConfigSpec]] = {}
+    for alloc in check_allocations(space):
         for group, modules in alloc.groups.items():
             if group not in params:
                 continue
-            value = params[group]
-            if value not in alloc.choices:
-                raise ValueError(f"parameter '{group}' must be one of {alloc.choices}, but got {value!r}")
-            settings = alloc.settings(value)
-            if alloc.family == "sparsity" and settings["ratio"] == 0:
-                continue
-            for m in modules:
-                plan.setdefault(m, {}).update(settings)
-    return plan
+            try:
+                config = alloc.config(params[group])
+            except ValueError:
+                raise ValueError(
+                    f"parameter '{group}' must be one of {alloc.choices}, but got {params[group]!r}"
+                ) from None
+            if config is not None:
+                for m in modules:
+                    per_module.setdefault(m, []).append(config)
+    entries: dict[str, list[ConfigSpec]] = {}
+    for module, configs in per_module.items():
+        steps = sorted(configs, key=lambda c: c.STAGE)
+        if isinstance(steps[0], StructuredPrune):
+            layer, down = ffn_pair(module)
+            bits = next((c for c in per_module.get(down, ()) if isinstance(c, WeightOnlyQuant)), None)
+            round_to = math.lcm(8, (bits.group_size if bits is not None else None) or 8)
+            entries[layer] = [dataclasses.replace(steps.pop(0), round_to=round_to)]
+        if steps:
+            entries[module] = steps
+    return DecodedRecipe(entries)
 
 
 def check_allocations(space: Iterable[Any]) -> list[Allocation]:

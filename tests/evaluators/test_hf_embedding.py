@@ -8,10 +8,20 @@ from typing import Any
 import pytest
 
 from frontier.evaluators import EvalContext, make_evaluator
-from frontier.evaluators._hf_compress import _Probe, recipe_from_plan
+from frontier.evaluators._hf_compress import _Probe
 from frontier.evaluators._hf_embedding import prose_sentences, split_sentences, topk_agreement
 from frontier.evaluators._tiny import save_tiny_model
-from frontier.spaces import Candidate, SpecError, spec_from_dict
+from frontier.spaces import (
+    Candidate,
+    DecodedRecipe,
+    MagnitudeSparsity,
+    NMSparsity,
+    SpecError,
+    StructuredPrune,
+    WandaSparsity,
+    WeightOnlyQuant,
+    spec_from_dict,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -105,13 +115,25 @@ def test_candidate_to_recipe(evaluator: Any) -> None:
     )
     assert len(entries) == 12
     assert kernels.CompressionRecipe.from_dict(recipe.to_dict()) == recipe
-    wanda = recipe_from_plan(
-        {"a": {"sparsity": "wanda", "ratio": 0.5}, "b": {"sparsity": "2:4", "ratio": 0.5}}
-    )
+    # every torch-free config a candidate decodes to is its kernels config, field for field
+    decoded = [
+        WandaSparsity(0.5),
+        NMSparsity(2, 4),
+        MagnitudeSparsity(0.25),
+        WeightOnlyQuant(3, symmetric=False),
+    ]
+    decoded.append(StructuredPrune(ffn_ratio=0.25, importance="activation", round_to=32))
+    wanda = kernels.CompressionRecipe.from_dict(DecodedRecipe({"a": decoded[:1], "b": decoded[1:]}).to_dict())
     assert dict(wanda.entries) == {
         "a": (kernels.WandaSparsityConfig(0.5),),
-        "b": (kernels.NMSparsityConfig(2, 4),),
+        "b": (
+            kernels.NMSparsityConfig(2, 4),
+            kernels.MagnitudeSparsityConfig(0.25),
+            kernels.WeightOnlyQuantConfig(3, symmetric=False),
+            kernels.StructuredPruneConfig(0, ffn_ratio=0.25, importance="activation", round_to=32),
+        ),
     }
+    assert [c.to_dict() for c in wanda.entries["b"]] == [c.to_dict() for c in decoded[1:]]
 
 
 def test_wanda_and_two_four_run_with_calibration(encoder_dir: str) -> None:
@@ -176,7 +198,7 @@ def test_spec_errors(encoder_dir: str) -> None:
     s = spec(encoder_dir, [BITS])
     ev = make_evaluator(s.evaluator.kind, s.evaluator.options)
     with pytest.raises(RuntimeError, match="bind_spec\\(spec\\) must be called before evaluating"):
-        ev.plan(Candidate({"q.layer_0": 4}))
+        ev.decode(Candidate({"q.layer_0": 4}))
     llama = {**BITS, "options": {**BITS["options"], "layout": "llama", "targets": ["**"]}}
     ev.bind_spec(spec(encoder_dir, [llama]))
     with pytest.raises(ValueError, match="targets modules that are not Linear layers of the model"):
@@ -188,9 +210,10 @@ def test_spec_errors(encoder_dir: str) -> None:
     with pytest.raises(ValueError, match="needs a 'bits' and/or 'sparsity' family in the space; it has none"):
         ev.check_params(set())
     with pytest.raises(
-        ValueError, match=r"sparsity kind must be one of \['magnitude', 'wanda', '2:4', 'channels'\]"
+        ValueError,
+        match=r"The 'kind' option of family 'sparsity' must be one of \['magnitude', 'wanda', '2:4'",
     ):
-        recipe_from_plan({"a": {"sparsity": "random", "ratio": 0.5}})
+        spec(encoder_dir, [{**SPARSE, "options": {**SPARSE["options"], "kind": "random"}}])
     with pytest.raises(SpecError, match=r"evaluator\.options\.warm_start"):
         make_evaluator(s.evaluator.kind, {"warm_start": "always"})
 
@@ -221,7 +244,7 @@ def test_channel_pruning_shrinks_the_ffn_and_counts_removed_weights(encoder_dir:
     assert entries["encoder.layer.0"] == (
         kernels.StructuredPruneConfig(0, ffn_ratio=0.5, importance="activation", round_to=16),
     )
-    model = ev.compress(ev.plan(Candidate(params)))
+    model = ev.compress(ev.decode(Candidate(params)))
     layer0, layer1 = model.encoder.layer
     assert (layer0.intermediate.dense.out_features, layer0.output.dense.in_features) == (32, 32)
     assert layer1.intermediate.dense.out_features == 64

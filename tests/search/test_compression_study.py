@@ -89,7 +89,9 @@ def test_minilm_bits_study_with_baselines_and_budget(ray_session, tmp_path: Path
 
     # export -> recipe -> apply on a fresh MiniLM -> save -> reload reproduces the trial's fidelity
     doc = export_point(spec.name, out.storage, "trial=1")
-    assert len(doc["allocation"]) == 36 and {a["bits"] for a in doc["allocation"].values()} == {4}
+    assert "allocation" not in doc  # the recipe the point decodes to is the whole description
+    assert len(doc["recipe"]["entries"]) == 36
+    assert {c["bits"] for cs in doc["recipe"]["entries"].values() for c in cs} == {4}
     recipe = kernels.CompressionRecipe.from_dict(doc["recipe"])
     ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
     ev.bind_spec(spec)

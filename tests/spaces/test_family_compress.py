@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
-from frontier.spaces import SpecError, compression_plan, spec_from_dict
+from frontier.spaces import (
+    SpecError,
+    StructuredPrune,
+    WandaSparsity,
+    WeightOnlyQuant,
+    compression_recipe,
+    spec_from_dict,
+)
 from frontier.spaces._family_compress import (
     allocations,
     compile_target,
@@ -91,20 +99,18 @@ def test_plan_combines_bits_and_sparsity() -> None:
             },
         ]
     )
-    plan = compression_plan(spec, {"q.layer_0": 4, "q.layer_1": 8, "s.all": 0.5})
-    assert len(plan) == 12
-    assert plan["encoder.layer.0.attention.self.key"] == {"bits": 4, "group_size": 32, "symmetric": True}
-    assert plan["encoder.layer.1.intermediate.dense"] == {
-        "bits": 8,
-        "group_size": 32,
-        "symmetric": True,
-        "sparsity": "wanda",
-        "ratio": 0.5,
-    }
+    recipe = compression_recipe(spec, {"q.layer_0": 4, "q.layer_1": 8, "s.all": 0.5})
+    assert len(recipe.entries) == 12
+    assert recipe.entries["encoder.layer.0.attention.self.key"] == (WeightOnlyQuant(4, group_size=32),)
+    # sparsity applies before bits, as kernels.apply_ runs them
+    assert recipe.entries["encoder.layer.1.intermediate.dense"] == (
+        WandaSparsity(0.5),
+        WeightOnlyQuant(8, group_size=32),
+    )
     # ratio 0 is dense: no sparsity entry; a missing parameter leaves its modules alone
-    assert compression_plan(spec, {"s.all": 0}) == {}
+    assert not compression_recipe(spec, {"s.all": 0}) and compression_recipe(spec, {}).entries == {}
     with pytest.raises(ValueError, match=r"parameter 'q.layer_0' must be one of \[2, 3, 4, 8\], but got 5"):
-        compression_plan(spec, {"q.layer_0": 5})
+        compression_recipe(spec, {"q.layer_0": 5})
 
 
 def test_targets_follow_kernels_select_rules() -> None:
@@ -223,15 +229,14 @@ def test_channels_kind_groups_ffn_up_projections_and_covers_the_down_projections
             {"kind": "family", "name": "p", "family": "sparsity", "options": opts},
         ]
     )
-    plan = compression_plan(space, {"q.layer_0": 4, "q.layer_1": 8, "p.layer_0": 0.25, "p.layer_1": 0})
-    assert plan["encoder.layer.0.intermediate.dense"] == {
-        "bits": 4,
-        "group_size": 32,
-        "symmetric": True,
-        "sparsity": "channels",
-        "ratio": 0.25,
-    }
-    assert "sparsity" not in plan["encoder.layer.1.intermediate.dense"]  # ratio 0: nothing removed
+    recipe = compression_recipe(space, {"q.layer_0": 4, "q.layer_1": 8, "p.layer_0": 0.25, "p.layer_1": 0})
+    # channels target the layer; the kept width stays a whole number of the down projection's 32-groups
+    prune = StructuredPrune(ffn_ratio=0.25, importance="activation", round_to=32)
+    assert recipe.entries["encoder.layer.0"] == (prune,)
+    assert recipe.entries["encoder.layer.0.intermediate.dense"] == (WeightOnlyQuant(4, group_size=32),)
+    assert "encoder.layer.1" not in recipe.entries  # ratio 0: nothing removed
+    alone = compression_recipe(space, {"p.layer_0": 0.25})  # no bits on the down projection: packing units
+    assert alone.entries == {"encoder.layer.0": (dataclasses.replace(prune, round_to=8),)}
     pruning = allocations(space)[1]
     assert pruning.covers == [
         "encoder.layer.0.intermediate.dense",
