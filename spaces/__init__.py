@@ -6,7 +6,7 @@
 from frontier.spaces._candidate import Candidate, active, decode, distribution, encode, suggest
 from frontier.spaces._deploy import RUNTIMES, RuntimeRules, check_deploy
 from frontier.spaces._errors import SpecError
-from frontier.spaces._families import available_families, register_family
+from frontier.spaces._families import SpaceFamily, available_families, register_family
 from frontier.spaces._family_compress import compression_recipe
 from frontier.spaces._params import (
     CategoricalParam,
@@ -72,6 +72,7 @@ __all__ = [
     "RuntimeRules",
     "SchedulerConfig",
     "SearchConfig",
+    "SpaceFamily",
     "SpecError",
     "StructuredPrune",
     "StudySpec",

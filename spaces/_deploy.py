@@ -103,7 +103,7 @@ class _Item:
 
 def _items(space: Iterable[Any]) -> list[_Item]:
     return [
-        _Item(i, Allocation(item.family, item.name, item.options))
+        _Item(i, Allocation.of(item.family, item.name, item.options))
         for i, item in enumerate(space)
         if isinstance(item, FamilyParam) and item.family in ("bits", "sparsity")
     ]

@@ -39,9 +39,10 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from frontier.spaces._families import register_family
+from frontier.spaces._families import SpaceFamily, register_family
 from frontier.spaces._params import FamilyParam
 from frontier.spaces._recipe import (
     ConfigSpec,
@@ -94,10 +95,6 @@ FFN_UP, FFN_DOWN = "intermediate.dense", "output.dense"  # the BERT FFN pair tha
 MAX_LAYERS = 1024
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
-
-_COMMON_KEYS = ("targets", "modules", "num_layers", "layout", "choices", "group_by")
-_BITS_KEYS = (*_COMMON_KEYS, "group_size", "symmetric")
-_SPARSITY_KEYS = (*_COMMON_KEYS, "kind")
 
 
 def ffn_pair(module: str) -> tuple[str, str]:
@@ -205,84 +202,173 @@ def _choices(family: str, value: Any, *, ints: bool, low: float, high: float) ->
     return sorted(value)
 
 
-class Allocation:
-    """A validated ``bits`` or ``sparsity`` family item: its modules, groups and per-module settings."""
+class _AllocationFamily(SpaceFamily):
+    """Options both allocation families share (see the module docstring)."""
 
-    def __init__(self, family: str, prefix: str, options: Mapping[str, Any]) -> None:
-        if family not in ("bits", "sparsity"):
-            raise ValueError(f"Allocation families are 'bits' and 'sparsity'. Got {family!r} instead.")
-        if not isinstance(options, Mapping):
-            raise TypeError(f"The options of family '{family}' must be a mapping. Got {options!r} instead.")
-        allowed = _BITS_KEYS if family == "bits" else _SPARSITY_KEYS
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"Unknown option(s) {unknown} for family '{family}'. Allowed options: {sorted(allowed)}"
-            )
-        self.family = family
-        self.prefix = prefix
+    targets: tuple[str, ...]
+    modules: tuple[str, ...] | None = None
+    num_layers: int | None = None
+    layout: Literal["bert", "llama"] | None = None
+    group_by: Literal["none", "layer", "block", "module_type", "all"] = "layer"
+
+    @classmethod
+    def normalize(cls, options: dict[str, Any]) -> dict[str, Any]:
+        family = cls.family
         if "targets" not in options:
             raise ValueError(
                 f"Family '{family}' needs 'targets': module names, globs or 're:' regexes "
                 "(e.g. ['encoder.layer.*.attention.self.*']). Got none."
             )
-        self.targets = _strings(family, "targets", options["targets"])
-        # the model description's Linear names, and those the targets select
-        self.described = _module_names(family, options)
-        self.modules = _select(family, self.described, self.targets)
-        self.group_by = options.get("group_by", "layer")
-        if self.group_by not in GROUP_BY:
-            raise _fail(family, "group_by", f"must be one of {list(GROUP_BY)}", self.group_by)
-        self.group_size: int | None = None
-        self.symmetric = True
-        self.kind = "magnitude"
-        if family == "bits":
-            self.choices = _choices(family, options.get("choices", [2, 3, 4, 8]), ints=True, low=2, high=8)
-            gs = options.get("group_size")
-            if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs < 8 or gs % 8):
-                raise _fail(family, "group_size", "must be null (per channel) or a multiple of 8 (>= 8)", gs)
-            self.group_size = gs
-            sym = options.get("symmetric", True)
-            if not isinstance(sym, bool):
-                raise _fail(family, "symmetric", "must be true or false", sym)
-            self.symmetric = sym
+        targets = _strings(family, "targets", options["targets"])
+        _select(family, _module_names(family, options), targets)
+        group_by = options.get("group_by", "layer")
+        if group_by not in GROUP_BY:
+            raise _fail(family, "group_by", f"must be one of {list(GROUP_BY)}", group_by)
+        return {**options, "targets": targets}
+
+    def described(self) -> list[str]:
+        """The model description's Linear names."""
+        given = {k: v for k in ("modules", "num_layers", "layout") if (v := getattr(self, k)) is not None}
+        return _module_names(self.family, given)
+
+    def selected(self) -> list[str]:
+        """The described modules the targets select, in description order."""
+        return _select(self.family, self.described(), list(self.targets))
+
+    def config(self, value: Any) -> ConfigSpec | None:
+        """What each module of a group gets at ``value`` (None: it stays as it is)."""
+        raise NotImplementedError
+
+    def expand(self, prefix: str) -> list[dict[str, Any]]:
+        return Allocation(prefix, self).params()
+
+    def decode(self, prefix: str, params: Mapping[str, Any]) -> DecodedRecipe:
+        """This family's configs alone (the space-level :func:`compression_recipe` combines families)."""
+        return compression_recipe([_Item(prefix, self)], params)
+
+
+@register_family("bits")
+class BitsFamily(_AllocationFamily):
+    """Per-module weight bit-width: one ordinal parameter per group of targeted Linear modules.
+
+    Options: ``targets`` (required), ``modules`` *or* ``num_layers`` (+ ``layout``, default ``bert``),
+    ``choices`` (bit-widths 2..8, default [2, 3, 4, 8]), ``group_by`` (none|layer|block|module_type|all,
+    default layer), ``group_size`` (input features per scale, a multiple of 8; default null: one scale per
+    output channel), ``symmetric`` (default true). Parameters are ``PREFIX.<group>``.
+    """
+
+    choices: tuple[int, ...] = (2, 3, 4, 8)
+    group_size: int | None = None
+    symmetric: bool = True
+
+    @classmethod
+    def normalize(cls, options: dict[str, Any]) -> dict[str, Any]:
+        out = super().normalize(options)
+        out["choices"] = _choices("bits", options.get("choices", [2, 3, 4, 8]), ints=True, low=2, high=8)
+        gs = options.get("group_size")
+        if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs < 8 or gs % 8):
+            raise _fail("bits", "group_size", "must be null (per channel) or a multiple of 8 (>= 8)", gs)
+        if not isinstance(options.get("symmetric", True), bool):
+            raise _fail("bits", "symmetric", "must be true or false", options["symmetric"])
+        return out
+
+    def config(self, value: Any) -> ConfigSpec | None:
+        return WeightOnlyQuant(int(value), group_size=self.group_size, symmetric=self.symmetric)
+
+
+@register_family("sparsity")
+class SparsityFamily(_AllocationFamily):
+    """Per-module pruning ratio: one ordinal parameter per group of targeted Linear modules.
+
+    Options: ``targets``, ``modules``/``num_layers``/``layout`` and ``group_by`` as for ``bits``; ``kind``
+    (``magnitude``: layer-wide smallest weights; ``wanda``: |W|·‖X‖ per output row, from calibration data;
+    ``2:4``: two of every four weights; ``channels``: structured, the FFN intermediate channels of least
+    activation-weighted importance are removed from ``<layer>.intermediate.dense`` and
+    ``<layer>.output.dense`` together, which shrinks both matrices; targets must be the
+    ``intermediate.dense`` modules of BERT-style layers), ``choices`` (ratios in [0, 0.95], default
+    [0, 0.25, 0.5, 0.75]; for ``2:4`` a subset of [0, 0.5], 0 meaning dense; for ``channels`` in [0, 0.9],
+    default [0, 0.125, 0.25]).
+    """
+
+    kind: Literal["magnitude", "wanda", "2:4", "channels"] = "magnitude"
+    choices: tuple[int | float, ...] = (0, 0.25, 0.5, 0.75)
+
+    @classmethod
+    def normalize(cls, options: dict[str, Any]) -> dict[str, Any]:
+        out = super().normalize(options)
+        kind = options.get("kind", "magnitude")
+        if kind not in SPARSITY_KINDS:
+            raise _fail("sparsity", "kind", f"must be one of {list(SPARSITY_KINDS)}", kind)
+        if kind == "2:4":
+            choices = _choices("sparsity", options.get("choices", [0, 0.5]), ints=False, low=0, high=0.5)
+            if [c for c in choices if c not in (0, 0.5)]:
+                raise _fail(
+                    "sparsity",
+                    "choices",
+                    "must hold 0 (dense) and/or 0.5 (the 2:4 pattern) when kind is '2:4'",
+                    options["choices"],
+                )
+        elif kind == "channels":
+            # structured: whole FFN channels removed, so the matrices (and the time) really shrink
+            modules = _select("sparsity", _module_names("sparsity", options), out["targets"])
+            wrong = [m for m in modules if not m.endswith("." + FFN_UP)]
+            if wrong:
+                raise _fail(
+                    "sparsity",
+                    "targets",
+                    f"must select only FFN up-projections ('<layer>.{FFN_UP}', BERT-style layers) when "
+                    f"kind is 'channels' (it removes channels of '{FFN_UP}' and '{FFN_DOWN}' together); "
+                    f"these are not: {wrong[:4]}",
+                    out["targets"],
+                )
+            default: list[float] = [0, 0.125, 0.25]
+            choices = _choices("sparsity", options.get("choices", default), ints=False, low=0, high=0.9)
         else:
-            self.kind = options.get("kind", "magnitude")
-            if self.kind not in SPARSITY_KINDS:
-                raise _fail(family, "kind", f"must be one of {list(SPARSITY_KINDS)}", self.kind)
-            if self.kind == "2:4":
-                self.choices = _choices(family, options.get("choices", [0, 0.5]), ints=False, low=0, high=0.5)
-                bad = [c for c in self.choices if c not in (0, 0.5)]
-                if bad:
-                    raise _fail(
-                        family,
-                        "choices",
-                        "must hold 0 (dense) and/or 0.5 (the 2:4 pattern) when kind is '2:4'",
-                        options["choices"],
-                    )
-            elif self.kind == "channels":
-                # structured: whole FFN channels removed, so the matrices (and the time) really shrink
-                wrong = [m for m in self.modules if not m.endswith("." + FFN_UP)]
-                if wrong:
-                    raise _fail(
-                        family,
-                        "targets",
-                        f"must select only FFN up-projections ('<layer>.{FFN_UP}', BERT-style layers) when "
-                        f"kind is 'channels' (it removes channels of '{FFN_UP}' and '{FFN_DOWN}' together); "
-                        f"these are not: {wrong[:4]}",
-                        self.targets,
-                    )
-                default = [0, 0.125, 0.25]
-                self.choices = _choices(family, options.get("choices", default), ints=False, low=0, high=0.9)
-            else:
-                default = [0, 0.25, 0.5, 0.75]
-                self.choices = _choices(family, options.get("choices", default), ints=False, low=0, high=0.95)
+            default = [0, 0.25, 0.5, 0.75]
+            choices = _choices("sparsity", options.get("choices", default), ints=False, low=0, high=0.95)
+        return {**out, "choices": choices}
+
+    def config(self, value: Any) -> ConfigSpec | None:
+        return SPARSITY_CONFIGS[self.kind](float(value)) if value != 0 else None
+
+
+class Allocation:
+    """A compiled ``bits`` or ``sparsity`` family item: its modules, groups and what a value means.
+
+    Args:
+        prefix: the item's ``name`` (parameters are ``PREFIX.<group>``).
+        options: the family's validated options (:class:`BitsFamily` or :class:`SparsityFamily`).
+    """
+
+    def __init__(self, prefix: str, options: _AllocationFamily) -> None:
+        self.options = options
+        self.family = options.family
+        self.prefix = prefix
+        self.targets = list(options.targets)
+        # the model description's Linear names, and those the targets select
+        self.described = options.described()
+        self.modules = options.selected()
+        self.group_by = options.group_by
+        self.choices: list[Any] = list(getattr(options, "choices", ()))
+        self.kind: str = getattr(options, "kind", "magnitude")
+        self.group_size: int | None = getattr(options, "group_size", None)
+        self.symmetric: bool = getattr(options, "symmetric", True)
         self.groups: dict[str, list[str]] = {}
         for m in self.modules:
             self.groups.setdefault(f"{prefix}.{group_key(m, self.group_by)}", []).append(m)
         # every module whose weights the allocation changes, and per group
         self.covers = self._cut(self.modules)
         self.cuts = {g: self._cut(modules) for g, modules in self.groups.items()}
+
+    @classmethod
+    def of(cls, family: str, prefix: str, options: Mapping[str, Any]) -> Allocation:
+        """Compile a spec item's raw ``options`` of family ``bits`` or ``sparsity``."""
+        if family not in ("bits", "sparsity"):
+            raise ValueError(f"Allocation families are 'bits' and 'sparsity'. Got {family!r} instead.")
+        model = BitsFamily if family == "bits" else SparsityFamily
+        compiled = model.compile(options)
+        assert isinstance(compiled, _AllocationFamily)  # compile returns an instance of ``model``
+        return cls(prefix, compiled)
 
     def _cut(self, modules: list[str]) -> list[str]:
         """``modules`` and, for ``channels``, the down-projections whose inputs go with them."""
@@ -302,47 +388,15 @@ class Allocation:
             raise ValueError(
                 f"parameter of family '{self.prefix}' must be one of {self.choices}, but got {value!r}"
             )
-        if self.family == "bits":
-            return WeightOnlyQuant(int(value), group_size=self.group_size, symmetric=self.symmetric)
-        return SPARSITY_CONFIGS[self.kind](float(value)) if value != 0 else None
+        return self.options.config(value)
 
 
-@register_family("bits")
-def expand_bits(prefix: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per-module weight bit-width: one ordinal parameter per group of targeted Linear modules.
+@dataclass(frozen=True)
+class _Item:
+    """A compiled allocation family item, as :func:`allocations` reads it from a space."""
 
-    Args:
-        prefix: the family item's ``name``; parameters are ``PREFIX.<group>`` (see ``group_by``).
-        options: ``targets`` (required), ``modules`` *or* ``num_layers`` (+ ``layout``, default ``bert``),
-            ``choices`` (bit-widths 2..8, default [2, 3, 4, 8]), ``group_by``
-            (none|layer|block|module_type|all, default layer), ``group_size`` (input features per scale,
-            a multiple of 8; default null: one scale per output channel), ``symmetric`` (default true).
-
-    Raises:
-        ValueError: an unknown option, a target that matches nothing, or a value that breaks a rule.
-    """
-    return Allocation("bits", prefix, options).params()
-
-
-@register_family("sparsity")
-def expand_sparsity(prefix: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per-module pruning ratio: one ordinal parameter per group of targeted Linear modules.
-
-    Args:
-        prefix: the family item's ``name``; parameters are ``PREFIX.<group>``.
-        options: ``targets``, ``modules``/``num_layers``/``layout`` and ``group_by`` as for ``bits``;
-            ``kind`` (``magnitude``: layer-wide smallest weights; ``wanda``: |W|·‖X‖ per output row, from
-            calibration data; ``2:4``: two of every four weights; ``channels``: structured, the FFN
-            intermediate channels of least activation-weighted importance are removed from
-            ``<layer>.intermediate.dense`` and ``<layer>.output.dense`` together, which shrinks both
-            matrices; targets must be the ``intermediate.dense`` modules of BERT-style layers), ``choices``
-            (ratios in [0, 0.95], default [0, 0.25, 0.5, 0.75]; for ``2:4`` a subset of [0, 0.5], 0 meaning
-            dense; for ``channels`` in [0, 0.9], default [0, 0.125, 0.25]).
-
-    Raises:
-        ValueError: an unknown option, a target that matches nothing, or a value that breaks a rule.
-    """
-    return Allocation("sparsity", prefix, options).params()
+    name: str
+    compiled: _AllocationFamily
 
 
 def allocations(space: Iterable[Any]) -> list[Allocation]:
@@ -350,8 +404,10 @@ def allocations(space: Iterable[Any]) -> list[Allocation]:
     items = getattr(space, "space", space)
     out = []
     for item in items:
-        if isinstance(item, FamilyParam) and item.family in ("bits", "sparsity"):
-            out.append(Allocation(item.family, item.name, item.options))
+        if isinstance(item, _Item):
+            out.append(Allocation(item.name, item.compiled))
+        elif isinstance(item, FamilyParam) and item.family in ("bits", "sparsity"):
+            out.append(Allocation.of(item.family, item.name, item.options))
     return out
 
 

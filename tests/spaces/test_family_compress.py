@@ -15,11 +15,10 @@ from frontier.spaces import (
     compression_recipe,
     spec_from_dict,
 )
+from frontier.spaces._families import expand_family
 from frontier.spaces._family_compress import (
     allocations,
     compile_target,
-    expand_bits,
-    expand_sparsity,
     group_key,
 )
 
@@ -62,21 +61,27 @@ def study(space: list[dict[str, Any]]) -> Any:
     ],
 )
 def test_group_by(group_by: str, expected: list[str]) -> None:
-    params = expand_bits("q", {**BERT, "group_by": group_by})
+    params = expand_family("bits", "q", {**BERT, "group_by": group_by})
     assert names(params) == expected
     assert all(p["kind"] == "ordinal" and p["choices"] == [2, 3, 4, 8] for p in params)
 
 
 def test_group_by_none_and_explicit_modules_and_llama_layout() -> None:
-    params = expand_bits("q", {**BERT, "group_by": "none", "targets": ["re:.*query"], "choices": [8, 4]})
+    params = expand_family(
+        "bits", "q", {**BERT, "group_by": "none", "targets": ["re:.*query"], "choices": [8, 4]}
+    )
     assert names(params) == [
         "q.encoder.layer.0.attention.self.query",
         "q.encoder.layer.1.attention.self.query",
     ]
     assert params[0]["choices"] == [4, 8]
-    explicit = expand_bits("q", {"modules": ["fc1", "blocks.0.mlp", "blocks.1.mlp"], "targets": ["**"]})
+    explicit = expand_family(
+        "bits", "q", {"modules": ["fc1", "blocks.0.mlp", "blocks.1.mlp"], "targets": ["**"]}
+    )
     assert names(explicit) == ["q.fc1", "q.layer_0", "q.layer_1"]
-    llama = expand_sparsity("s", {"num_layers": 1, "layout": "llama", "targets": ["**.mlp.*"], "kind": "2:4"})
+    llama = expand_family(
+        "sparsity", "s", {"num_layers": 1, "layout": "llama", "targets": ["**.mlp.*"], "kind": "2:4"}
+    )
     assert names(llama) == ["s.layer_0"] and llama[0]["choices"] == [0, 0.5]
     assert group_key("model.layers.3.self_attn.q_proj", "block") == "layer_3.attention"
     assert group_key("model.layers.3.mlp.up_proj", "block") == "layer_3.ffn"
@@ -173,7 +178,7 @@ def test_targets_follow_kernels_select_rules() -> None:
 )
 def test_bits_errors(options: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        expand_bits("q", options)
+        expand_family("bits", "q", options)
 
 
 @pytest.mark.parametrize(
@@ -199,7 +204,7 @@ def test_bits_errors(options: dict[str, Any], match: str) -> None:
 )
 def test_sparsity_errors(options: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        expand_sparsity("s", options)
+        expand_family("sparsity", "s", options)
 
 
 def test_spec_level_errors_name_the_family() -> None:
@@ -216,12 +221,12 @@ def test_spec_level_errors_name_the_family() -> None:
 
 def test_options_must_be_a_mapping() -> None:
     with pytest.raises(TypeError, match="options of family 'bits' must be a mapping"):
-        expand_bits("q", ["num_layers", 2])  # type: ignore[arg-type]
+        expand_family("bits", "q", ["num_layers", 2])  # type: ignore[arg-type]
 
 
 def test_channels_kind_groups_ffn_up_projections_and_covers_the_down_projections() -> None:
     opts = {**BERT, "targets": ["encoder.layer.*.intermediate.dense"], "kind": "channels"}
-    params = expand_sparsity("p", opts)
+    params = expand_family("sparsity", "p", opts)
     assert names(params) == ["p.layer_0", "p.layer_1"] and params[0]["choices"] == [0, 0.125, 0.25]
     space = study(
         [
