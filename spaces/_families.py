@@ -126,14 +126,17 @@ def compile_family(family: str, options: Mapping[str, Any]) -> SpaceFamily | Non
         ValueError: an unknown family, an unknown option or a value that breaks an option's rule.
     """
     entry = FAMILIES.get(family)
-    return entry.compile(options) if isinstance(entry, type) else None
+    if isinstance(entry, type) and issubclass(entry, SpaceFamily):
+        return entry.compile(options)
+    return None
 
 
 def expand_family(family: str, prefix: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    entry = FAMILIES.get(family)
-    if isinstance(entry, type):
-        return entry.compile(options).expand(prefix)
-    return entry(prefix, options)
+    compiled = compile_family(family, options)
+    if compiled is not None:
+        return compiled.expand(prefix)
+    expander: FamilyExpander = FAMILIES.get(family)  # type: ignore[assignment]  # not a SpaceFamily: a function
+    return expander(prefix, options)
 
 
 def family_options_model(family: str) -> type[BaseModel]:

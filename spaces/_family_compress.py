@@ -444,11 +444,13 @@ def compression_recipe(space: Iterable[Any], params: Mapping[str, Any]) -> Decod
     entries: dict[str, list[ConfigSpec]] = {}
     for module, configs in per_module.items():
         steps = sorted(configs, key=lambda c: c.STAGE)
-        if isinstance(steps[0], StructuredPrune):
+        first = steps[0]
+        if isinstance(first, StructuredPrune):
             layer, down = ffn_pair(module)
             bits = next((c for c in per_module.get(down, ()) if isinstance(c, WeightOnlyQuant)), None)
             round_to = math.lcm(8, (bits.group_size if bits is not None else None) or 8)
-            entries[layer] = [dataclasses.replace(steps.pop(0), round_to=round_to)]
+            entries[layer] = [dataclasses.replace(first, round_to=round_to)]
+            steps = steps[1:]
         if steps:
             entries[module] = steps
     return DecodedRecipe(entries)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from frontier.spaces._families import SpaceFamily
 
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
 Scalar = int | float | str | bool
@@ -134,6 +138,26 @@ class FamilyParam(_Frozen):
     name: str = Field(pattern=_NAME_PATTERN)
     family: str = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    def compile(self) -> SpaceFamily | None:
+        """The family's validated options (None for a family registered as a plain function)."""
+        from frontier.spaces._families import compile_family
+
+        return compile_family(self.family, self.options)
+
+    def decode(self, params: Mapping[str, Any]) -> Any:
+        """What a candidate's values of this item's parameters stand for (:meth:`SpaceFamily.decode`).
+
+        Raises:
+            TypeError: the family was registered as a plain function, so it decodes nothing.
+        """
+        compiled = self.compile()
+        if compiled is None:
+            raise TypeError(
+                f"family '{self.family}' of item '{self.name}' is registered as a plain function and decodes "
+                "nothing; register a SpaceFamily subclass to decode its candidates"
+            )
+        return compiled.decode(self.name, params)
 
 
 Param = Annotated[IntParam | FloatParam | CategoricalParam | OrdinalParam, Field(discriminator="kind")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -296,6 +296,16 @@ class StudySpec(_Frozen):
     def params(self) -> tuple[Param, ...]:
         """The space with every ``per`` parameter expanded, in sampling order."""
         return expand_space(self.space)
+
+    def decode(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A candidate's values read back by each typed family of the space: ``{item name: decoded}``
+        (:meth:`FamilyParam.decode`; an :class:`~spaces.LMArch`, a :class:`~spaces.DecodedRecipe`...).
+        Plain parameters and families registered as plain functions have no entry."""
+        out: dict[str, Any] = {}
+        for item in self.space:
+            if isinstance(item, FamilyParam) and item.compile() is not None:
+                out[item.name] = item.decode(params)
+        return out
 
     @property
     def directions(self) -> list[Direction]:

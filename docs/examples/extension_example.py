@@ -11,28 +11,34 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from frontier.evaluators import EvalContext, Evaluator, EvaluatorOptions, register_evaluator
-from frontier.spaces import Candidate, register_family
+from frontier.spaces import Candidate, FamilyParam, SpaceFamily, StudySpec, register_family
 
 
 @register_family("example-box")
-def expand_box(prefix: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``dims`` float parameters ``PREFIX.x0 ...`` in ``[low, high]``."""
-    unknown = sorted(set(options) - {"dims", "low", "high"})
-    if unknown:
-        raise ValueError(f"example-box options {unknown} are unknown. Allowed: ['dims', 'high', 'low']")
-    dims, low, high = (
-        int(options.get("dims", 2)),
-        float(options.get("low", -1)),
-        float(options.get("high", 1)),
-    )
-    if not dims >= 1 or not low < high:
-        raise ValueError(
-            f"example-box needs dims >= 1 and low < high. Got dims={dims}, low={low}, high={high}"
-        )
-    return [{"kind": "float", "name": f"{prefix}.x{i}", "low": low, "high": high} for i in range(dims)]
+class Box(SpaceFamily):
+    """``dims`` float parameters ``PREFIX.x0 ...`` in ``[low, high]``; a candidate decodes to its point."""
+
+    dims: int = Field(default=2, ge=1, le=64)
+    low: float = -1.0
+    high: float = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Box:
+        if not self.low < self.high:
+            raise ValueError(f"example-box needs low < high. Got low={self.low}, high={self.high}")
+        return self
+
+    def expand(self, prefix: str) -> list[dict[str, Any]]:
+        return [
+            {"kind": "float", "name": f"{prefix}.x{i}", "low": self.low, "high": self.high}
+            for i in range(self.dims)
+        ]
+
+    def decode(self, prefix: str, params: Mapping[str, Any]) -> tuple[float, ...]:
+        return tuple(float(params[f"{prefix}.x{i}"]) for i in range(self.dims))
 
 
 class SphereOptions(EvaluatorOptions):
@@ -58,10 +64,12 @@ class Sphere(Evaluator):
     def metrics(self) -> tuple[str, ...]:
         return ("loss", "l1")
 
-    def check_params(self, names: set[str]) -> None:
-        if not names:
-            raise ValueError("example-sphere needs at least one float parameter")
+    def bind_spec(self, spec: StudySpec) -> None:
+        if not any(isinstance(item, FamilyParam) and item.family == "example-box" for item in spec.space):
+            raise ValueError("example-sphere needs an 'example-box' family in the space")
+        self.spec = spec
 
     def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
-        d = [float(v) - self.options.center for v in candidate.params.values()]
+        points = self.spec.decode(candidate.params).values()  # one tuple per example-box item
+        d = [x - self.options.center for point in points for x in point]
         return {"loss": sum(x * x for x in d), "l1": sum(abs(x) for x in d)}

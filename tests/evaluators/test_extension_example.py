@@ -48,8 +48,21 @@ def test_example_registers_and_passes_conformance(example: ModuleType, tmp_path:
 def test_example_family_errors_name_the_rule(example: ModuleType) -> None:
     tiny = example.Sphere.tiny_spec(Path("."))
     tiny["space"][0]["options"] = {"dims": 0}
-    with pytest.raises(ValueError, match=r"example-box needs dims >= 1 and low < high. Got dims=0"):
+    with pytest.raises(
+        ValueError, match=r"The 'dims' option of family 'example-box': .*greater than or equal to 1"
+    ):
         spec_from_dict(tiny)
+    tiny["space"][0]["options"] = {"low": 1, "high": 0}
+    with pytest.raises(ValueError, match=r"example-box needs low < high. Got low=1.0, high=0.0"):
+        spec_from_dict(tiny)
+    tiny["space"][0]["options"] = {"dim": 3}
+    with pytest.raises(ValueError, match=r"Unknown option\(s\) \['dim'\] for family 'example-box'"):
+        spec_from_dict(tiny)
+
+
+def test_example_evaluator_gets_the_decoded_point(example: ModuleType) -> None:
+    spec = spec_from_dict(example.Sphere.tiny_spec(Path(".")))
+    assert spec.decode({"p.x0": 0.5, "p.x1": 0.25, "p.x2": 0}) == {"p": (0.5, 0.25, 0.0)}
 
 
 def test_architecture_doc_shows_the_example_verbatim() -> None:

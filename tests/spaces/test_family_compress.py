@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from frontier.spaces import (
+    MagnitudeSparsity,
     SpecError,
     StructuredPrune,
     WandaSparsity,
@@ -249,3 +250,16 @@ def test_channels_kind_groups_ffn_up_projections_and_covers_the_down_projections
         "encoder.layer.0.output.dense",
         "encoder.layer.1.output.dense",
     ]
+
+
+def test_each_family_decodes_its_own_configs_and_the_spec_decodes_every_family() -> None:
+    bits = {"kind": "family", "name": "q", "family": "bits", "options": {**BERT, "group_by": "all"}}
+    prune = {"kind": "family", "name": "s", "family": "sparsity", "options": {**BERT, "group_by": "all"}}
+    spec = study([bits, prune])
+    decoded = spec.decode({"q.all": 4, "s.all": 0.5})
+    assert set(decoded) == {"q", "s"}
+    assert decoded["q"].entries["encoder.layer.0.output.dense"] == (WeightOnlyQuant(4),)
+    assert decoded["s"].entries["encoder.layer.0.output.dense"] == (MagnitudeSparsity(0.5),)
+    # the space-level recipe is both, sparsity before bits on each module
+    both = compression_recipe(spec, {"q.all": 4, "s.all": 0.5}).entries["encoder.layer.0.output.dense"]
+    assert both == (MagnitudeSparsity(0.5), WeightOnlyQuant(4))
