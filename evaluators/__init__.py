@@ -13,6 +13,7 @@ from frontier.evaluators._base import (
 from frontier.evaluators._lm_export import write_hf_checkpoint
 from frontier.evaluators._registry import (
     available_evaluators,
+    for_spec,
     get_evaluator_class,
     make_evaluator,
     register_evaluator,
@@ -26,6 +27,7 @@ __all__ = [
     "InitialCandidate",
     "TrialStopped",
     "available_evaluators",
+    "for_spec",
     "get_evaluator_class",
     "make_evaluator",
     "register_evaluator",

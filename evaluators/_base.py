@@ -152,8 +152,10 @@ class EvalContext:
 class Evaluator(abc.ABC):
     """Scores a candidate: builds (or compresses) a model and measures it.
 
-    Lifecycle, on each worker: ``__init__(options)`` stores the validated options and must stay cheap;
-    ``setup()`` is called once before the first evaluation (load data, models: heavy imports go here);
+    Lifecycle, run once per process and spec by :func:`evaluators.for_spec`: ``__init__(options)`` stores
+    the validated options and must stay cheap; ``check_params(names)`` sees the space's parameter names;
+    ``bind_spec(spec)`` reads the whole spec; ``setup()`` (through ``ensure_setup``) is called once before
+    the first evaluation (load data, models: heavy imports go here);
     ``evaluate(candidate, context)`` is called once per trial on the same instance, so it may cache
     what does not depend on the candidate. Long evaluations call ``context.report(step, metrics)``
     at each fidelity step; it raises :class:`TrialStopped` when a scheduler stops the trial.

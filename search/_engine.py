@@ -70,20 +70,9 @@ def check_spec(spec: StudySpec) -> None:
     Raises:
         SpecError: naming the field path, what is allowed and what was given.
     """
-    from frontier.evaluators import available_evaluators, get_evaluator_class
+    from frontier.evaluators import for_spec
 
-    try:
-        cls = get_evaluator_class(spec.evaluator.kind)
-    except ValueError:
-        raise SpecError(
-            f"evaluator.kind: Unknown evaluator '{spec.evaluator.kind}'. Available: {available_evaluators()}"
-        ) from None
-    evaluator = cls.from_spec(spec.evaluator.options)
-    try:
-        evaluator.check_params({p.name for p in spec.params})
-        evaluator.bind_spec(spec)
-    except ValueError as exc:
-        raise SpecError(f"space: {exc}") from None
+    evaluator = for_spec(spec, setup=False)
     produced = evaluator.metrics()
     if produced:
         for i, o in enumerate(spec.objectives):
@@ -150,15 +139,22 @@ def sampler_description(spec: StudySpec) -> str:
     return spec.search.sampler
 
 
-def make_scheduler(spec: StudySpec) -> Any:
-    """The Ray Tune trial scheduler a spec asks for (``search.scheduler``); None means FIFO."""
+def make_scheduler(spec: StudySpec, study: Any = None) -> Any:
+    """The Ray Tune trial scheduler a spec asks for (``search.scheduler``); None means FIFO.
+
+    With the (resumed) ``study``, MO-ASHA's rungs are rebuilt from its stored trials' intermediate steps
+    (``search._optuna.STEPS_ATTR``), in trial order, so the trials still to run are judged against the same
+    rungs as in an uninterrupted run. Interrupted trials that are re-run (``RETRIED_ATTR``) are left out:
+    their retries record their steps again.
+    """
     cfg = spec.search.scheduler
     if cfg.kind == "fifo":
         return None
     from frontier.search._moasha import MOASHAScheduler
+    from frontier.search._optuna import stored_steps
     from frontier.search._workers import STEP_KEY
 
-    return MOASHAScheduler(
+    scheduler = MOASHAScheduler(
         [o.name for o in spec.objectives],
         ["max" if o.direction == "maximize" else "min" for o in spec.objectives],
         time_attr=STEP_KEY,
@@ -169,6 +165,12 @@ def make_scheduler(spec: StudySpec) -> Any:
         stop_last_trials=False,
         seed=spec.search.seed,
     )
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for t in [] if study is None else study.get_trials(deepcopy=False, states=finished):
+        if not t.user_attrs.get(RETRIED_ATTR):
+            steps = stored_steps(t)
+            scheduler.replay(f"stored-{t.number}", [{**values, STEP_KEY: step} for step, values in steps])
+    return scheduler
 
 
 def init_ray(address: str | None) -> None:
@@ -369,7 +371,7 @@ class _Helpers:
         from frontier.search._workers import WorkerPool
 
         init_ray(address or spec.address)
-        scheduler = make_scheduler(spec) if scheduler is None else scheduler
+        scheduler = make_scheduler(spec, study) if scheduler is None else scheduler
         helpers = cls(run_path, scheduler, None, None)
         try:
             helpers.latency = _latency_runtime(spec, study, run_path)
@@ -399,7 +401,8 @@ def _run(
     sync_interval_s: float,
     helpers: _Helpers,
 ) -> str:
-    from frontier.search._tune import AskTellSearcher, run_trials
+    from frontier.search._searcher import AskTellSearcher
+    from frontier.search._tune import run_trials
 
     thread = TrackerThread(tracker, spec.name, storage, interval=sync_interval_s) if tracker else None
     counts = _Counts(spec, study)
@@ -457,14 +460,14 @@ def _latency_runtime(spec: StudySpec, study: Any, run_path: Path) -> Any:
         return latency_runtime(spec, run_path)
     import ray
 
-    from frontier.evaluators import make_evaluator
+    from frontier.evaluators import for_spec
     from frontier.spaces import Candidate
 
     profile: dict[str, Any] = {"rows": []}
     if spec.latency.device is not None:
         profile = load_profile(run_path, spec.latency.device)
     # Resume: the finished trials' metrics, and the measured ones as predictor rows.
-    evaluator = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+    evaluator = for_spec(spec, setup=False)
     history, rows = [], list(profile.get("rows", []))
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         metrics = trial_metrics(t)

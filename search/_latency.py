@@ -406,11 +406,10 @@ def remeasure(
     spec_json: str, runtime: LatencyRuntime, params: list[dict[str, Any]], threads: int, device: str
 ) -> list[dict[str, float]]:
     """Measure the latency of each candidate afresh (never from the cache): the final Pareto set."""
-    from frontier.evaluators import EvalContext
-    from frontier.search._workers import _worker_evaluator
-    from frontier.spaces import Candidate
+    from frontier.evaluators import EvalContext, for_spec
+    from frontier.spaces import Candidate, spec_from_dict
 
-    evaluator = _worker_evaluator(spec_json)
+    evaluator = for_spec(spec_from_dict(json.loads(spec_json)))
     out = []
     for p in params:
         ctx = EvalContext(threads=threads, device=device, **runtime.context_kwargs(cache=False))
@@ -472,7 +471,7 @@ def calibrate(
         ValueError: ``k`` < 2 or ``device`` is not a plain name.
         SpecError: the evaluator cannot measure latency on its own.
     """
-    from frontier.evaluators import EvalContext, make_evaluator
+    from frontier.evaluators import EvalContext, for_spec, get_evaluator_class
     from frontier.evaluators.latency import device_fingerprint
     from frontier.spaces import LatencyConfig, SpecError
 
@@ -484,13 +483,12 @@ def calibrate(
         raise ValueError(
             f"--device must be a plain name (letters, digits, '_', '.', '-'). Got {device!r}."
         ) from None
-    evaluator = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
-    if not type(evaluator).measures_latency_alone():
+    if not get_evaluator_class(spec.evaluator.kind).measures_latency_alone():
         raise SpecError(
             f"evaluator '{spec.evaluator.kind}' cannot measure latency on its own (Evaluator.latency), so it "
             "cannot calibrate a device"
         )
-    evaluator.ensure_setup()
+    evaluator = for_spec(spec)
     run_path = Path(run_dir).expanduser().resolve()
     runtime = latency_runtime(spec, run_path)
     n_threads = threads or max(1, int(spec.resources.cpu))

@@ -7,12 +7,10 @@ structure of Ray's ``AsyncHyperBandScheduler``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -303,11 +301,30 @@ class MOASHAScheduler(FIFOScheduler):
         return False
 
     def on_trial_add(self, tune_controller: TuneController | None, trial: Trial) -> None:
+        self._assign(trial.trial_id)
+
+    def _assign(self, trial_id: str) -> int:
         sizes = np.array([len(b.rungs) for b in self._brackets], dtype=float)
         probs = np.exp(sizes - sizes.max())
-        self._trial_bracket[trial.trial_id] = int(
+        index = self._trial_bracket[trial_id] = int(
             self._rng.choice(len(self._brackets), p=probs / probs.sum())
         )
+        return index
+
+    def replay(self, trial_id: str, results: Iterable[Mapping[str, Any]]) -> None:
+        """Record a finished trial's intermediate results at the rungs they reached, deciding nothing.
+
+        How a resumed study rebuilds its rungs from its storage (the trials' stored steps, in trial order):
+        replaying every trial this scheduler saw, in the order it saw them, gives the rungs (and bracket
+        draws) an uninterrupted run has at that point, so later trials are judged as they would have been.
+        Each result is read as :meth:`on_trial_result` reads it (``time_attr`` and the objectives).
+        """
+        bracket = self._brackets[self._assign(trial_id)]
+        for result in results:
+            parsed = self._parse(result)
+            if parsed is not None and parsed[0] < self._max_t:  # as live: a trial at max_t is not judged
+                bracket.on_result(trial_id, parsed[0], parsed[1], self._reduction_factor)
+        self._trial_bracket.pop(trial_id, None)
 
     def on_trial_result(
         self, tune_controller: TuneController | None, trial: Trial, result: dict[str, Any]
@@ -321,7 +338,7 @@ class MOASHAScheduler(FIFOScheduler):
             # finish and return its final result, but never judge it as if it were still a candidate.
             return TrialScheduler.STOP if self._stop_last_trials else TrialScheduler.CONTINUE
         if trial.trial_id not in self._trial_bracket:
-            self.on_trial_add(tune_controller, trial)  # e.g. a trial resumed after restore()
+            self.on_trial_add(tune_controller, trial)  # a trial Tune did not add first
         bracket = self._brackets[self._trial_bracket[trial.trial_id]]
         keep = bracket.on_result(trial.trial_id, t, values, self._reduction_factor)
         if keep is None:
@@ -406,12 +423,6 @@ class MOASHAScheduler(FIFOScheduler):
         self._rng.bit_generator.state = state["rng"]
         self._num_stopped = int(state["num_stopped"])
         self._num_judged = int(state["num_judged"])
-
-    def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.set_state(json.loads(Path(checkpoint_path).read_text()))
 
     def _settings(self) -> dict[str, Any]:
         return {

@@ -7,7 +7,7 @@ import datetime
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,10 @@ INTERRUPTED = (
 # attributes ("failed_trial", "retry_history"), so RetryFailedTrialCallback.retried_trial_number reads it.
 RETRY_OF_ATTR = "frontier.retry_of"
 RETRIED_ATTR = "frontier.retried"
+# A multi-fidelity trial's intermediate reports: [[step, {objective: value}], ...] in the order made. Optuna's
+# own intermediate values (trial.report) hold one float per step, the first objective's; a multi-objective
+# scheduler (MO-ASHA) needs every objective's, to rebuild its rungs when the study resumes.
+STEPS_ATTR = "frontier.steps"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger(__name__)
@@ -207,6 +211,31 @@ def tell_result(
     for c in spec.constraints:
         trial.set_constraint(f"{c.metric}{c.op}{c.value:g}", c.violation(clean[c.metric]))
     return study.tell(trial, [clean[o.name] for o in spec.objectives], skip_if_finished=True)
+
+
+def with_steps(
+    frozen: FrozenTrial, steps: Sequence[tuple[int, Mapping[str, float]]], spec: StudySpec
+) -> FrozenTrial:
+    """``frozen`` with its intermediate reports: Optuna's intermediate values (``trial.report`` semantics:
+    the first objective's value, the first report of a step kept) and every objective's in ``STEPS_ATTR``.
+    The persistent write (:meth:`WriteThroughStudy.persist`) stores both with the trial's outcome."""
+    names = [o.name for o in spec.objectives]
+    intermediate: dict[int, float] = {}
+    recorded: list[list[Any]] = []
+    for step, metrics in steps:
+        values = {n: float(metrics[n]) for n in names if isinstance(metrics.get(n), int | float)}
+        recorded.append([int(step), values])
+        if names[0] in values:
+            intermediate.setdefault(int(step), values[names[0]])
+    out = copy.copy(frozen)
+    out.intermediate_values = {**frozen.intermediate_values, **intermediate}
+    out.user_attrs = {**frozen.user_attrs, STEPS_ATTR: recorded}
+    return out
+
+
+def stored_steps(trial: FrozenTrial) -> list[tuple[int, dict[str, float]]]:
+    """A stored trial's intermediate reports (:data:`STEPS_ATTR`), ``(step, {objective: value})`` in order."""
+    return [(int(step), dict(values)) for step, values in trial.user_attrs.get(STEPS_ATTR, [])]
 
 
 @dataclass
@@ -393,7 +422,10 @@ class WriteThroughStudy:
         self.memory = optuna.create_study(directions=study.directions, sampler=sampler)
         trials = study.get_trials(deepcopy=False)
         self.memory.add_trials([t for t in trials if t.state.is_finished()])
-        self._waiting = [t for t in trials if t.state == TrialState.WAITING]
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        # Retries of interrupted trials go first (as a retry asked for in this run does): a resumed study
+        # then runs its trials in the order an uninterrupted run would have, warm starts after them.
+        self._waiting = sorted(waiting, key=lambda t: "failed_trial" not in t.system_attrs)
         self._writer = _TrialWriter.for_storage(self.storage)
 
     def ask(self, params: Any) -> tuple[LiveTrial, Any]:

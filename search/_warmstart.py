@@ -25,13 +25,12 @@ def enqueue_initial(spec: StudySpec, study: optuna.Study) -> int:
     A resumed study (any stored trial) gets nothing: its initial candidates were enqueued when it started.
     At most ``search.n_trials`` are enqueued.
     """
-    from frontier.evaluators import make_evaluator
+    from frontier.evaluators import for_spec
 
     if study.get_trials(deepcopy=False):
         return 0
-    evaluator = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
-    evaluator.check_params({p.name for p in spec.params})
-    evaluator.bind_spec(spec)
+    # not set up: an evaluator whose initial candidates need its models calls ensure_setup itself
+    evaluator = for_spec(spec, setup=False)
     candidates = evaluator.initial_candidates(spec)[: spec.search.n_trials]
     for c in candidates:
         attrs = {BASELINE_ATTR: c.label} if c.baseline else {WARM_START_ATTR: c.label}

@@ -1,9 +1,10 @@
 """Ray workers: a trial's evaluation in a worker process, and the actors that run FIFO studies.
 
-:func:`evaluate_in_worker` runs one evaluation with its timeout and intermediate reports, for both kinds of
-worker. A Ray Tune trial costs the driver and the worker tens of milliseconds of bookkeeping (a Trial
-object, a placement group created and removed, registry look-ups in the GCS, an actor reset and a new
-runner thread and session in the worker). A trial scheduler needs that machinery, so multi-fidelity studies
+:func:`evaluate_in_worker` runs one evaluation (a :class:`search._protocol.TrialRequest`) with its timeout and
+intermediate reports and returns its :class:`search._protocol.TrialOutcome`, for both kinds of worker. A Ray
+Tune trial costs the driver and the worker tens of milliseconds of bookkeeping (a Trial object, a placement
+group created and removed, registry look-ups in the GCS, an actor reset and a new runner thread and session
+in the worker). A trial scheduler needs that machinery, so multi-fidelity studies
 keep Ray Tune (:func:`search._tune.run_trials`); a FIFO study only needs a worker with the study's
 resources, so a :class:`WorkerPool` keeps ``concurrency`` Ray actors and sends each one trial at a time.
 Failures, NaN metrics and ``trial_timeout_s`` end a trial exactly as under Ray Tune; a worker process that
@@ -27,23 +28,21 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from frontier.search._latency import LatencyRuntime, resolve_latency
+from frontier.search._protocol import LOST_ERROR, OutcomeKind, TrialOutcome, TrialRequest
 from frontier.spaces import StudySpec, spec_from_dict
 
 if TYPE_CHECKING:
-    from frontier.search._tune import AskTellSearcher
+    from frontier.search._searcher import AskTellSearcher
 
 log = logging.getLogger(__name__)
 
-ERROR_KEY = "frontier_error"
-DONE_KEY = "frontier_done"
+# The progress key of a trial's intermediate reports (the multi-fidelity scheduler's ``time_attr``).
 STEP_KEY = "frontier_step"
-# In a result: the evaluation still runs in the worker (it timed out), so the process must be retired.
-RETIRE_KEY = "frontier_retire"
 
 _EVALUATORS: dict[str, Any] = {}
 
@@ -60,27 +59,19 @@ def trial_workdir(run_dir: str | Path, study: str, number: int) -> Path:
 
 
 def _worker_evaluator(spec_json: str, latency: LatencyRuntime | None = None) -> Any:
-    """One evaluator per worker process and spec, set up once and reused across trials (actor reuse).
+    """One evaluator per worker process and spec (:func:`evaluators.for_spec`, set up once, its setup holding
+    the node's measurement lane shared), reused across trials (actor reuse).
 
-    The evaluator is kept only once its setup has finished, so a setup that failed is tried afresh. Setup
-    holds the node's measurement lane shared (as training work does): loading a model never runs while
-    another worker on the node times a candidate.
+    The evaluator is kept only once its setup has finished, so a setup that failed is tried afresh.
     """
     key = hashlib.sha256(spec_json.encode()).hexdigest()
     ev = _EVALUATORS.get(key)
     if ev is not None:
         return ev
-    from contextlib import nullcontext
+    from frontier.evaluators import for_spec
 
-    from frontier.evaluators import make_evaluator
-
-    spec = spec_from_dict(json.loads(spec_json))
-    ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
-    ev.check_params({p.name for p in spec.params})
-    ev.bind_spec(spec)
     lane = latency.context_kwargs(cache=False)["lane"] if latency is not None else None
-    with lane.training() if lane is not None else nullcontext():
-        ev.ensure_setup()
+    ev = for_spec(spec_from_dict(json.loads(spec_json)), lane=lane)
     _EVALUATORS.clear()
     _EVALUATORS[key] = ev
     return ev
@@ -104,35 +95,35 @@ def trial_timeout_error(timeout: float | None) -> str:
 
 
 def evaluate_in_worker(
-    config: dict[str, Any],
+    request: TrialRequest,
     spec_json: str,
-    report: Callable[[dict[str, Any]], None],
+    *,
+    on_step: Callable[[int, Mapping[str, float]], None] | None = None,
     latency: LatencyRuntime | None = None,
-) -> bool:
-    """Run one evaluation; every outcome (metrics, error, timeout) is sent through ``report``.
+) -> TrialOutcome:
+    """Run one evaluation and return how it ended (metrics, an error, a timeout), with its intermediate steps.
 
-    ``config["run_dir"]`` (the study's run directory) gives the trial its ``EvalContext.workdir``
+    ``request.run_dir`` (the study's run directory) gives the trial its ``EvalContext.workdir``
     (:func:`trial_workdir`); without it the evaluator sees ``workdir=None``.
 
     The evaluation runs in a thread so that intermediate reports and the per-trial timeout are handled
-    here, on the trainable's own thread, where Ray Tune expects ``tune.report`` to be called. The worker's
-    first call sets the evaluator up first, within ``config["setup_timeout_s"]``; the trial's clock
-    (``config["timeout_s"]``) starts when setup is done.
+    here, on the caller's own thread (where Ray Tune expects ``tune.report`` to be called: ``on_step``). The
+    worker's first call sets the evaluator up first, within ``request.setup_timeout_s``; the trial's clock
+    (``request.timeout_s``) starts when setup is done. ``on_step`` may raise to stop the trial (Ray Tune's
+    scheduler does): the evaluation thread is stopped at its next report and the exception propagates.
 
-    Returns:
-        True when the evaluation thread still runs (a timeout): the caller must retire this process,
-        since a Python thread cannot be stopped safely from outside.
+    A timed-out outcome has ``retire`` set: the evaluation thread still runs, and the caller must retire
+    this process, since a Python thread cannot be stopped safely from outside.
     """
     from frontier.evaluators import EvalContext, TrialStopped
     from frontier.spaces import Candidate
 
-    timeout = config.get("timeout_s")
-    setup_timeout = config.get("setup_timeout_s")
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     proceed: queue.Queue[bool] = queue.Queue()
+    steps: list[tuple[int, Mapping[str, float]]] = []
 
-    def reporter(step: int, metrics: Any) -> bool:
-        events.put(("step", {**metrics, STEP_KEY: step}))
+    def reporter(step: int, metrics: Mapping[str, float]) -> bool:
+        events.put(("step", (step, metrics)))
         return proceed.get()
 
     def body() -> None:
@@ -140,18 +131,18 @@ def evaluate_in_worker(
             ev = _worker_evaluator(spec_json, latency)
             events.put(("setup", None))
             workdir = None
-            if config.get("run_dir") is not None:
-                workdir = trial_workdir(config["run_dir"], json.loads(spec_json)["name"], config["number"])
+            if request.run_dir is not None:
+                workdir = trial_workdir(request.run_dir, json.loads(spec_json)["name"], request.number)
             ctx = EvalContext(
-                trial_number=config["number"],
-                seed=config["seed"],
+                trial_number=request.number,
+                seed=request.seed,
                 workdir=workdir,
-                threads=config["threads"],
-                device=config.get("device", "cpu"),
+                threads=request.threads,
+                device=request.device,
                 reporter=reporter,
                 **(latency.context_kwargs() if latency is not None else {}),
             )
-            candidate = Candidate(config["params"], number=config["number"])
+            candidate = Candidate(request.params, number=request.number)
             metrics = ev.evaluate(candidate, ctx)
             if latency is not None and latency.policy is not None:
                 metrics = resolve_latency(ev, candidate, ctx, metrics, latency.policy, latency.metric)
@@ -162,10 +153,11 @@ def evaluate_in_worker(
             tb = traceback.format_exc(limit=6)
             events.put(("error", f"{type(exc).__name__}: {exc}\n{tb}"))
 
-    thread = threading.Thread(target=body, name=f"frontier-trial-{config['number']}", daemon=True)
+    thread = threading.Thread(target=body, name=f"frontier-trial-{request.number}", daemon=True)
     started = time.monotonic()
     thread.start()
     in_setup = True
+    setup_timeout, timeout = request.setup_timeout_s, request.timeout_s
     deadline = None if setup_timeout is None else started + float(setup_timeout)
     while True:
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -177,31 +169,31 @@ def evaluate_in_worker(
                 error = setup_error(setup_timeout, time.monotonic() - started)
             else:
                 error = trial_timeout_error(timeout)
-            report({ERROR_KEY: error, RETIRE_KEY: 1})
-            return True
+            return TrialOutcome.failed(error, steps=tuple(steps), retire=True)
         if kind == "setup":
             in_setup = False
             deadline = None if timeout is None else time.monotonic() + float(timeout)
             continue
         if kind == "step":
-            try:
-                report(payload)
-            except BaseException:
-                # Tune stops a trial (scheduler decision, end of study) by raising SystemExit from
-                # ``tune.report``: stop the evaluation thread too, so it frees its model, then let it rise.
-                proceed.put(False)
-                thread.join(10.0)
-                raise
+            steps.append(payload)
+            if on_step is not None:
+                try:
+                    on_step(*payload)
+                except BaseException:
+                    # Tune stops a trial (scheduler decision, end of study) by raising from ``tune.report``:
+                    # stop the evaluation thread too, so it frees its model, then let the exception rise.
+                    proceed.put(False)
+                    thread.join(10.0)
+                    raise
             proceed.put(True)
         elif kind == "done":
-            clean = {k: v for k, v in payload.items() if isinstance(v, int | float)}
-            report({**clean, DONE_KEY: 1})
-            return False
+            clean = {k: float(v) for k, v in payload.items() if isinstance(v, int | float)}
+            return TrialOutcome(OutcomeKind.COMPLETED, metrics=clean, steps=tuple(steps))
         elif kind == "error":
-            report({ERROR_KEY: payload})
-            return False
-        else:  # stopped
-            return False
+            return TrialOutcome.failed(payload, steps=tuple(steps))
+        else:  # stopped at a report
+            last = dict(steps[-1][1]) if steps else {}
+            return TrialOutcome(OutcomeKind.STOPPED, metrics=last, steps=tuple(steps))
 
 
 # Workers that die before answering (a node going away, say) are replaced; this many in a row, with none
@@ -230,20 +222,13 @@ class TrialWorker:
         _worker_evaluator(self.spec_json, self.latency)
         return time.monotonic() - start
 
-    def evaluate(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Run one trial; return its last report (metrics and done, an error, or the last step's metrics).
+    def evaluate(self, request: TrialRequest) -> TrialOutcome:
+        """Run one trial and return its outcome.
 
-        A result with ``RETIRE_KEY`` comes from a trial that timed out and still runs here: the caller
+        An outcome with ``retire`` set comes from a trial that timed out and still runs here: the caller
         kills this actor.
         """
-        last: dict[str, Any] = {}
-
-        def report(result: dict[str, Any]) -> None:
-            last.clear()
-            last.update(result)
-
-        evaluate_in_worker(config, self.spec_json, report, self.latency)
-        return last
+        return evaluate_in_worker(request, self.spec_json, latency=self.latency)
 
 
 class WorkerPool:
@@ -265,9 +250,8 @@ class WorkerPool:
         self._spec_json = ""
         self._starting: dict[Any, tuple[Any, float]] = {}  # setup() ref -> actor, spawn time
         self._idle: list[Any] = []
-        self._running: dict[
-            Any, tuple[str, Any, float | None]
-        ] = {}  # evaluate() ref -> trial, actor, deadline
+        # evaluate() ref -> trial number, actor, hard deadline
+        self._running: dict[Any, tuple[int, Any, float | None]] = {}
 
     def start(self) -> None:
         import ray
@@ -317,21 +301,17 @@ class WorkerPool:
         timeout = self.spec.search.trial_timeout_s
         setup_timeout = self.spec.search.setup_timeout_s
         starting, idle, running = self._starting, self._idle, self._running
-        issued = failed_starts = 0
+        failed_starts = 0
         exhausted = False
         while True:
             while idle and not exhausted:
-                trial_id = f"trial_{issued:05d}"
-                config = searcher.suggest(trial_id)
-                if not isinstance(config, dict):  # Searcher.FINISHED: budget or deadline reached
+                request = searcher.ask(self.run_dir)
+                if request is None:  # budget or deadline reached
                     exhausted = True
                     break
-                if self.run_dir is not None:  # the trial's EvalContext.workdir lies under it
-                    config = {**config, "run_dir": self.run_dir}
-                issued += 1
                 actor = idle.pop()
                 hard = None if timeout is None else time.monotonic() + timeout + HARD_TIMEOUT_GRACE_S
-                running[actor.evaluate.remote(config)] = (trial_id, actor, hard)
+                running[actor.evaluate.remote(request)] = (request.number, actor, hard)
             if not running and (exhausted or not starting):
                 return
             now = time.monotonic()
@@ -346,14 +326,14 @@ class WorkerPool:
                 now = time.monotonic()
                 if searcher.deadline is not None and now >= searcher.deadline:
                     return  # the study's time budget is spent: the running trials are abandoned
-                for ref, (trial_id, actor, hard) in list(running.items()):
+                for ref, (number, actor, hard) in list(running.items()):
                     if hard is not None and now >= hard:
                         del running[ref]
                         error = (
                             f"TimeoutError: the trial ran longer than search.trial_timeout_s={timeout} and "
                             f"did not answer {HARD_TIMEOUT_GRACE_S:g} s later; its worker was killed"
                         )
-                        searcher.on_trial_complete(trial_id, {ERROR_KEY: error})
+                        searcher.tell(number, TrialOutcome.failed(error))
                         self._retire(actor)
                 for ref, (actor, spawned) in list(starting.items()):
                     if setup_timeout is not None and now >= spawned + setup_timeout:
@@ -387,18 +367,18 @@ class WorkerPool:
                     self.setup_s.append(time.monotonic() - spawned)
                     idle.append(actor)
                     continue
-                trial_id, actor, _ = running.pop(ref)
+                number, actor, _ = running.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    outcome = ray.get(ref)
                 except RayActorError:  # the worker process died (crash, OOM kill): replace it
-                    searcher.on_trial_complete(trial_id, None, error=True)
+                    searcher.tell(number, TrialOutcome(OutcomeKind.LOST, error=LOST_ERROR))
                     self._spawn()
                     continue
                 except RayTaskError as exc:  # raised outside the evaluation (which reports its own errors)
-                    searcher.on_trial_complete(trial_id, {ERROR_KEY: f"{type(exc).__name__}: {exc}"})
+                    searcher.tell(number, TrialOutcome.failed(f"{type(exc).__name__}: {exc}"))
                 else:
-                    searcher.on_trial_complete(trial_id, result)
-                    if RETIRE_KEY in result:  # the timed-out evaluation still runs in that process
+                    searcher.tell(number, outcome)
+                    if outcome.retire:  # the timed-out evaluation still runs in that process
                         self._retire(actor)
                         continue
                 idle.append(actor)

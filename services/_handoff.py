@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["apply_document", "document_model", "remeasure"]
 
@@ -40,15 +40,14 @@ def _study_evaluator(doc: Any, model: Path) -> tuple[Any, Any] | None:
     spec_dict.setdefault("evaluator", {}).setdefault("options", {})["model"] = str(model)
     key = json.dumps(spec_dict, sort_keys=True, default=str)
     if key not in _EVALUATORS:
-        from frontier.evaluators import make_evaluator
+        from frontier.evaluators import for_spec, get_evaluator_class
         from frontier.evaluators._hf_compress import CompressionEvaluator
         from frontier.spaces import spec_from_dict
 
         spec = spec_from_dict(spec_dict)
-        ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
-        if not isinstance(ev, CompressionEvaluator):
+        if not issubclass(get_evaluator_class(spec.evaluator.kind), CompressionEvaluator):
             return None
-        ev.bind_spec(spec)
+        ev = cast(CompressionEvaluator, for_spec(spec, setup=False))  # its class was checked above
         ev.load()
         _EVALUATORS[key] = (spec, ev)
     return _EVALUATORS[key]
@@ -178,17 +177,15 @@ def _remeasure_trial(doc: dict[str, Any], out_dir: Path) -> dict[str, float] | N
 
     from transformers import AutoModelForCausalLM
 
-    from frontier.evaluators import EvalContext, make_evaluator
+    from frontier.evaluators import EvalContext, for_spec, get_evaluator_class
     from frontier.evaluators._lm_train import LMTrain, _Runner
     from frontier.evaluators.latency import fixed_threads
     from frontier.spaces import Candidate, spec_from_dict
 
     spec = spec_from_dict(spec_dict)
-    ev = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
-    if not isinstance(ev, LMTrain):
+    if not issubclass(get_evaluator_class(spec.evaluator.kind), LMTrain):
         return None
-    ev.bind_spec(spec)
-    ev.ensure_setup()
+    ev = cast(LMTrain, for_spec(spec))  # its class was checked above
     model = AutoModelForCausalLM.from_pretrained(out_dir).eval()
     runner = _Runner(model, hf=True)
     context = EvalContext(threads=max(1, int(spec.resources.cpu)))

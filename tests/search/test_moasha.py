@@ -262,22 +262,27 @@ def test_brackets_are_seeded_and_start_higher() -> None:
     assert [r["milestone"] for r in a.get_state()["brackets"][1]] == [3, 9]
 
 
-def _drive(s: MOASHAScheduler, trials: range, rng: np.random.Generator) -> list[str]:
+def _drive(
+    s: MOASHAScheduler, trials: range, rng: np.random.Generator, seen: dict[str, list[dict]] | None = None
+) -> list[str]:
     decisions = []
     for i in trials:
         s.on_trial_add(None, fake_trial(f"t{i}"))
         for it in (1, 3):
-            decisions.append(_report(s, f"t{i}", it, float(rng.random()), float(rng.random())))
+            result = {"training_iteration": it, "loss": float(rng.random()), "acc": float(rng.random())}
+            decisions.append(s.on_trial_result(None, fake_trial(f"t{i}"), result))
+            if seen is not None:
+                seen.setdefault(f"t{i}", []).append(result)
     return decisions
 
 
-def test_save_restore_round_trip(tmp_path: Path) -> None:
+def test_state_round_trips_through_json() -> None:
+    import json
+
     s = _sched(brackets=2, seed=3)
     _drive(s, range(12), np.random.default_rng(0))
-    path = tmp_path / "moasha.json"
-    s.save(str(path))
     restored = _sched(brackets=2, seed=999)
-    restored.restore(str(path))
+    restored.set_state(json.loads(json.dumps(s.get_state())))
     assert restored.get_state() == s.get_state()
     assert restored.debug_string() == s.debug_string()
     # Same future: same bracket draws and the same decisions on the same results.
@@ -287,11 +292,26 @@ def test_save_restore_round_trip(tmp_path: Path) -> None:
     assert restored.get_state() == s.get_state()
 
 
-def test_restore_rejects_other_settings(tmp_path: Path) -> None:
-    path = tmp_path / "moasha.json"
-    _sched().save(str(path))
+def test_replaying_stored_results_rebuilds_the_rungs_and_the_decisions_to_come() -> None:
+    """What a resumed study does: a fresh scheduler replays the finished trials' results in order."""
+    live, seen = _sched(brackets=2, seed=3), {}
+    _drive(live, range(12), np.random.default_rng(0), seen)
+    resumed = _sched(brackets=2, seed=3)
+    for trial_id, results in seen.items():
+        resumed.replay(trial_id, results)
+    rungs = [[r["records"] for r in b] for b in live.get_state()["brackets"]]
+    assert [[r["records"] for r in b] for b in resumed.get_state()["brackets"]] == rungs
+    assert sum(len(r) for b in rungs for r in b) > 12  # trials recorded at more than one rung
+    future = _drive(resumed, range(12, 30), np.random.default_rng(1))
+    assert future == _drive(live, range(12, 30), np.random.default_rng(1))
+    assert STOP in future and CONTINUE in future
+    # Without the replay the rungs start empty, and the same trials are judged otherwise.
+    assert _drive(_sched(brackets=2, seed=3), range(12, 30), np.random.default_rng(1)) != future
+
+
+def test_set_state_rejects_other_settings() -> None:
     with pytest.raises(ValueError, match=r"saved with other settings.*'reduction_factor': \(3, 2\)"):
-        _sched(reduction_factor=2).restore(str(path))
+        _sched(reduction_factor=2).set_state(_sched().get_state())
     with pytest.raises(ValueError, match=r"state has version 0"):
         _sched().set_state({"version": 0})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -11,6 +12,7 @@ import pytest
 
 import frontier.search._workers as workers
 from frontier.search import run_study
+from frontier.search._protocol import TrialOutcome, TrialRequest
 from frontier.spaces import spec_from_dict
 
 pytestmark = pytest.mark.integration
@@ -22,10 +24,10 @@ def test_a_worker_that_dies_fails_its_trial_is_replaced_and_the_trial_runs_once_
     from optuna.storages import RetryFailedTrialCallback
 
     class Dying(workers.TrialWorker):
-        def evaluate(self, config: dict[str, Any]) -> dict[str, Any]:
-            if config["number"] == 2:
+        def evaluate(self, request: TrialRequest) -> TrialOutcome:
+            if request.number == 2:
                 os._exit(1)  # as a segfault or the OOM killer would end it
-            return super().evaluate(config)
+            return super().evaluate(request)
 
     monkeypatch.setattr(workers, "TrialWorker", Dying)
     spec = spec_from_dict(make_spec(table, **{"search.n_trials": 6, "search.concurrency": 2}))
@@ -59,14 +61,14 @@ def test_a_retry_whose_worker_dies_too_is_not_run_a_third_time(
     marker = tmp_path / "doomed.json"
 
     class DiesOnTheseParams(workers.TrialWorker):
-        def evaluate(self, config: dict[str, Any]) -> dict[str, Any]:
+        def evaluate(self, request: TrialRequest) -> TrialOutcome:
             import json
 
-            if config["number"] == 1:
-                marker.write_text(json.dumps(config["params"]))
-            if marker.exists() and json.loads(marker.read_text()) == config["params"]:
+            if request.number == 1:
+                marker.write_text(json.dumps(dict(request.params)))
+            if marker.exists() and json.loads(marker.read_text()) == request.params:
                 os._exit(1)
-            return super().evaluate(config)
+            return super().evaluate(request)
 
     monkeypatch.setattr(workers, "TrialWorker", DiesOnTheseParams)
     raw = make_spec(table, **{"search.n_trials": 4, "search.concurrency": 1, "search.sampler": "random"})
@@ -83,10 +85,10 @@ def test_a_worker_stuck_past_the_trial_timeout_is_killed(
     ray_session, monkeypatch, tmp_path, table, make_spec
 ):
     class Stuck(workers.TrialWorker):
-        def evaluate(self, config: dict[str, Any]) -> dict[str, Any]:
-            if config["number"] == 1:
+        def evaluate(self, request: TrialRequest) -> TrialOutcome:
+            if request.number == 1:
                 time.sleep(3600)  # stuck where the in-worker timeout cannot reach
-            return super().evaluate(config)
+            return super().evaluate(request)
 
     monkeypatch.setattr(workers, "TrialWorker", Stuck)
     monkeypatch.setattr(workers, "HARD_TIMEOUT_GRACE_S", 1.0)
@@ -150,12 +152,13 @@ def test_a_timed_out_trial_retires_its_worker_and_the_next_trial_runs_on_a_fresh
     ray_session, monkeypatch, tmp_path, table, make_spec
 ):
     class HangsOnce(workers.TrialWorker):
-        def evaluate(self, config: dict[str, Any]) -> dict[str, Any]:
-            if config["number"] == 1:  # this process's evaluator now hangs in Python, past any timeout
+        def evaluate(self, request: TrialRequest) -> TrialOutcome:
+            if request.number == 1:  # this process's evaluator now hangs in Python, past any timeout
                 from frontier.evaluators._tabular import TabularEvaluator
 
                 TabularEvaluator.evaluate = lambda *args: time.sleep(3600)  # type: ignore[method-assign]
-            return {**super().evaluate(config), "worker_pid": os.getpid()}
+            outcome = super().evaluate(request)
+            return replace(outcome, metrics={**outcome.metrics, "worker_pid": os.getpid()})
 
     monkeypatch.setattr(workers, "TrialWorker", HangsOnce)
     raw = make_spec(table, **{"search.n_trials": 4, "search.concurrency": 1, "search.trial_timeout_s": 1.0})
