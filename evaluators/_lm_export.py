@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from frontier.evaluators._lm_train import LayerArch, LMArch
+from frontier.spaces import LayerArch, LMArch
 
 if TYPE_CHECKING:
     from torch import Tensor, nn

@@ -4,39 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import resource
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from frontier.evaluators._base import EvalContext, Evaluator, EvaluatorOptions
 from frontier.evaluators._registry import register_evaluator
-from frontier.spaces import Candidate, LocalPath
+from frontier.spaces import Candidate, FamilyParam, LocalPath, StudySpec
+from frontier.spaces._family_lm import LayerArch, LMArch, MoEFamily, NASFamily
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from torch import Tensor, nn
 
-_ARCH_KEYS = (
-    "depth",
-    "hidden",
-    "head_dim",
-    "heads",
-    "ffn_ratio",
-    "experts",
-    "top_k",
-    "expert_ffn",
-    "shared_expert",
-)
-_LAYERED_KEYS = _ARCH_KEYS[2:]  # may be given per layer as NAME_i
-_TRAIN_KEYS = ("lr", "aux_loss_coef")
-_KNOWN = _ARCH_KEYS + _TRAIN_KEYS
-_LAYER_SUFFIX = re.compile(r"_(\d+)$")
+_TRAIN_KEYS = ("lr", "aux_loss_coef")  # plain parameters of the space, besides the family's
 
 Backend = Literal["native", "transformers", "auto"]
 KeepWeights = Literal["none", "pareto", "all"]
@@ -106,121 +91,6 @@ class LMTrainOptions(EvaluatorOptions):
                 f"Got text_file={self.text_file!r} and dataset={self.dataset!r}."
             )
         return self
-
-
-@dataclass(frozen=True)
-class LayerArch:
-    """One decoder layer. ``experts == 0`` is a dense SwiGLU FFN of width ``ffn``; otherwise ``ffn`` is
-    each expert's width."""
-
-    heads: int
-    experts: int
-    ffn: int
-    top_k: int = 1
-    shared_expert: bool = False
-
-    @property
-    def is_moe(self) -> bool:
-        return self.experts >= 2
-
-
-@dataclass(frozen=True)
-class LMArch:
-    """A decoder-only LM: tied byte/token embeddings, pre-norm layers (RMSNorm, RoPE attention, FFN)."""
-
-    vocab: int
-    hidden: int
-    layers: tuple[LayerArch, ...]
-    max_len: int
-
-    @property
-    def moe_layers(self) -> int:
-        return sum(layer.is_moe for layer in self.layers)
-
-    @property
-    def llama_expressible(self) -> bool:
-        """Whether ``LlamaForCausalLM`` can express it: dense, and every layer alike."""
-        first = self.layers[0]
-        return all(not layer.is_moe and layer == first for layer in self.layers)
-
-
-def _split_name(name: str) -> tuple[str, str, int | None]:
-    """``lm.ffn_ratio_3`` -> (``lm``, ``ffn_ratio``, 3); ``lr`` -> (``""``, ``lr``, None)."""
-    prefix, _, short = name.rpartition(".")
-    m = _LAYER_SUFFIX.search(short)
-    if m is not None and short[: m.start()] in _LAYERED_KEYS:
-        return prefix, short[: m.start()], int(m.group(1))
-    return prefix, short, None
-
-
-def architecture(candidate: Candidate, *, vocab: int, max_len: int) -> LMArch:
-    """The model a candidate describes (see :class:`LMTrain` for the parameters and their defaults).
-
-    Raises:
-        ValueError: naming the parameter, the rule and the value (e.g. heads that do not divide hidden).
-    """
-    flat: dict[tuple[str, int | None], Any] = {}
-    for name, value in candidate.params.items():
-        _, key, layer = _split_name(name)
-        flat[(key, layer)] = value
-
-    def get(key: str, layer: int | None, default: Any) -> Any:
-        if layer is not None and (key, layer) in flat:
-            return flat[(key, layer)]
-        return flat.get((key, None), default)
-
-    def as_int(key: str, value: Any, layer: int | None, minimum: int) -> int:
-        where = f"'{key}'" if layer is None else f"'{key}' of layer {layer}"
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            raise ValueError(f"lm-train: parameter {where} must be an integer. Got {value!r} instead.")
-        if value < minimum:
-            raise ValueError(f"lm-train: parameter {where} must be >= {minimum}. Got {value!r} instead.")
-        return int(value)
-
-    depth = as_int("depth", get("depth", None, 2), None, 1)
-    hidden = as_int("hidden", get("hidden", None, 64), None, 1)
-    layers: list[LayerArch] = []
-    for i in range(1, depth + 1):
-        if ("heads", i) in flat or (("head_dim", i) not in flat and ("heads", None) in flat):
-            heads = as_int("heads", get("heads", i, 4), i, 1)
-        else:
-            head_dim = as_int("head_dim", get("head_dim", i, 16), i, 1)
-            if hidden % head_dim:
-                raise ValueError(
-                    f"lm-train: parameter 'head_dim' of layer {i} must divide hidden={hidden}. "
-                    f"Got {head_dim} instead."
-                )
-            heads = hidden // head_dim
-        if hidden % heads:
-            raise ValueError(
-                f"lm-train: parameter 'heads' of layer {i} must divide hidden={hidden}. Got {heads} instead."
-            )
-        experts = as_int("experts", get("experts", i, 0), i, 0)
-        if experts == 1:
-            raise ValueError(
-                f"lm-train: parameter 'experts' of layer {i} must be 0 (dense) or >= 2. Got 1 instead."
-            )
-        if experts == 0:
-            ratio = get("ffn_ratio", i, 2)
-            if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio > 0:
-                raise ValueError(
-                    f"lm-train: parameter 'ffn_ratio' of layer {i} must be a positive number. Got {ratio!r}."
-                )
-            layers.append(LayerArch(heads=heads, experts=0, ffn=max(1, round(ratio * hidden))))
-            continue
-        top_k = as_int("top_k", get("top_k", i, 1), i, 1)
-        if top_k > experts:
-            raise ValueError(
-                f"lm-train: parameter 'top_k' of layer {i} must be <= experts={experts}. Got {top_k} instead."
-            )
-        ffn = as_int("expert_ffn", get("expert_ffn", i, hidden), i, 1)
-        shared = get("shared_expert", i, False)
-        if not isinstance(shared, bool):
-            raise ValueError(
-                f"lm-train: parameter 'shared_expert' of layer {i} must be true or false. Got {shared!r}."
-            )
-        layers.append(LayerArch(heads=heads, experts=experts, ffn=ffn, top_k=top_k, shared_expert=shared))
-    return LMArch(vocab=vocab, hidden=hidden, layers=tuple(layers), max_len=max_len)
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -480,11 +350,9 @@ class LMTrain(Evaluator):
     local ``tokenizer``. Text is cut into ~4k-character chunks at paragraph breaks and split train /
     validation by a hash of each chunk's content: the split is deterministic and disjoint.
 
-    Parameters it understands, optionally prefixed (``lm.depth``, as the ``nas`` and ``moe`` space families
-    write them) and, for the layer-wise ones, per layer as ``NAME_i`` (a per-layer value wins over a global
-    one): ``depth`` (2), ``hidden`` (64; the one residual width), ``head_dim`` (16) or ``heads``,
-    ``ffn_ratio`` (2; dense FFN width / hidden), ``experts`` (0 = dense; >= 2 = MoE), ``top_k`` (1),
-    ``expert_ffn`` (hidden), ``shared_expert`` (false); and the training parameters ``lr``, ``aux_loss_coef``.
+    The space holds one ``nas`` or ``moe`` family, which decodes each candidate into its
+    :class:`~spaces.LMArch` (depth, the one residual width, per-layer heads, FFN widths and experts); besides
+    it, the space may search the training parameters ``lr`` and ``aux_loss_coef``.
 
     Model paths (``backend``):
 
@@ -530,6 +398,7 @@ class LMTrain(Evaluator):
 
     Options = LMTrainOptions
     options: LMTrainOptions
+    _family: tuple[str, NASFamily] | None = None
 
     @classmethod
     def tiny_spec(cls, workdir: Path) -> dict[str, Any]:
@@ -567,19 +436,27 @@ class LMTrain(Evaluator):
             "uses_transformers",
         )
 
-    def check_params(self, names: set[str]) -> None:
-        unknown = sorted(n for n in names if _split_name(n)[1] not in _KNOWN)
-        if unknown:
+    def bind_spec(self, spec: StudySpec) -> None:
+        families = [
+            (item.name, compiled)
+            for item in spec.space
+            if isinstance(item, FamilyParam) and isinstance(compiled := item.compile(), NASFamily)
+        ]
+        if len(families) != 1:
             raise ValueError(
-                f"lm-train does not use parameters {unknown}. It understands {list(_KNOWN)}, optionally "
-                "prefixed (PREFIX.NAME, as the 'nas' and 'moe' families write them) and per layer (NAME_i)"
+                "lm-train builds one model, so the space must hold exactly one 'nas' or 'moe' family (kind: "
+                f"family), which decodes each candidate into its architecture. Got {len(families)}: "
+                f"{[name for name, _ in families]}"
             )
-        prefixes = sorted({_split_name(n)[0] for n in names if _split_name(n)[1] in _ARCH_KEYS})
-        if len(prefixes) > 1:
+        prefix, family = families[0]
+        owned = {p["name"] for p in family.expand(prefix)}
+        stray = sorted(p.name for p in spec.params if p.name not in owned and p.name not in _TRAIN_KEYS)
+        if stray:
             raise ValueError(
-                f"lm-train builds one model, so its architecture parameters must share one prefix. "
-                f"Got prefixes {prefixes}; use a single 'nas' or 'moe' family"
+                f"lm-train does not use parameters {stray}. The architecture comes from the "
+                f"'{family.family}' family '{prefix}'; other parameters may be {list(_TRAIN_KEYS)}"
             )
+        self._family = (prefix, family)
 
     # -------------------------------------------------------------------------------------- data
 
@@ -632,24 +509,62 @@ class LMTrain(Evaluator):
         optimizer paths, imports) are not charged to the first trial's ``peak_memory_mb``."""
         from frontier.evaluators.latency import fixed_threads
 
-        tiny: dict[str, Any] = {"depth": 1, "hidden": 8, "head_dim": 4}
+        tiny: dict[str, Any] = {"warm.depth": 1, "warm.hidden": 8, "warm.head_dim_1": 4}
+        family: NASFamily
         if self.options.backend != "transformers":  # Llama cannot express an MoE layer
-            tiny.update(experts=2, top_k=1, expert_ffn=8)
+            family = MoEFamily.compile(
+                {"layers": [1, 1], "hidden": [8], "head_dim": [4], "experts": [2], "top_k": [1]}
+            )
+            tiny.update(
+                {
+                    "warm.experts_1": 2,
+                    "warm.top_k_1": 1,
+                    "warm.expert_ffn_1": 8,
+                    "warm.shared_expert_1": False,
+                }
+            )
+        else:
+            family = NASFamily.compile({"layers": [1, 1], "hidden": [8], "head_dim": [4], "ffn_ratio": [2]})
+            tiny["warm.ffn_ratio_1"] = 2
         with fixed_threads(1):
-            self._run(Candidate(tiny), EvalContext(), device="cpu", seed=0, steps=1, warm_up=True)
+            self._run(
+                Candidate(tiny),
+                EvalContext(),
+                device="cpu",
+                seed=0,
+                steps=1,
+                warm_up=True,
+                family=("warm", family),
+            )
         if self.options.backend != "native":
             import transformers  # noqa: F401
 
     # ------------------------------------------------------------------------------------- model
 
-    def architecture(self, candidate: Candidate) -> LMArch:
+    def architecture(self, candidate: Candidate, *, family: tuple[str, NASFamily] | None = None) -> LMArch:
+        """The candidate's model, decoded by the spec's ``nas``/``moe`` family (:meth:`NASFamily.decode`).
+
+        Raises:
+            RuntimeError: :meth:`bind_spec` was not called (the family is what reads the parameters).
+            ValueError: a parameter is missing or breaks a rule (named, with its value).
+        """
+        bound = family or self._family
+        if bound is None:
+            raise RuntimeError(
+                "lm-train: bind_spec(spec) must be called before evaluating: a candidate's architecture is "
+                "decoded by the spec's 'nas' or 'moe' family"
+            )
+        prefix, decoder = bound
         o = self.options
         max_len = max(o.seq_len, o.prefill_seq, o.latency_context + 1)
-        return architecture(candidate, vocab=getattr(self, "vocab", 256), max_len=max_len)
+        return decoder.decode(prefix, candidate.params, vocab=getattr(self, "vocab", 256), max_len=max_len)
 
-    def build(self, candidate: Candidate, *, device: str = "cpu") -> tuple[nn.Module, bool]:
-        """The candidate's model and whether it is the ``transformers`` Llama (see the class docstring)."""
-        arch = self.architecture(candidate)
+    def build(
+        self, candidate: Candidate, *, device: str = "cpu", family: tuple[str, NASFamily] | None = None
+    ) -> tuple[nn.Module, bool]:
+        """The candidate's model and whether it is the ``transformers`` Llama (see the class docstring);
+        ``family`` (``(prefix, family)``) decodes it instead of the bound spec's."""
+        arch = self.architecture(candidate, family=family)
         backend = self.options.backend
         if backend == "transformers" and not arch.llama_expressible:
             raise ValueError(
@@ -706,6 +621,7 @@ class LMTrain(Evaluator):
         steps: int | None = None,
         warm_up: bool = False,
         save_to: Path | None = None,
+        family: tuple[str, NASFamily] | None = None,
     ) -> dict[str, float]:
         import torch
         import torch.nn.functional as F
@@ -716,9 +632,9 @@ class LMTrain(Evaluator):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         torch.manual_seed(seed)
-        model, hf = self.build(candidate, device=device)
+        model, hf = self.build(candidate, device=device, family=family)
         runner = _Runner(model, hf=hf)
-        arch = self.architecture(candidate)
+        arch = self.architecture(candidate, family=family)
         total, active = self.param_counts(model)
 
         def peak_mb() -> float:

@@ -8,6 +8,7 @@ from frontier.spaces._deploy import RUNTIMES, RuntimeRules, check_deploy
 from frontier.spaces._errors import SpecError
 from frontier.spaces._families import SpaceFamily, available_families, register_family
 from frontier.spaces._family_compress import compression_recipe
+from frontier.spaces._family_lm import LayerArch, LMArch
 from frontier.spaces._params import (
     CategoricalParam,
     Condition,
@@ -59,7 +60,9 @@ __all__ = [
     "FamilyParam",
     "FloatParam",
     "IntParam",
+    "LMArch",
     "LatencyConfig",
+    "LayerArch",
     "LocalPath",
     "MagnitudeSparsity",
     "NMSparsity",

@@ -14,7 +14,7 @@ whose frozen pydantic model validates ``options`` (unknown options refused). The
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -57,7 +57,7 @@ class SpaceFamily(BaseModel):
         return options
 
     @classmethod
-    def compile(cls, options: Mapping[str, Any]) -> SpaceFamily:
+    def compile(cls, options: Mapping[str, Any]) -> Self:
         """The validated options.
 
         Raises:

@@ -19,8 +19,8 @@ from frontier.evaluators._lm_export import (
     save_trial_checkpoint,
     write_hf_checkpoint,
 )
-from frontier.evaluators._lm_train import LMTrain, _native_model, architecture
-from frontier.spaces import Candidate, spec_from_dict
+from frontier.evaluators._lm_train import LMTrain, _native_model
+from frontier.spaces import Candidate, LayerArch, LMArch, spec_from_dict
 
 TINY = {
     "steps": 4,
@@ -33,15 +33,48 @@ TINY = {
     "latency_time_cap_s": 0.02,
     "keep_weights": "all",
 }
-DENSE = {"lm.depth": 2, "lm.hidden": 32, "lm.head_dim": 8, "lm.ffn_ratio": 2}
+# one per-layer moe family whose candidates cover every architecture the tests train
+FAMILY = {"layers": [1, 3], "hidden": [32], "head_dim": [8], "experts": [0, 2, 4], "top_k": [1, 2]}
+FAMILY |= {"expert_ffn": [16], "ffn_ratio": [1.5, 2]}
+
+
+def stack(*layers: dict[str, Any]) -> dict[str, Any]:
+    """A candidate of ``FAMILY``: hidden 32, head width 8, each layer's own parameters."""
+    out: dict[str, Any] = {"lm.depth": len(layers), "lm.hidden": 32}
+    for i, layer in enumerate(layers, 1):
+        out |= {f"lm.head_dim_{i}": 8, **{f"lm.{k}_{i}": v for k, v in layer.items()}}
+    return out
+
+
+def routed(experts: int, top_k: int, shared: bool = False) -> dict[str, Any]:
+    return {"experts": experts, "top_k": top_k, "expert_ffn": 16, "shared_expert": shared}
+
+
+DENSE_LAYER = {"experts": 0, "ffn_ratio": 2}
+DENSE = stack(DENSE_LAYER, DENSE_LAYER)
+
+
+def bound(options: dict[str, Any]) -> LMTrain:
+    """An lm-train evaluator bound to a spec with ``FAMILY`` (as ``for_spec`` makes it) and set up."""
+    ev = make_evaluator("lm-train", options)
+    assert isinstance(ev, LMTrain)
+    ev.bind_spec(
+        spec_from_dict(
+            {
+                "name": "lm",
+                "evaluator": {"kind": "lm-train", "options": options},
+                "space": [{"kind": "family", "name": "lm", "family": "moe", "options": FAMILY}],
+                "objectives": [{"name": "perplexity", "direction": "minimize"}],
+            }
+        )
+    )
+    ev.ensure_setup()
+    return ev
 
 
 @pytest.fixture(scope="module")
 def lm() -> LMTrain:
-    ev = make_evaluator("lm-train", TINY)
-    ev.ensure_setup()
-    assert isinstance(ev, LMTrain)
-    return ev
+    return bound(TINY)
 
 
 def hf_val_loss(model: Any, lm: LMTrain) -> float:
@@ -90,40 +123,31 @@ def test_dense_trial_becomes_llama_with_the_same_logits_and_loss(lm, tmp_path):
 
 MOE_CASES = {
     # top_k 2, every layer routed, no shared expert: Mixtral (renormalised top-k weights, as natively).
-    "top2": ({"lm.experts": 4, "lm.top_k": 2, "lm.expert_ffn": 16}, "MixtralForCausalLM"),
+    "top2": (stack(routed(4, 2), routed(4, 2)), "MixtralForCausalLM"),
     # top_k 1 (raw softmax weight), no shared expert: Qwen2-MoE with an all-zero shared expert.
-    "top1": ({"lm.experts": 4, "lm.top_k": 1, "lm.expert_ffn": 16}, "Qwen2MoeForCausalLM"),
-    "top1-shared": (
-        {"lm.experts": 2, "lm.top_k": 1, "lm.expert_ffn": 16, "lm.shared_expert": True},
-        "Qwen2MoeForCausalLM",
-    ),
+    "top1": (stack(routed(4, 1), routed(4, 1)), "Qwen2MoeForCausalLM"),
+    "top1-shared": (stack(routed(2, 1, True), routed(2, 1, True)), "Qwen2MoeForCausalLM"),
     # top_k 2 with a shared expert in layer 1 only and a dense layer 3 (mlp_only_layers).
     "top2-shared-dense": (
-        {
-            "lm.depth": 3, "lm.experts": 4, "lm.top_k": 2, "lm.expert_ffn": 16, "lm.shared_expert_1": True,
-            "lm.experts_3": 0, "lm.ffn_ratio": 1.5,
-        },
+        stack(routed(4, 2, True), routed(4, 2), {"experts": 0, "ffn_ratio": 1.5}),
         "Qwen2MoeForCausalLM",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(MOE_CASES))
 def test_moe_trial_becomes_a_transformers_moe_with_the_same_logits(lm, tmp_path, case):
-    extra, cls = MOE_CASES[case]
-    params = {"lm.depth": 2, "lm.hidden": 32, "lm.head_dim": 8, **extra}
+    params, cls = MOE_CASES[case]
     metrics, summary, hf = train_and_export(lm, params, tmp_path)
     assert summary["architecture"] == cls == type(hf).__name__
     assert hf_val_loss(hf, lm) == pytest.approx(metrics["val_loss"], rel=1e-5)
     if cls == "Qwen2MoeForCausalLM":
-        assert hf.config.norm_topk_prob == (params["lm.top_k"] > 1)
+        assert hf.config.norm_topk_prob == (params["lm.top_k_1"] > 1)
         assert hf.config.mlp_only_layers == ([2] if params["lm.depth"] == 3 else [])
 
 
 def test_transformers_backend_trial_is_saved_as_is(tmp_path):
-    ev = make_evaluator("lm-train", {**TINY, "backend": "transformers", "steps": 2})
-    ev.ensure_setup()
-    assert isinstance(ev, LMTrain)
+    ev = bound({**TINY, "backend": "transformers", "steps": 2})
     metrics, summary, hf = train_and_export(ev, DENSE, tmp_path)
     assert summary["architecture"] == "LlamaForCausalLM" and metrics["uses_transformers"] == 1
     assert json.loads((tmp_path / "trial" / MANIFEST).read_text())["model"] == "llama"
@@ -160,43 +184,56 @@ def test_the_causal_lm_compression_evaluator_loads_the_export(lm, tmp_path):
 # ------------------------------------------------------------------------------------------ errors
 
 
-def saved(tmp_path: Path, params: dict[str, Any]) -> Path:
+def dense(heads: int, ffn: int) -> LayerArch:
+    return LayerArch(heads=heads, experts=0, ffn=ffn)
+
+
+def moe(experts: int, ffn: int, top_k: int = 1) -> LayerArch:
+    return LayerArch(heads=2, experts=experts, ffn=ffn, top_k=top_k)
+
+
+def saved(tmp_path: Path, hidden: int, *layers: LayerArch) -> Path:
     """An untrained native model's checkpoint: enough for the expressibility checks."""
-    arch = architecture(Candidate(params), vocab=256, max_len=16)
+    arch = LMArch(vocab=256, hidden=hidden, layers=layers, max_len=16)
     return save_trial_checkpoint(
         _native_model(arch, aux_loss_coef=0.0, device="cpu"), arch, tmp_path / "trial", llama=False
     )
 
 
 @pytest.mark.parametrize(
-    ("params", "match"),
+    ("hidden", "layers", "match"),
     [
         (
-            {"lm.depth": 2, "lm.hidden": 32, "lm.heads_1": 4, "lm.heads_2": 2},
+            32,
+            (dense(4, 64), dense(2, 64)),
             r"attention heads must be the same in every layer.*"
             r"heads=2 in layers \[1\], heads=4 in layers \[0\]",
         ),
         (
-            {"lm.depth": 3, "lm.hidden": 32, "lm.ffn_ratio_2": 1},
+            32,
+            (dense(2, 64), dense(2, 32), dense(2, 64)),
             r"dense FFN widths .* Got ffn=32 in layers \[1\], ffn=64 in layers \[0, 2\]",
         ),
         (
-            {"lm.depth": 2, "lm.hidden": 32, "lm.experts_1": 2, "lm.experts_2": 4},
+            32,
+            (moe(2, 32), moe(4, 32)),
             r"routed expert counts must be the same.*experts=2 in layers \[0\], experts=4 in layers \[1\]",
         ),
         (
-            {"lm.depth": 2, "lm.hidden": 32, "lm.experts": 4, "lm.top_k_1": 1, "lm.top_k_2": 2},
+            32,
+            (moe(4, 32, top_k=1), moe(4, 32, top_k=2)),
             r"top_k values must be the same.*top_k=1 in layers \[0\], top_k=2 in layers \[1\]",
         ),
         (
-            {"lm.depth": 2, "lm.hidden": 32, "lm.experts": 2, "lm.expert_ffn_2": 8},
+            32,
+            (moe(2, 32), moe(2, 8)),
             r"expert widths \(expert_ffn\) must be the same.*expert_ffn=8 in layers \[1\]",
         ),
-        ({"lm.depth": 1, "lm.hidden": 30, "lm.heads": 2}, r"head width .* must be even.*Got 15"),
+        (30, (dense(2, 60),), r"head width .* must be even.*Got 15"),
     ],
 )
-def test_inexpressible_candidates_are_refused_with_the_reason(tmp_path, params, match):
-    ckpt = saved(tmp_path, params)
+def test_inexpressible_candidates_are_refused_with_the_reason(tmp_path, hidden, layers, match):
+    ckpt = saved(tmp_path, hidden, *layers)
     with pytest.raises(ValueError, match=match):
         write_hf_checkpoint(ckpt, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
@@ -218,7 +255,7 @@ def test_sources_without_a_checkpoint_are_refused(tmp_path):
 
 
 def test_an_export_document_naming_the_checkpoint_is_accepted(tmp_path):
-    ckpt = saved(tmp_path, {"lm.depth": 1, "lm.hidden": 16, "lm.head_dim": 8})
+    ckpt = saved(tmp_path, 16, dense(2, 32))
     (tmp_path / "doc.json").write_text(json.dumps({"trial": 0, "checkpoint": str(ckpt)}))
     out = write_hf_checkpoint(tmp_path / "doc.json", tmp_path / "hf", tokenizer=False)
     assert out["checkpoint"] == str(ckpt) and out["tokenizer"] is None
@@ -228,15 +265,19 @@ def test_an_export_document_naming_the_checkpoint_is_accepted(tmp_path):
 def test_keep_weights_needs_a_workdir_and_none_writes_nothing(lm, tmp_path):
     with pytest.raises(RuntimeError, match=r"keep_weights='all' .* context.workdir is None"):
         lm.evaluate(Candidate(DENSE), EvalContext(seed=0))
-    none = make_evaluator("lm-train", {**TINY, "keep_weights": "none", "steps": 1})
-    none.ensure_setup()
+    none = bound({**TINY, "keep_weights": "none", "steps": 1})
     none.evaluate(Candidate(DENSE), EvalContext(seed=0, workdir=tmp_path / "trial"))
     assert not (tmp_path / "trial").exists()
-    ckpt = saved(tmp_path, DENSE)
+    ckpt = saved(tmp_path, 32, dense(4, 64), dense(4, 64))
     assert {p.name for p in ckpt.iterdir()} == {MANIFEST, WEIGHTS}
 
 
 # --------------------------------------------------------------------------------- through a study
+
+
+# depth 1 or 2, every layer dense or every layer routed (2 experts, top-1), one width
+STUDY_FAMILY = {"layers": [1, 2], "hidden": [16], "head_dim": [8], "ffn_ratio": [2], "per_layer": False}
+STUDY_FAMILY |= {"experts": [0, 2], "top_k": [1], "expert_ffn": [16], "shared_expert": [False]}
 
 
 def study_spec(keep: str, n_trials: int) -> Any:
@@ -246,11 +287,7 @@ def study_spec(keep: str, n_trials: int) -> Any:
         {
             "name": f"keep-{keep}",
             "evaluator": {"kind": "lm-train", "options": {**TINY, "steps": 2, "keep_weights": keep}},
-            "space": [
-                {"name": "depth", "kind": "int", "low": 1, "high": 2},
-                {"name": "experts", "kind": "categorical", "choices": [0, 2]},
-                {"name": "hidden", "kind": "categorical", "choices": [16]},
-            ],
+            "space": [{"kind": "family", "name": "lm", "family": "moe", "options": STUDY_FAMILY}],
             "objectives": [
                 {"name": "total_params", "direction": "minimize"},
                 {"name": "moe_layers", "direction": "minimize"},

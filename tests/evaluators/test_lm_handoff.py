@@ -16,7 +16,7 @@ from frontier.evaluators import EvalContext, make_evaluator
 from frontier.kernels import CompressionRecipe, WeightOnlyQuantConfig, load_pretrained_compressed
 from frontier.services._cli import app
 from frontier.services._handoff import apply_document
-from frontier.spaces import Candidate
+from frontier.spaces import Candidate, spec_from_dict
 from tests._consumer import run_consumer
 
 pytestmark = pytest.mark.integration
@@ -33,6 +33,7 @@ TINY = {
     "keep_weights": "all",
 }
 ARCH = {"lm.depth": 2, "lm.hidden": 64, "lm.head_dim": 16, "lm.ffn_ratio": 2}
+FAMILY = {"layers": [2, 2], "hidden": [64], "head_dim": [16], "ffn_ratio": [2], "per_layer": False}
 
 LOAD = r"""
 import importlib.util, json, sys
@@ -46,16 +47,17 @@ with torch.inference_mode():
 
 
 def test_lm_train_trial_to_compressed_checkpoint_that_stock_transformers_loads(tmp_path: Path) -> None:
-    lm = make_evaluator("lm-train", TINY)
-    lm.ensure_setup()
-    metrics = lm.evaluate(Candidate(ARCH), EvalContext(seed=0, workdir=tmp_path / "trial"))
-    export = tmp_path / "point.yaml"
     spec = {  # the study the export came from, as `frontier export` records it
         "name": "nas",
         "evaluator": {"kind": "lm-train", "options": TINY},
-        "space": [{"name": k, "kind": "categorical", "choices": [v]} for k, v in ARCH.items()],
+        "space": [{"kind": "family", "name": "lm", "family": "nas", "options": FAMILY}],
         "objectives": [{"name": "perplexity", "direction": "minimize"}],
     }
+    lm = make_evaluator("lm-train", TINY)
+    lm.bind_spec(spec_from_dict(spec))  # its nas family decodes the candidate
+    lm.ensure_setup()
+    metrics = lm.evaluate(Candidate(ARCH), EvalContext(seed=0, workdir=tmp_path / "trial"))
+    export = tmp_path / "point.yaml"
     doc = {
         "study": "nas",
         "trial": 3,

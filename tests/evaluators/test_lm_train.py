@@ -11,8 +11,9 @@ import torch
 import frontier.evaluators._lm_train  # noqa: F401  (registers lm-train until evaluators/__init__ imports it)
 from frontier.evaluators import EvalContext, TrialStopped, make_evaluator
 from frontier.evaluators import _text as text
-from frontier.evaluators._lm_train import LMTrain, architecture
-from frontier.spaces import Candidate, SpecError
+from frontier.evaluators._lm_train import LMTrain
+from frontier.spaces import Candidate, SpecError, spec_from_dict
+from frontier.spaces._family_lm import MoEFamily, NASFamily
 
 TINY = {
     "steps": 6,
@@ -24,24 +25,50 @@ TINY = {
     "prefill_seq": 16,
     "latency_time_cap_s": 0.05,
 }
-DENSE = {"lm.depth": 2, "lm.hidden": 32, "lm.head_dim_1": 8, "lm.head_dim_2": 16, "lm.ffn_ratio_1": 2}
-MOE = {
-    "lm.depth": 2,
-    "lm.hidden": 32,
-    "lm.experts_1": 4,
-    "lm.top_k_1": 2,
-    "lm.expert_ffn_1": 16,
-    "lm.shared_expert_1": True,
-    "lm.experts_2": 0,
-    "lm.ffn_ratio_2": 1,
+MOE_SPACE = {"layers": [1, 2], "hidden": [32], "head_dim": [8, 16], "ffn_ratio": [1, 2], "expert_ffn": [16]}
+DENSE = {
+    **{"lm.depth": 2, "lm.hidden": 32},
+    **{"lm.head_dim_1": 8, "lm.experts_1": 0, "lm.ffn_ratio_1": 2},
+    **{"lm.head_dim_2": 16, "lm.experts_2": 0, "lm.ffn_ratio_2": 2},
 }
+MOE = {
+    **{"lm.depth": 2, "lm.hidden": 32},
+    **{
+        "lm.head_dim_1": 16,
+        "lm.experts_1": 4,
+        "lm.top_k_1": 2,
+        "lm.expert_ffn_1": 16,
+        "lm.shared_expert_1": True,
+    },
+    **{"lm.head_dim_2": 16, "lm.experts_2": 0, "lm.ffn_ratio_2": 1},
+}
+UNIFORM_SPACE = {"layers": [2, 2], "hidden": [32], "head_dim": [8], "ffn_ratio": [2], "per_layer": False}
+UNIFORM = {"lm.depth": 2, "lm.hidden": 32, "lm.head_dim": 8, "lm.ffn_ratio": 2}
+
+
+def lm_spec(family: str = "moe", options: dict | None = None, *extra: dict) -> dict:
+    options = MOE_SPACE if options is None else options
+    item = {"kind": "family", "name": "lm", "family": family, "options": options}
+    return {
+        "name": "lm",
+        "evaluator": {"kind": "lm-train", "options": TINY},
+        "space": [item, *extra],
+        "objectives": [{"name": "perplexity", "direction": "minimize"}],
+    }
+
+
+def bound(options: dict, spec: dict | None = None) -> LMTrain:
+    """An lm-train evaluator bound to a spec (its family decodes the candidates), as for_spec makes it."""
+    ev = make_evaluator("lm-train", options)
+    assert isinstance(ev, LMTrain)
+    ev.bind_spec(spec_from_dict(spec or lm_spec()))
+    return ev
 
 
 @pytest.fixture(scope="module")
 def lm() -> LMTrain:
-    ev = make_evaluator("lm-train", TINY)
+    ev = bound(TINY)
     ev.ensure_setup()
-    assert isinstance(ev, LMTrain)
     return ev
 
 
@@ -85,60 +112,99 @@ def test_same_seed_same_perplexity(lm):
     assert lm.evaluate(Candidate(DENSE), EvalContext(seed=3))["perplexity"] == a
 
 
-def test_per_layer_values_win_over_global_ones_and_defaults_apply():
-    arch = architecture(
-        Candidate({"depth": 3, "hidden": 48, "heads": 3, "heads_2": 6, "experts_3": 4, "top_k": 2}),
-        vocab=256,
-        max_len=16,
+def test_the_family_decodes_a_candidate_into_its_architecture():
+    family = MoEFamily.compile(
+        {
+            "layers": [1, 3],
+            "hidden": [48],
+            "heads": [3, 6],
+            "ffn_ratio": [2],
+            "expert_ffn": [48],
+            "experts": [0, 4],
+        }
     )
+    params = {"lm.depth": 3, "lm.hidden": 48}
+    for i, heads, experts in ((1, 3, 0), (2, 6, 0), (3, 3, 4)):
+        params |= {f"lm.heads_{i}": heads, f"lm.experts_{i}": experts, f"lm.ffn_ratio_{i}": 2}
+    params |= {"lm.top_k_3": 2, "lm.expert_ffn_3": 48, "lm.shared_expert_3": False}
+    arch = family.decode("lm", params, vocab=256, max_len=16)
     assert [layer.heads for layer in arch.layers] == [3, 6, 3]
     assert [layer.experts for layer in arch.layers] == [0, 0, 4]
     assert arch.layers[0].ffn == 96 and arch.layers[2].ffn == 48 and arch.layers[2].top_k == 2
-    assert arch.moe_layers == 1 and not arch.llama_expressible
+    assert arch.moe_layers == 1 and not arch.llama_expressible and (arch.vocab, arch.max_len) == (256, 16)
+    uniform = NASFamily.compile(UNIFORM_SPACE).decode("lm", UNIFORM)
+    assert [layer.heads for layer in uniform.layers] == [4, 4] and uniform.llama_expressible
+
+
+NAS = {"lm.depth": 1, "lm.hidden": 64, "lm.head_dim_1": 16, "lm.ffn_ratio_1": 2}
+MOE1 = {"lm.depth": 1, "lm.hidden": 64, "lm.head_dim_1": 16, "lm.experts_1": 4, "lm.top_k_1": 1}
+MOE1 |= {"lm.expert_ffn_1": 64, "lm.shared_expert_1": False}
 
 
 @pytest.mark.parametrize(
-    ("params", "match"),
+    ("family", "params", "match"),
     [
-        ({"hidden": 64, "head_dim": 24}, r"'head_dim' of layer 1 must divide hidden=64. Got 24"),
-        ({"hidden": 64, "heads": 3}, r"'heads' of layer 1 must divide hidden=64. Got 3"),
-        ({"experts": 4, "top_k": 8}, r"'top_k' of layer 1 must be <= experts=4. Got 8"),
-        ({"experts": 1}, r"'experts' of layer 1 must be 0 \(dense\) or >= 2. Got 1"),
-        ({"depth": 0}, r"'depth' must be >= 1. Got 0"),
-        ({"hidden": 64.5}, r"'hidden' must be an integer. Got 64.5"),
+        (
+            "nas",
+            {**NAS, "lm.head_dim_1": 24},
+            r"'head_dim' of layer 1 \(lm.head_dim_1\) must divide hidden=64. Got 24",
+        ),
+        ("moe", {**MOE1, "lm.top_k_1": 8}, r"'top_k' of layer 1 \(lm.top_k_1\) must be <= experts=4. Got 8"),
+        (
+            "moe",
+            {**MOE1, "lm.experts_1": 1},
+            r"'experts' of layer 1 \(lm.experts_1\) must be 0 \(dense\) or >= 2. Got 1",
+        ),
+        (
+            "nas",
+            {**NAS, "lm.depth": 0},
+            r"family 'lm' \(nas\): parameter 'depth' \(lm.depth\) must be >= 1. Got 0",
+        ),
+        ("nas", {**NAS, "lm.hidden": 64.5}, r"'hidden' \(lm.hidden\) must be an integer. Got 64.5"),
+        ("nas", {**NAS, "lm.depth": 2}, r"the candidate has no parameter 'lm.head_dim_2'"),
     ],
 )
-def test_illegal_candidates_are_rejected(params, match):
+def test_illegal_candidates_are_rejected(family, params, match):
     with pytest.raises(ValueError, match=match):
-        architecture(Candidate(params), vocab=256, max_len=16)
+        (NASFamily if family == "nas" else MoEFamily).compile({}).decode("lm", params)
 
 
-def test_check_params_accepts_family_names_and_rejects_unknown_ones(lm):
-    from tests.spaces.test_family_lm import _spec
+def test_heads_that_do_not_divide_hidden_are_rejected():
+    family = NASFamily.compile({"hidden": [64], "heads": [4]})
+    with pytest.raises(ValueError, match=r"'heads' of layer 1 \(lm.heads_1\) must divide hidden=64. Got 3"):
+        family.decode("lm", {"lm.depth": 1, "lm.hidden": 64, "lm.heads_1": 3, "lm.ffn_ratio_1": 2})
 
-    lm.check_params({p.name for p in _spec("moe", {"layers": [1, 3]}).params} | {"lr"})
-    with pytest.raises(ValueError, match=r"lm-train does not use parameters \['lm.colour', 'width_2'\]"):
-        lm.check_params({"lm.depth", "lm.colour", "width_2"})
-    with pytest.raises(ValueError, match=r"must share one prefix. Got prefixes \['a', 'b'\]"):
-        lm.check_params({"a.depth", "b.hidden"})
-    with pytest.raises(ValueError, match=r"does not use parameters \['lm.hidden_2', 'lr_1'\]"):
-        lm.check_params({"lm.hidden_2", "lr_1"})  # one residual width; training parameters are global
+
+def test_bind_spec_takes_one_lm_family_and_the_training_parameters():
+    lr = {"name": "lr", "kind": "float", "low": 1e-4, "high": 1e-2, "log": True}
+    bound(TINY, lm_spec("moe", MOE_SPACE, lr))
+    with pytest.raises(
+        ValueError, match=r"lm-train does not use parameters \['width'\]. The architecture comes"
+    ):
+        bound(TINY, lm_spec("nas", {}, {"name": "width", "kind": "int", "low": 1, "high": 2}))
+    two = lm_spec("nas", {})
+    two["space"].append({**two["space"][0], "name": "b"})
+    with pytest.raises(ValueError, match=r"exactly one 'nas' or 'moe' family .* Got 2: \['lm', 'b'\]"):
+        bound(TINY, two)
+    with pytest.raises(RuntimeError, match=r"bind_spec\(spec\) must be called before evaluating"):
+        make_evaluator("lm-train", TINY).build(Candidate(DENSE))  # type: ignore[attr-defined]
 
 
 def test_transformers_backend_builds_the_same_llama_architecture():
-    ev = make_evaluator("lm-train", {**TINY, "backend": "transformers"})
-    uniform = Candidate({"depth": 2, "hidden": 32, "head_dim": 8, "ffn_ratio": 2})
-    llama, hf = ev.build(uniform)  # type: ignore[attr-defined]
-    native, _ = make_evaluator("lm-train", TINY).build(uniform)  # type: ignore[attr-defined]
+    ev = bound({**TINY, "backend": "transformers"}, lm_spec("nas", UNIFORM_SPACE))
+    uniform = Candidate(UNIFORM)
+    llama, hf = ev.build(uniform)
+    native, _ = bound(TINY, lm_spec("nas", UNIFORM_SPACE)).build(uniform)
     assert hf and type(llama).__name__ == "LlamaForCausalLM"
     # same recipe (RMSNorm, RoPE attention without bias, SwiGLU FFN, tied embedding): same parameter count
     assert sum(p.numel() for p in llama.parameters()) == sum(p.numel() for p in native.parameters())
+    ev = bound({**TINY, "backend": "transformers"})
     with pytest.raises(
         ValueError, match=r"backend 'transformers' .* needs a dense model whose layers are all"
     ):
-        ev.build(Candidate(MOE))  # type: ignore[attr-defined]
-    auto = make_evaluator("lm-train", {**TINY, "backend": "auto"})
-    assert auto.build(Candidate(MOE))[1] is False  # type: ignore[attr-defined]
+        ev.build(Candidate(MOE))
+    auto = bound({**TINY, "backend": "auto"})
+    assert auto.build(Candidate(MOE))[1] is False
 
 
 def test_native_decode_with_cache_matches_full_forward(lm):

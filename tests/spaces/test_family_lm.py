@@ -154,7 +154,37 @@ def test_option_errors_name_option_rule_and_value(family, options, match):
 
 
 def test_options_must_be_a_mapping():
-    from frontier.spaces._family_lm import expand_nas
+    from frontier.spaces._families import expand_family
 
     with pytest.raises(TypeError, match="options of family 'nas' must be a mapping"):
-        expand_nas("lm", [1, 2])  # type: ignore[arg-type]
+        expand_family("nas", "lm", [1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("family", "options"),
+    [
+        ("nas", {"layers": [1, 4], "hidden": [32, 64], "heads": [2, 4]}),
+        ("nas", {"layers": [2, 3], "per_layer": False}),
+        ("moe", {"layers": [1, 4], "experts": [0, 2, 4], "top_k": [1, 2]}),
+        ("moe", {"layers": [1, 3], "experts": [4, 8], "per_layer": False}),
+    ],
+)
+def test_every_draw_decodes_into_the_architecture_it_names(family, options):
+    spec = _spec(family, options)
+    for params in _draws(spec, 40, seed=7):
+        arch = spec.decode(params)["lm"]
+        assert len(arch.layers) == params["lm.depth"] and arch.hidden == params["lm.hidden"]
+        for i, layer in enumerate(arch.layers, 1):
+            slot = f"_{i}" if options.get("per_layer", True) else ""
+            assert arch.hidden % layer.heads == 0
+            if f"lm.heads{slot}" in params:
+                assert layer.heads == params[f"lm.heads{slot}"]
+            else:
+                assert layer.heads * params[f"lm.head_dim{slot}"] == arch.hidden
+            experts = params.get(f"lm.experts{slot}", 0)
+            assert layer.experts == experts and layer.top_k <= max(experts, 1)
+            if experts:
+                assert layer.ffn == params[f"lm.expert_ffn{slot}"]
+                assert layer.shared_expert == params[f"lm.shared_expert{slot}"]
+            else:
+                assert layer.ffn == round(params[f"lm.ffn_ratio{slot}"] * arch.hidden)
