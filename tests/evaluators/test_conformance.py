@@ -2,9 +2,9 @@
 registered evaluator is checked here without touching this file.
 
 Each evaluator class ships ``tiny_spec(workdir) -> dict``: a study spec it runs in seconds (tiny models built
-from a transformers config, no downloads). The check: the spec loads and names the evaluator;
-``make_evaluator -> check_params -> bind_spec -> ensure_setup -> evaluate`` runs on the candidate a seeded
-random sampler proposes first; the result holds every metric ``metrics()`` declares as a finite float, and
+from a transformers config, no downloads). The check: the spec loads and names the evaluator; ``for_spec``
+(make -> check_params -> bind_spec -> ensure_setup) then ``evaluate`` runs on the candidate a seeded random
+sampler proposes first; the result holds every metric ``metrics()`` declares as a finite float, and
 every objective and constraint of the tiny spec is among them.
 """
 
@@ -21,10 +21,10 @@ from frontier.evaluators import (
     EvalContext,
     Evaluator,
     available_evaluators,
+    for_spec,
     get_evaluator_class,
-    make_evaluator,
 )
-from frontier.spaces import spec_from_dict, suggest
+from frontier.spaces import SpecError, spec_from_dict, suggest
 
 # Evaluators whose tiny run takes more than ~20 s on two busy cores (the first pays importing transformers).
 SLOW = {"hf-embedding-fidelity", "hf-causal-lm-perplexity"}
@@ -42,11 +42,8 @@ def run_conformance(name: str, workdir: Path) -> dict[str, float]:
     spec = spec_from_dict(hook(workdir))
     assert spec.evaluator.kind == name, f"{name}'s tiny_spec names evaluator '{spec.evaluator.kind}'"
 
-    evaluator = make_evaluator(spec.evaluator.kind, spec.evaluator.options)
+    evaluator = for_spec(spec)
     assert type(evaluator) is cls
-    evaluator.check_params({p.name for p in spec.params})
-    evaluator.bind_spec(spec)
-    evaluator.ensure_setup()
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     candidate = suggest(study.ask(), spec.params)
@@ -80,3 +77,38 @@ def test_every_builtin_evaluator_is_registered() -> None:
         "lm-train",
         "tabular",
     }
+
+
+def test_for_spec_runs_the_lifecycle_once_in_its_documented_order(tmp_path: Path, monkeypatch) -> None:
+    from frontier.evaluators._tabular import TabularEvaluator
+
+    calls: list[str] = []
+    for hook in ("check_params", "bind_spec", "setup"):
+        original = getattr(TabularEvaluator, hook)
+
+        def recorded(self: Any, *args: Any, _hook: str = hook, _original: Any = original) -> Any:
+            calls.append(_hook)
+            return _original(self, *args)
+
+        monkeypatch.setattr(TabularEvaluator, hook, recorded)
+    spec = spec_from_dict(TabularEvaluator.tiny_spec(tmp_path))
+    evaluator = for_spec(spec)
+    assert calls == ["check_params", "bind_spec", "setup"]
+    evaluator.ensure_setup()  # set up once per instance
+    assert calls == ["check_params", "bind_spec", "setup"]
+    calls.clear()
+    for_spec(spec, setup=False)
+    assert calls == ["check_params", "bind_spec"]
+
+
+def test_for_spec_errors_name_the_field(tmp_path: Path) -> None:
+    from frontier.evaluators._tabular import TabularEvaluator
+
+    raw = TabularEvaluator.tiny_spec(tmp_path)
+    with pytest.raises(
+        SpecError, match=r"evaluator\.kind: Unknown evaluator 'nope'\. Available: \[.*'tabular'"
+    ):
+        for_spec(spec_from_dict({**raw, "evaluator": {"kind": "nope", "options": {}}}))
+    digits = {**raw, "evaluator": {"kind": "digits-classifier", "options": {}}}
+    with pytest.raises(SpecError, match=r"^space: .*digits-classifier"):
+        for_spec(spec_from_dict(digits), setup=False)
