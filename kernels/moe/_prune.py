@@ -43,7 +43,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +74,7 @@ _LAYOUTS: dict[str, tuple[str, bool, bool]] = {
 }
 
 
-def _decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
+def _decoder_layers(model: nn.Module) -> Sequence[Any]:
     inner = getattr(model, "model", model)
     layers = getattr(inner, "layers", None)
     if layers is None:
@@ -82,10 +82,10 @@ def _decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
             f"model must be a transformers causal LM with model.layers (a *ForCausalLM or its base model). "
             f"Got {type(model).__name__} instead."
         )
-    return layers  # type: ignore[no-any-return]
+    return layers
 
 
-def _is_moe_block(mlp: nn.Module) -> bool:
+def _is_moe_block(mlp: Any) -> bool:
     experts = getattr(mlp, "experts", None)
     return (
         hasattr(mlp, "gate")
@@ -127,7 +127,7 @@ def detect_moe_layout(model: nn.Module) -> MoELayout:
     )
 
 
-def moe_blocks(model: nn.Module) -> dict[int, nn.Module]:
+def moe_blocks(model: nn.Module) -> dict[int, Any]:
     """Layer index -> sparse MoE block (``mlp`` with ``gate`` and ``experts``) of a supported model."""
     detect_moe_layout(model)
     return {i: layer.mlp for i, layer in enumerate(_decoder_layers(model)) if _is_moe_block(layer.mlp)}
@@ -414,7 +414,7 @@ def masked_router_reference(
     blocks = moe_blocks(model)
     originals: dict[int, Any] = {}
 
-    def masked_forward(gate: nn.Module, ids: Sequence[int], k: int) -> Any:
+    def masked_forward(gate: Any, ids: Sequence[int], k: int) -> Any:
         allowed = torch.zeros(gate.weight.shape[0], dtype=torch.bool)
         allowed[list(ids)] = True
 
@@ -435,11 +435,11 @@ def masked_router_reference(
             gate = blocks[layer].gate
             k = top_k if isinstance(top_k, int) else (top_k or {}).get(layer, min(layout.top_k, len(ids)))
             originals[layer] = gate.forward
-            gate.forward = masked_forward(gate, ids, int(k))  # type: ignore[method-assign]
+            gate.forward = masked_forward(gate, ids, int(k))
         yield model
     finally:
         for layer, forward in originals.items():
-            blocks[layer].gate.forward = forward  # type: ignore[method-assign]
+            blocks[layer].gate.forward = forward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,7 +492,7 @@ def resident_bytes(model: nn.Module) -> int:
 _MEASURE_SCRIPT = """
 import json, resource, sys
 import torch, transformers
-from frontier.kernels.moe import load_pruned_moe
+from frontier.kernels.moe._prune import load_pruned_moe
 
 def status_mb(field):
     with open("/proc/self/status") as f:
@@ -601,7 +601,7 @@ def export_pruned_moe(
         config.auto_map = {"AutoModelForCausalLM": f"{REMOTE_MODULE}.{cls}"}
         config.architectures = [cls]
     try:
-        model.save_pretrained(out)
+        cast(Any, model).save_pretrained(out)
     finally:
         for key, value in saved.items():
             setattr(config, key, value)
@@ -616,7 +616,7 @@ def export_pruned_moe(
             f"{out}: the MoE layers keep different numbers of experts or top-k "
             f"({plan['experts_per_layer']}, top-k {plan['top_k_per_layer']}), which transformers configs "
             f"cannot express. The checkpoint needs Frontier's loader "
-            f"(frontier.kernels.moe.load_pruned_moe) or its bundled code: {load}.",
+            f"(frontier.kernels.moe._prune.load_pruned_moe) or its bundled code: {load}.",
             UserWarning,
             stacklevel=2,
         )
@@ -634,14 +634,14 @@ def load_pruned_moe(path: str | Path, **kwargs: Any) -> nn.Module:
     config = transformers.AutoConfig.from_pretrained(path)
     plan = getattr(config, PLAN_KEY, None)
     if plan is None:
-        return transformers.AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)  # type: ignore[no-any-return]
+        return transformers.AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
     base_name = str(config.architectures[0]).removeprefix("FrontierPruned")
-    base = getattr(transformers, base_name)
+    base: Any = getattr(transformers, base_name)
 
-    class _Pruned(base):  # type: ignore[misc, valid-type]
+    class _Pruned(base):
         def __init__(self, cfg: Any) -> None:
             super().__init__(cfg)
             _shrink_blocks(self, cfg.frontier_moe["kept"], cfg.frontier_moe["top_k_per_layer"])
 
     _Pruned.__name__ = _Pruned.__qualname__ = _remote_class_name(base_name)
-    return _Pruned.from_pretrained(path, config=config, **kwargs)  # type: ignore[no-any-return]
+    return _Pruned.from_pretrained(path, config=config, **kwargs)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from frontier.kernels.moe import (
+from frontier.kernels.moe._prune import (
     collect_router_stats,
     count_moe_params,
     detect_moe_layout,
