@@ -116,3 +116,42 @@ def test_options_that_are_not_paths_are_left_alone(svc: Service) -> None:
     assert r.json()["spec"]["evaluator"]["options"]["dataset"] == "Salesforce/wikitext:wikitext-2-raw-v1"
     with svc.client(ALICE) as c:
         c.post(f"/studies/{r.json()['id']}/cancel")
+
+
+def test_a_family_path_option_is_held_to_the_roots_too(tmp_path: Any) -> None:
+    from frontier.services import Settings
+    from frontier.services._policy import check_policy
+    from frontier.spaces import (
+        LocalPath,
+        SpaceFamily,
+        SpecError,
+        path_option_names,
+        register_family,
+        spec_from_dict,
+    )
+    from frontier.spaces._families import FAMILIES
+
+    @register_family("test-grid-file")
+    class GridFile(SpaceFamily):
+        grid: LocalPath
+        note: str = ""
+
+        def expand(self, prefix: str) -> list[dict[str, Any]]:
+            return [{"name": f"{prefix}.x", "kind": "int", "low": 0, "high": 3}]
+
+    try:
+        assert path_option_names(GridFile) == ["grid"]
+        (tmp_path / "data").mkdir()
+        settings = Settings(allowed_roots=[tmp_path / "data"])
+        spec = tabular(str(tmp_path / "data" / "toy.csv"))
+        spec["space"] = [
+            {"kind": "family", "name": "g", "family": "test-grid-file", "options": {"grid": "g.txt"}}
+        ]
+        with pytest.raises(
+            SpecError, match=r"space\[0\]\.options\.grid: the path 'g\.txt' is outside the allowed"
+        ):
+            check_policy(spec_from_dict(spec), settings)
+        spec["space"][0]["options"] = {"grid": str(tmp_path / "data" / "g.txt"), "note": "../../etc/passwd"}
+        assert check_policy(spec_from_dict(spec), settings).space[0].options["note"] == "../../etc/passwd"
+    finally:
+        FAMILIES.remove("test-grid-file")
