@@ -12,6 +12,12 @@ separate storage cost from orchestration cost.
     python benchmarks/bench_overhead.py            # 200 trials, concurrency 2, 3 repeats
     python benchmarks/bench_overhead.py --quick    # 60 trials, 1 repeat
     python benchmarks/bench_overhead.py --runners actors  # without the Ray Tune runner
+    python benchmarks/bench_overhead.py --base /tmp/base    # this checkout's stack against another's
+
+With ``--base DIR`` (another checkout of Frontier, e.g. a ``git worktree`` of the previous commit) it
+instead times the full stack of both checkouts in the same run, each in its own process (``PYTHONPATH``
+set to that checkout, Ray started before the clock), alternating which goes first in each repeat, and
+records the medians and their difference per trial under ``vs_base`` in the results file.
 
 Overhead per trial = (stack wall time - baseline wall time) / trials, both measured in this run, against
 each baseline; "total" is the whole ``run_study`` call, "steady" excludes start-up (Ray workers, a new
@@ -26,6 +32,7 @@ import itertools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,6 +129,70 @@ def full_stack(
     return total / n, steady
 
 
+def child(runner: str, trials: int, concurrency: int) -> None:
+    """Time one full-stack study with whichever Frontier ``PYTHONPATH`` puts first; print the figures."""
+    import frontier
+    from frontier.search._engine import init_ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        table = make_table(tmp / "table.csv")
+        init_ray(None)
+        total, steady = full_stack(table, trials, concurrency, tmp / "run", f"overhead-{runner}", runner)
+    print(json.dumps({"total_s": total, "steady_s": steady, "frontier": frontier.__file__}))
+
+
+def compare(args: argparse.Namespace, runners: list[str]) -> None:
+    """This checkout's stack against ``args.base``'s, in the same run (see the module docstring)."""
+    codes = {"new": ROOT, "old": args.base.resolve()}
+    rows: list[dict[str, float]] = []
+    for rep in range(args.repeats):
+        order = ["new", "old"] if rep % 2 == 0 else ["old", "new"]
+        row: dict[str, float] = {"load_before": os.getloadavg()[0]}
+        for code, runner in itertools.product(order, runners):
+            env = {**os.environ, "PYTHONPATH": str(codes[code])}
+            cmd = [sys.executable, __file__, "--child", runner, "--trials", str(args.trials)]
+            cmd += ["--concurrency", str(args.concurrency)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+            if done.returncode != 0:
+                raise RuntimeError(f"the {code} {runner} run failed:\n{done.stderr[-3000:]}")
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            if not figures["frontier"].startswith(str(codes[code])):
+                raise RuntimeError(f"the {code} run imported {figures['frontier']}, not {codes[code]}")
+            key = f"{code}_{_KEYS[runner]}"
+            row |= {f"{key}_total_s": figures["total_s"], f"{key}_steady_s": figures["steady_s"]}
+            print(
+                f"repeat {rep} {code:>3} {runner:>6}: per trial {figures['total_s'] * 1e3:6.1f} ms "
+                f"(steady {figures['steady_s'] * 1e3:6.1f} ms)",
+                flush=True,
+            )
+        rows.append(row | {"load_after": os.getloadavg()[0]})
+    timed = [k for k in rows[0] if k.endswith("_s")]
+    med = {k.removesuffix("_s"): round(statistics.median(r[k] for r in rows) * 1e3, 2) for k in timed}
+    diff = {}
+    for runner, part in itertools.product(runners, ("total", "steady")):
+        key = f"{_KEYS[runner]}_{part}"
+        diff[f"{key}_new_minus_old_ms"] = round(med[f"new_{key}"] - med[f"old_{key}"], 2)
+    result = {
+        "base": str(codes["old"]),
+        "trials": args.trials,
+        "concurrency": args.concurrency,
+        "repeats": args.repeats,
+        "median_per_trial_ms": med,
+        **diff,
+        "load_average": [
+            round(min(r["load_before"] for r in rows), 2),
+            round(max(r["load_after"] for r in rows), 2),
+        ],
+        "runs": rows,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    stored = json.loads(args.out.read_text()) if args.out.exists() else {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**stored, "vs_base": result}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=200)
@@ -130,12 +201,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runners", default="actors,tune", help="search.runner values to time, comma-separated")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.json")
+    ap.add_argument("--base", type=Path, help="another Frontier checkout to compare this one's stack with")
+    ap.add_argument("--child", choices=sorted(_KEYS), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child is not None:
+        child(args.child, args.trials, args.concurrency)
+        return
     runners = [r for r in args.runners.split(",") if r]
     if "actors" not in runners or any(r not in _KEYS for r in runners):
         ap.error(f"--runners: 'actors', optionally with 'tune', comma-separated; got {args.runners!r}")
     if args.quick:
         args.trials, args.repeats = 60, 1
+    if args.base is not None:
+        if not (args.base / "frontier" / "__init__.py").is_file():
+            ap.error(f"--base: a Frontier checkout (with frontier/__init__.py); got {str(args.base)!r}")
+        compare(args, runners)
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from frontier.search._engine import init_ray
 
