@@ -1,4 +1,5 @@
-"""Search quality of the ``auto`` sampler against random search, TPE and NSGA-II on recorded tables.
+"""Search quality of the ``auto`` sampler against random search, TPE, NSGA-II and the strongest peers
+(Optuna's GPSampler, OptunaHub's AutoSampler rule, Syne Tune's MOREA and EHVI) on recorded tables.
 
 Every figure comes from the real engine (``search.run_study`` with the ``tabular`` evaluator, one Ray for
 the whole run, no MLflow); ``--inprocess`` runs the same ask/tell loop without Ray for development.
@@ -48,6 +49,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--heldout", choices=["all", "only", "none"], default="all", help="which problem sets"
     )
+    parser.add_argument(
+        "--peers",
+        default="autosampler,morea,gp,ehvi",
+        help="peers run beside random/TPE/NSGA-II (gp, autosampler, morea, ehvi; '' for none)",
+    )
+    parser.add_argument(
+        "--peer-time-limit", type=float, default=30.0, help="seconds per run of a slow peer (GP, EHVI)"
+    )
+    parser.add_argument(
+        "--slow-peer-seeds", default="0,1", help="seeds the slow peers (GP, EHVI) run on (noisy problems)"
+    )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="a result JSON whose runs of (problem, sampler) pairs this run skips are merged in",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="problem:sampler pairs not to run (e.g. taken from --reuse), comma-separated; "
+        "'old:random' = every problem of --reuse",
+    )
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument(
         "--merge",
@@ -62,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore")
     from benchmarks.search_quality import Config, all_problems, get_problem, markdown, plot, run_benchmark
-    from benchmarks.search_quality._harness import write_json
+    from benchmarks.search_quality._harness import reuse_runs, write_json
 
     if args.merge:
         from benchmarks.search_quality._harness import load_json, merge
@@ -91,10 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.inprocess:
         stem += "_inprocess"
     stem += args.tag
+    from benchmarks.search_quality._harness import BASELINES
+    from benchmarks.search_quality._peers import PEERS
+
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        parser.error(f"unknown peers {unknown}; available: {list(PEERS)}")
     cfg = Config(
         problems=problems,
         seeds=seeds,
         budgets=budgets,
+        baselines=[*BASELINES, *peers],
+        peer_time_limit=args.peer_time_limit,
+        slow_peer_seeds=_ints(args.slow_peer_seeds),
         auto_budgets=auto_budgets,
         engine=not args.inprocess,
         workdir=workdir,
@@ -103,7 +137,21 @@ def main(argv: list[str] | None = None) -> int:
         overhead_trials=0 if args.no_overhead else max(budgets),
     )
 
+    reused = None
+    if args.reuse is not None:
+        from benchmarks.search_quality._harness import load_json
+
+        reused = load_json(args.reuse)
+    skip: set[tuple[str, str]] = set()
+    for pair in (x.strip() for x in args.skip.split(",") if x.strip()):
+        prob, _, sampler = pair.partition(":")
+        names = reused.config["problems"] if prob == "old" and reused is not None else [prob]
+        skip |= {(n, sampler) for n in names}
+    cfg.skip = skip
+
     def save(results) -> None:  # type: ignore[no-untyped-def]
+        if reused is not None:
+            results = reuse_runs(results, reused, skip)
         write_json(results, args.out / f"{stem}.json")
         (args.out / f"{stem}.md").write_text(markdown(results))
         plot(results, args.out / f"{stem}.png")
@@ -123,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    if reused is not None:
+        results = reuse_runs(results, reused, skip)
     print(markdown(results))
     print(f"total {time.perf_counter() - start:.0f} s; wrote {args.out / stem}.{{json,md,png}}")
     return 0

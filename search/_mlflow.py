@@ -29,6 +29,8 @@ from frontier.search._pareto import (
     REFERENCE_ATTR,
     hypervolume,
     is_feasible,
+    mean_trials,
+    n_evaluations,
     pareto_trials,
     reference_point,
     to_loss,
@@ -42,6 +44,7 @@ STUDY_TAG = "frontier.study"
 STORAGE_TAG = "frontier.storage"
 TRIAL_TAG = "frontier.trial"
 PARETO_TAG = "pareto"
+EVALUATIONS_TAG = "evaluations"  # on a Pareto run whose configuration was evaluated more than once
 NOTE_TAG = "mlflow.note.content"  # the run's description, shown on its page
 # Without a kind, MLflow 3's UI opens an experiment on its empty GenAI overview instead of the runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -124,6 +127,7 @@ class MlflowTracker:
         self.parent_id: str | None = None
         self._child: dict[int, str] = {}  # trial number -> run id
         self._pareto: set[int] = set()
+        self._evaluations: dict[int, int] = {}
         self._hv_steps: set[int] = set()
         self._artifacts_stale = False  # trials were logged since the Pareto artifacts were last written
         self._lock = threading.Lock()
@@ -223,16 +227,22 @@ class MlflowTracker:
                 ):  # latency.mode hybrid: the predictor's running rank correlation
                     self.client.log_metric(self.parent_id, SPEARMAN_KEY, rho, step=t.number)
             front = {t.number for t in pareto_trials(done, self.spec.directions)}
-            by_number = {t.number: t for t in done}
-            for number in front ^ self._pareto:
+            # A configuration evaluated more than once shows the mean of its evaluations and their count.
+            by_number = {t.number: t for t in mean_trials(done)}
+            evals = {n: n_evaluations(by_number[n]) for n in front}
+            changed = {n for n in front if evals[n] != self._evaluations.get(n, 1)}
+            for number in (front ^ self._pareto) | changed:
                 if number in self._child:
                     run_id, on_front = self._child[number], number in front
                     self.client.set_tag(run_id, PARETO_TAG, "true" if on_front else "false")
+                    if number in by_number and n_evaluations(by_number[number]) > 1:
+                        self.client.set_tag(run_id, EVALUATIONS_TAG, str(n_evaluations(by_number[number])))
                     # The runs table shows names without any setup: the name carries the Pareto flag.
                     trial = by_number[number]
                     self.client.update_run(run_id, name=trial_run_name(trial, self.spec, pareto=on_front))
                     self.client.set_tag(run_id, NOTE_TAG, trial_note(trial, self.spec, pareto=on_front))
             self._pareto = front
+            self._evaluations = evals
             ref = self._reference(study, done)
             if ref is not None:
                 self._log_hypervolume(done, ref)
@@ -392,6 +402,8 @@ def trial_note(t: FrozenTrial, spec: StudySpec, *, pareto: bool) -> str:
     head = f"**Trial {t.number}** of study {spec.name}: {t.state.name.lower()}"
     if t.state == TrialState.COMPLETE and t.values:
         head += ", on the Pareto set" if pareto else ("" if is_feasible(t) else ", infeasible")
+        if n_evaluations(t) > 1:
+            head += f" (mean of {n_evaluations(t)} evaluations of this configuration)"
         lines = [head, ""] + [
             f"- {o.name} ({o.direction}): {_num(v)}" for o, v in zip(spec.objectives, t.values, strict=False)
         ]
@@ -433,7 +445,8 @@ def pareto_rows(trials: Sequence[FrozenTrial], front: set[int], spec: StudySpec)
     from frontier.spaces import decode
 
     out = []
-    for t in sorted((t for t in trials if t.number in front), key=lambda t: t.number):
+    # Means over a configuration's evaluations (search._pareto.mean_trials), with their count.
+    for t in sorted((t for t in mean_trials(trials) if t.number in front), key=lambda t: t.number):
         out.append(
             {
                 "number": t.number,
@@ -441,6 +454,7 @@ def pareto_rows(trials: Sequence[FrozenTrial], front: set[int], spec: StudySpec)
                 "values": {o.name: v for o, v in zip(spec.objectives, t.values, strict=True)},
                 "metrics": trial_metrics(t),
                 "constraints": dict(t.constraints),
+                "evaluations": n_evaluations(t),
             }
         )
     return out

@@ -7,6 +7,7 @@ hand-computed cases).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,8 @@ from frontier.search._optuna_private import compute_hypervolume, is_pareto_front
 METRICS_ATTR = "frontier.metrics"
 ERROR_ATTR = "frontier.error"
 BASELINE_ATTR = "frontier.baseline"
+# set on a merged trial (mean_trials): how many evaluations of the configuration its values average
+N_EVALUATIONS_ATTR = "frontier.n_evaluations"
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -27,10 +30,68 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def pareto_trials(trials: Sequence[FrozenTrial], directions: Sequence[Any]) -> list[FrozenTrial]:
-    """Complete, feasible, non-dominated trials, in trial-number order."""
+    """Complete, feasible, non-dominated configurations, in trial-number order.
+
+    A configuration evaluated more than once (a re-evaluation on another seed, or a sampler proposing it
+    again) competes with the mean of its evaluations, as one trial (see :func:`mean_trials`).
+    """
     dirs = [_direction(d) for d in directions]
-    front = pareto_front_trials(list(trials), dirs, consider_constraint=True)
+    front = pareto_front_trials(mean_trials(trials), dirs, consider_constraint=True)
     return sorted(front, key=lambda t: t.number)
+
+
+def _configuration(trial: FrozenTrial) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, repr(v)) for k, v in trial.params.items()))
+
+
+def mean_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` with each configuration's complete evaluations merged into one trial.
+
+    The merged trial keeps the number (and parameters) of the configuration's first complete evaluation;
+    its objective values, constraint values and metrics are the means over all complete evaluations, and
+    ``user_attrs[N_EVALUATIONS_ATTR]`` says how many there were (configurations evaluated once are returned
+    as they are, without the attribute). Other trials pass through unchanged.
+    """
+    groups: dict[tuple[tuple[str, str], ...], list[FrozenTrial]] = {}
+    out: list[FrozenTrial] = []
+    for t in trials:
+        if t.state != TrialState.COMPLETE or not t.values or not t.params:  # no configuration to match
+            out.append(t)
+            continue
+        group = groups.setdefault(_configuration(t), [])
+        if not group:
+            out.append(t)
+        group.append(t)
+    merged = {g[0].number: _merge(g) for g in groups.values() if len(g) > 1}
+    return [merged.get(t.number, t) for t in out]
+
+
+def _merge(group: list[FrozenTrial]) -> FrozenTrial:
+    # deepcopy: set_constraint and set_user_attr write into dicts a shallow copy would share.
+    out = copy.deepcopy(group[0])
+    out.values = [float(v) for v in np.mean([t.values for t in group], axis=0)]
+    for name in group[0].constraints:
+        # set_constraint keeps a value already set: drop the copied one (under the key it writes) first.
+        out.system_attrs.pop(_constraint_key(name), None)
+        out.set_constraint(name, float(np.mean([t.constraints.get(name, math.nan) for t in group])))
+    per = [trial_metrics(t) for t in group]
+    keys = set().union(*per)
+    metrics = {k: float(np.mean([m[k] for m in per if k in m])) for k in keys}
+    out.set_user_attr(METRICS_ATTR, metrics)
+    out.set_user_attr(N_EVALUATIONS_ATTR, len(group))
+    return out
+
+
+def _constraint_key(name: str) -> str:
+    """The system attribute ``FrozenTrial.set_constraint(name, ...)`` writes (learnt through the API)."""
+    probe = optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.0])
+    probe.set_constraint(name, 0.0)
+    return next(iter(probe.system_attrs))
+
+
+def n_evaluations(trial: FrozenTrial) -> int:
+    """How many evaluations a (possibly merged, :func:`mean_trials`) trial stands for."""
+    return int(trial.user_attrs.get(N_EVALUATIONS_ATTR, 1))
 
 
 def _direction(d: Any) -> optuna.study.StudyDirection:

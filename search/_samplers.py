@@ -89,8 +89,9 @@ def auto_choice(spec: StudySpec) -> AutoChoice:
     1. A finite space (int, ordinal, categorical and stepped float parameters, with or without conditions)
        -> duplicate-free multivariate TPE (:class:`search._auto.UniqueTPESampler`, ``group=True`` so
        conditional sub-spaces are modelled jointly): TPE's model, but no evaluation spent twice on one
-       configuration. The choice measured best on every development problem of the search-quality
-       benchmark (2 and 3 objectives, constrained, noisy), at about 10-40 ms per suggestion at trial 200.
+       configuration; from 20 complete trials on, TPE's candidates are re-ranked by the hypervolume an
+       additive ridge model of each objective (one-hot choices) predicts they add, a model that shares
+       strength across a cell's structure and averages noise out (docs/samplers.md has the evidence).
     2. Continuous parameters, one objective, <= 8 parameters and a budget <= 300 trials -> GP (Optuna's
        ``GPSampler``, constraint-aware), the most sample-efficient there; its cost per suggestion grows
        with trials, dimensions and objectives, which is why the other cases avoid it.
@@ -106,7 +107,8 @@ def auto_choice(spec: StudySpec) -> AutoChoice:
         kinds = sorted({p.kind for p in params})
         return AutoChoice(
             "tpe-multivariate",
-            f"finite space ({', '.join(kinds)}): multivariate TPE that never repeats a configuration",
+            f"finite space ({', '.join(kinds)}): multivariate TPE that never repeats a configuration, "
+            "candidates ranked by an additive surrogate",
         )
     if n_obj == 1 and len(params) <= 8 and n_trials <= 300:
         return AutoChoice(
@@ -142,4 +144,5 @@ def _auto(spec: StudySpec) -> optuna.samplers.BaseSampler:
         n_ei_candidates=64,
         constant_liar=spec.search.concurrency > 1,
         n_startup_trials=_startup_trials(spec.search.n_trials),
+        surrogate=True,  # used only where every parameter is categorical or an integer
     )

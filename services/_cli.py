@@ -324,19 +324,44 @@ class _ProgressReporter:
         console.file.flush()
 
 
-def _pareto_table(rows: list[Any], objectives: list[str], title: str) -> None:
+def _pareto_table(
+    rows: list[Any], objectives: list[str], title: str, evaluations: dict[int, int] | None = None
+) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
     for name in objectives:
         table.add_column(name, justify="right")
+    repeated = evaluations is not None and any(n > 1 for n in evaluations.values())
+    if repeated:
+        table.add_column("evaluations", justify="right")
     table.add_column("params")
     for r in sorted(rows, key=lambda r: r.number):
         table.add_row(
             str(r.number),
             *(_fmt(r.values.get(n)) for n in objectives),
+            *([str(evaluations.get(r.number, 1))] if evaluations is not None and repeated else []),
             ", ".join(f"{k}={_fmt(v)}" for k, v in r.params.items()),
         )
     console.print(table)
+    if repeated:
+        console.print("Values of configurations evaluated more than once are means over their evaluations.")
+
+
+def _averaged(front: list[Any], rows: list[Any]) -> tuple[list[Any], dict[int, int]]:
+    """Each Pareto row with its objective values averaged over every complete evaluation of the same
+    configuration (the Pareto set is decided on those means, search.pareto_trials), and their count."""
+    import dataclasses
+
+    out, counts = [], {}
+    for r in front:
+        same = [q for q in rows if q.state == "complete" and q.values and q.params == r.params]
+        if len(same) > 1:
+            r = dataclasses.replace(
+                r, values={k: sum(q.values[k] for q in same) / len(same) for k in r.values}
+            )
+        out.append(r)
+        counts[r.number] = max(len(same), 1)
+    return out, counts
 
 
 @app.command()
@@ -480,12 +505,16 @@ def pareto(
     """The Pareto set: complete, feasible, non-dominated trials."""
     storage_url, tracking = _read_locations(run_dir, storage, tracking_uri)
     spec, rows = _rows(study, storage_url)
-    front = [r for r in rows if r.pareto]
+    front, counts = _averaged([r for r in rows if r.pareto], rows)
     if format is ParetoFormat.json:
-        sys.stdout.write(json.dumps([r.to_dict() for r in front], indent=2, default=str) + "\n")
+        out = [{**r.to_dict(), "evaluations": counts[r.number]} for r in front]
+        sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
         return
     _pareto_table(
-        front, [o.name for o in spec.objectives], title=f"Pareto set of {study} ({len(front)} trials)"
+        front,
+        [o.name for o in spec.objectives],
+        title=f"Pareto set of {study} ({len(front)} trials)",
+        evaluations=counts,
     )
     _mlflow_hint(study, storage_url, tracking)
 

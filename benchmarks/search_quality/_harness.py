@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.search_quality._metrics import TableScorer
+from benchmarks.search_quality._peers import OPTUNA_PEERS, PEERS, SYNE_TUNE, optuna_peer, run_syne_tune
 from benchmarks.search_quality._problems import Problem
 from benchmarks.search_quality._runner import Trace, _Lookup, run_engine, run_inprocess, table_path
 
 BASELINES = ("random", "tpe", "nsga2")
 # Samplers whose behaviour does not depend on n_trials: one run at the largest budget gives the smaller
 # budgets as prefixes. ``auto`` reads the budget, so it runs once per budget.
-PREFIX_SAMPLERS = frozenset(BASELINES)
+PREFIX_SAMPLERS = frozenset((*BASELINES, *PEERS))
 
 
 def scorer_for(problem: Problem, frame: pd.DataFrame) -> TableScorer:
@@ -32,6 +33,29 @@ def scorer_for(problem: Problem, frame: pd.DataFrame) -> TableScorer:
         [(o["name"], o["direction"]) for o in problem.objectives],
         [(c["metric"], c["op"], float(c["value"])) for c in problem.constraints],
     )
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("optuna", "syne-tune", "botorch", "analog-nasbench", "numpy", "torch"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def syne_tune_scale(scorer: TableScorer) -> Callable[[np.ndarray], np.ndarray]:
+    """Losses min-max normalised over the table, minus 3.
+
+    Syne Tune's EHVI negates the losses and fixes BoTorch's reference point at 2 in every objective, which
+    suits only losses <= -2; shifted this way every candidate dominates the reference, which then sits one
+    table-range beyond the worst candidate. (It tells the peer the table's ranges, which ``auto`` does not
+    get: a favour to the peer.) Rank-based MOREA is unaffected.
+    """
+    return lambda loss: (loss - scorer.low) / scorer.span - 3.0
 
 
 def start_local_ray() -> None:
@@ -74,6 +98,12 @@ class Config:
     goal_budget: int = 100  # auto's budget in the goal ...
     goal_reference: int = 200  # ... against the best baseline at this budget
     overhead_trials: int = 200
+    peer_time_limit: float | None = None  # seconds per peer run (GP, EHVI); None: no limit
+    # Peers whose suggestion costs seconds (GP, EHVI: 4-25 s per ask by trial 60 on a 6-categorical cell
+    # space): run on the noisy problems only, on these seeds, under ``peer_time_limit``.
+    slow_peers: Sequence[str] = ("gp", "ehvi")
+    slow_peer_seeds: Sequence[int] = (0, 1)
+    skip: set[tuple[str, str]] = field(default_factory=set)  # (problem, sampler) pairs not to run
 
 
 @dataclass
@@ -104,7 +134,30 @@ def _one(
     sampler: str,
     n: int,
     seed: int,
+    scorer: TableScorer,
 ) -> Trace:
+    if sampler in SYNE_TUNE:
+        keys, seconds, asks = run_syne_tune(
+            problem,
+            lookup,
+            method=sampler,
+            n_trials=n,
+            seed=seed,
+            time_limit=cfg.peer_time_limit,
+            normalise=syne_tune_scale(scorer),
+        )
+        return Trace(keys, seconds, asks, finished=len(keys) == n)
+    if sampler in OPTUNA_PEERS:  # always in process: the peers are not registered with the engine
+        return run_inprocess(
+            problem,
+            frame,
+            sampler="random",  # a registered name for the spec; the peer's factory replaces the sampler
+            n_trials=n,
+            seed=seed,
+            lookup=lookup,
+            factory=optuna_peer(sampler),
+            time_limit=cfg.peer_time_limit,
+        )
     if cfg.engine:
         return run_engine(problem, table, cfg.workdir, sampler=sampler, n_trials=n, seed=seed)
     return run_inprocess(problem, frame, sampler=sampler, n_trials=n, seed=seed, lookup=lookup)
@@ -136,6 +189,10 @@ def run_benchmark(
             if cfg.engine
             else "in-process ask/tell",
             "overhead_trials": cfg.overhead_trials,
+            "peer_time_limit_s": cfg.peer_time_limit,
+            "versions": _versions(),
+            "slow_peers": [p for p in cfg.slow_peers if p in cfg.baselines],
+            "slow_peer_seeds": list(cfg.slow_peer_seeds),
             "goal": f"auto@{cfg.goal_budget} median HV ratio >= best baseline@{cfg.goal_reference} median",
         }
     )
@@ -168,9 +225,16 @@ def run_benchmark(
         for problem in cfg.problems:
             frame, scorer, table, lookup = prepared[problem.name]
             for sampler, n in jobs:
+                if (problem.name, sampler) in cfg.skip:
+                    continue
+                seeds = cfg.seeds
+                if sampler in cfg.slow_peers:
+                    if not problem.noisy:
+                        continue
+                    seeds = [s for s in cfg.seeds if s in cfg.slow_peer_seeds]
                 t0 = time.perf_counter()
-                for seed in cfg.seeds:
-                    trace = _one(cfg, problem, table, lookup, frame, sampler, n, seed)
+                for seed in seeds:
+                    trace = _one(cfg, problem, table, lookup, frame, sampler, n, seed, scorer)
                     points = checkpoints(n)
                     curve = scorer.curve(trace.keys, points)
                     results.runs.append(
@@ -185,14 +249,23 @@ def run_benchmark(
                             "failed": sum(k is None for k in trace.keys),
                             "unique": len({k for k in trace.keys if k is not None}),
                             "seconds": trace.seconds,
+                            "n_done": len(trace.keys),
+                            "last_ask_s": trace.ask_seconds[-1] if trace.ask_seconds else None,
+                            "finished": trace.finished,
                             "rows": [scorer.row(k) for k in trace.keys],  # for rescoring without rerunning
                         }
                     )
-                hv = [r["hv_ratio"][-1] for r in results.runs[-len(cfg.seeds) :]]
+                last = results.runs[-len(seeds) :]
+                hv = [r["hv_ratio"][-1] for r in last]
+                unfinished = sum(not r["finished"] for r in last)
                 log(
-                    f"[phase {phase}] {problem.name:32s} {sampler:6s} N={n:<4d} median HV ratio "
+                    f"[phase {phase}] {problem.name:38s} {sampler:11s} N={n:<4d} median HV ratio "
                     f"{statistics.median(hv):.3f}  ({time.perf_counter() - t0:.0f} s)"
+                    + (f"  {unfinished} runs hit the time limit" if unfinished else "")
                 )
+                if checkpoint is not None:
+                    results.seconds = time.perf_counter() - start
+                    checkpoint(results)
         results.seconds = time.perf_counter() - start
         if checkpoint is not None:
             checkpoint(results)
@@ -244,6 +317,8 @@ def at_budget(results: Results, problem: str, sampler: str, n: int, metric: str 
     for r in results.runs:
         if r["problem"] != problem or r["sampler"] != sampler or n not in r["points"]:
             continue
+        if r.get("n_done", r["n_trials"]) < n:  # cut by the time limit before n trials
+            continue
         if r["n_trials"] != n and sampler not in PREFIX_SAMPLERS:
             continue
         if r["n_trials"] != n and any(q["n_trials"] == n for q in _same(results, r)):
@@ -277,8 +352,23 @@ def summarise(results: Results) -> dict[str, Any]:
                     }
         top = max(cfg["budgets"])
         goal_n = int(cfg["goal"].split("@")[1].split()[0])
-        base = {s: per[f"{s}@{top}"]["hv_ratio"]["median"] for s in cfg["baselines"] if f"{s}@{top}" in per}
+        # A peer that did not reach the budget on every seed within its time limit is reported, not ranked.
+        n_seeds = len(cfg["seeds"])
+        base = {
+            s: per[f"{s}@{top}"]["hv_ratio"]["median"]
+            for s in cfg["baselines"]
+            if f"{s}@{top}" in per and per[f"{s}@{top}"]["hv_ratio"]["n"] == n_seeds
+        }
         entry: dict[str, Any] = {"samplers": per}
+        unfinished = {
+            s: [
+                r["n_done"]
+                for r in results.runs
+                if r["problem"] == name and r["sampler"] == s and not r.get("finished", True)
+            ]
+            for s in cfg["baselines"]
+        }
+        entry["unfinished"] = {s: v for s, v in unfinished.items() if v}
         if base and f"auto@{goal_n}" in per:
             best = max(base, key=lambda s: base[s])
             auto = per[f"auto@{goal_n}"]["hv_ratio"]["median"]
@@ -313,6 +403,21 @@ def merge(parts: Sequence[Results]) -> Results:
         out.runs += p.runs
         out.overhead.update(p.overhead)
         out.problems.update(p.problems)
+    return out
+
+
+def reuse_runs(results: Results, earlier: Results, pairs: set[tuple[str, str]]) -> Results:
+    """``results`` plus the runs of ``earlier`` for the (problem, sampler) ``pairs`` this run skipped.
+
+    For samplers whose code did not change since ``earlier`` (same Optuna, same seeds: the trials are
+    identical, so rerunning them only costs time). The reused runs are marked ``reused_from``.
+    """
+    out = Results(dict(results.config), list(results.runs), dict(results.overhead), dict(results.problems))
+    out.seconds = results.seconds
+    for r in earlier.runs:
+        if (r["problem"], r["sampler"]) in pairs and r["problem"] in out.problems:
+            out.runs.append({**r, "reused_from": earlier.config.get("engine", "an earlier run")})
+    out.config["reused"] = sorted(f"{p}:{s}" for p, s in pairs)
     return out
 
 

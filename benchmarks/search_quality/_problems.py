@@ -320,3 +320,134 @@ register(
 register(
     _nb201_problem("nb201-flops-eyeriss", [("flops", "maximize"), ("eyeriss", "minimize")], heldout=True)
 )
+
+# --------------------------------------------------------------------------------------------- noisy NB201
+
+# Per-seed NAS-Bench-201 training accuracies ship in no PyPI package (NAS-Bench-201 / NATS-Bench ship only
+# their APIs; the tables are multi-GB downloads). AnalogNAS-Bench (Benmeziane et al., 2025; PyPI
+# ``analog-nasbench==0.1.3``) ships, for all 15,625 NB201 cells on CIFAR-10, the accuracy on analog
+# in-memory hardware after conductance drift as *mean +- standard deviation over repeated noisy inference
+# runs*. Those are measured, per-architecture noise levels; the table draws ``NOISY_SEEDS`` observations per
+# cell from N(mean, sd) (fixed RNG) and the score uses their mean, as for seed-averaged accuracy.
+NOISY_SEEDS = 3
+# AnalogNAS-Bench encodes a cell as 6 op indices. Its op order is fixed by the all-'none' cell (10 %
+# accuracy) and NAS-Bench-201's best cell (skip on 0->3, 3x3 convs elsewhere); its edge order by the three
+# edge sets whose all-'none' setting disconnects the cell ({0->1,0->2,0->3}, {0->1,0->3,2->3},
+# {0->3,1->3,2->3}), which leaves only the DAG's reversal symmetry: the (i < j) lexicographic order is taken.
+_ANB_OPS = ("skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
+_ANB_EDGES = ("e10", "e20", "e30", "e21", "e31", "e32")
+ANALOG_ACCURACY = {
+    "acc_1h": "analog_drift_3600",
+    "acc_1d": "analog_drift_86400",
+    "acc_30d": "analog_drift_2592000",
+}
+
+
+def _analog_path() -> Path | None:
+    # find_spec, not importlib.resources: importing the package runs its loader, which needs pkg_resources.
+    from importlib.util import find_spec
+
+    spec = find_spec("analognasbench")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data.anb"
+    return path if path.exists() else None
+
+
+def _analog_table() -> pd.DataFrame:
+    """AnalogNAS-Bench's drift accuracies (mean, sd) keyed by the NB201 edges, read without its API.
+
+    The package's loader imports ``pkg_resources`` (gone from current setuptools); its data file is a pickle
+    of plain attribute objects, read here with an unpickler that allows only those two classes.
+    """
+    import pickle
+    from types import SimpleNamespace
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "analognasbench.data" and name in ("Architecture", "DriftMeasurement"):
+                return SimpleNamespace
+            raise pickle.UnpicklingError(f"unexpected class {module}.{name} in the AnalogNAS-Bench data")
+
+    path = _analog_path()
+    if path is None:
+        raise FileNotFoundError("AnalogNAS-Bench data not found: pip install analog-nasbench==0.1.3")
+    with path.open("rb") as f:
+        data = _Restricted(f).load()
+    rows = []
+    for key, arch in data.items():
+        row: dict[str, Any] = {e: _ANB_OPS[i] for e, i in zip(_ANB_EDGES, key, strict=True)}
+        for name, attr in ANALOG_ACCURACY.items():
+            drift = getattr(arch, attr)
+            row[name], row[f"{name}_sd"] = float(drift.value), float(drift.uncertainty)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _nb201_noisy(accuracy: str, columns: list[str], *, rng_seed: int) -> Callable[[], pd.DataFrame]:
+    def build() -> pd.DataFrame:
+        lat = _nb201(columns)()
+        acc = _analog_table()[[*NB201_EDGES, accuracy, f"{accuracy}_sd"]]
+        frame = lat.merge(acc, on=list(NB201_EDGES), how="inner", validate="one_to_one")
+        if len(frame) != len(lat):
+            raise ValueError(f"AnalogNAS-Bench matched {len(frame)} of {len(lat)} HELP cells")
+        rng = np.random.default_rng(rng_seed)
+        parts = []
+        for s in range(NOISY_SEEDS):
+            part = frame.drop(columns=[f"{accuracy}_sd"]).copy()
+            part[SEED_COLUMN] = s
+            part[accuracy] = frame[accuracy] + rng.normal(0.0, 1.0, len(frame)) * frame[f"{accuracy}_sd"]
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True)
+
+    return build
+
+
+def _noisy_available() -> bool:
+    return _help_available() and _analog_path() is not None
+
+
+def _noisy_problem(name: str, accuracy: str, devices: list[str], *, rng_seed: int, **kw: Any) -> Problem:
+    constraints = kw.pop("constraints", ())
+    columns = [*devices, *(c["metric"].removeprefix("lat_") for c in constraints)]
+    return Problem(
+        name,
+        _nb201_noisy(accuracy, list(dict.fromkeys(columns)), rng_seed=rng_seed),
+        _NB201_SPACE,
+        (
+            {"name": accuracy, "direction": "maximize"},
+            *({"name": _metric(d), "direction": "minimize"} for d in devices),
+        ),
+        constraints=constraints,
+        noisy=True,
+        available=_noisy_available,
+        note=kw.pop(
+            "note",
+            f"NB201 x {NOISY_SEEDS} seeds: {accuracy} from AnalogNAS-Bench (mean +- sd), HELP latency",
+        ),
+        **kw,
+    )
+
+
+register(_noisy_problem("nb201-acc1d-pixel3-noisy", "acc_1d", ["pixel3"], rng_seed=11))
+register(_noisy_problem("nb201-acc1h-eyeriss-noisy", "acc_1h", ["eyeriss"], rng_seed=12))
+register(
+    _noisy_problem(
+        "nb201-acc1d-raspi4-noisy-constrained",
+        "acc_1d",
+        ["raspi4"],
+        rng_seed=13,
+        constraints=({"metric": "lat_gold_6226", "op": "<=", "value": 11.0},),
+    )
+)
+register(_noisy_problem("nb201-acc30d-1080ti-noisy", "acc_30d", ["1080ti_1"], rng_seed=21, heldout=True))
+register(
+    _noisy_problem(
+        "nb201-acc1d-titanx-noisy-constrained",
+        "acc_1d",
+        ["titanx_1"],
+        rng_seed=22,
+        heldout=True,
+        constraints=({"metric": "lat_pixel3", "op": "<=", "value": 12.0},),
+    )
+)

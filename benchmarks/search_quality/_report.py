@@ -32,11 +32,15 @@ def markdown(results: Results) -> str:
     goal_n = int(cfg["goal"].split("@")[1].split()[0])
     auto_cols = [n for n in cfg["auto_budgets"]]
     lines = [
-        "# Search quality: `auto` vs the baselines",
+        "# Search quality: `auto` vs the baselines and peers",
         "",
         f"Engine: {cfg['engine']}. Seeds: {len(cfg['seeds'])} ({cfg['seeds'][0]}..{cfg['seeds'][-1]}). "
         f"Wall time: {_wall(results)}.",
         "",
+    ]
+    if cfg.get("versions"):
+        lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in cfg["versions"].items()) + ".", ""]
+    lines += [
         "HV ratio = hypervolume of the feasible candidates found / that of the table's true front, "
         "objectives min-max normalised over the table, reference point at the median candidate in each "
         "objective. Cells: median [25th-75th percentile] over seeds. Noisy tables: the searcher observes "
@@ -77,6 +81,7 @@ def markdown(results: Results) -> str:
             f"Goal met on {met} of {len(names)} {'held-out' if heldout else 'development'} problems.",
             "",
         ]
+        lines += _unfinished(results, summary, names)
         lines += ["IGD+ (normalised; lower is better), median [IQR]:", ""]
         lines.append("| problem | " + " | ".join(head) + " |")
         lines.append("|---" * (len(head) + 1) + "|")
@@ -118,6 +123,31 @@ def markdown(results: Results) -> str:
                 f"{o['ask_s_mean'] * 1000:.0f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _unfinished(results: Results, summary: dict[str, Any], names: list[str]) -> list[str]:
+    """Peers cut by their time limit: how far they got, and their HV ratio there (not ranked)."""
+    cfg = results.config
+    out = []
+    for name in names:
+        for sampler, done in summary[name].get("unfinished", {}).items():
+            runs = [
+                r
+                for r in results.runs
+                if r["problem"] == name and r["sampler"] == sampler and not r.get("finished", True)
+            ]
+            hv = [r["hv_ratio"][-1] for r in runs]
+            asks = [r["last_ask_s"] for r in runs if r.get("last_ask_s") is not None]
+            out.append(
+                f"- {name}: `{sampler}` did not reach {max(cfg['budgets'])} trials within "
+                f"{cfg.get('peer_time_limit_s')} s on {len(done)} of {len(runs)} seeds "
+                f"(reached {min(done)}-{max(done)} trials, HV ratio there {min(hv):.3f}-{max(hv):.3f}"
+                + (f", last suggestion {max(asks):.1f} s" if asks else "")
+                + ")"
+            )
+    if out:
+        out = ["Peers cut by the time limit (not ranked; their cells above are '-'):", "", *out, ""]
+    return out
 
 
 def plot(results: Results, path: Path) -> None:

@@ -27,6 +27,7 @@ class Trace:
     keys: list[Key | None]
     seconds: float
     ask_seconds: list[float] = field(default_factory=list)
+    finished: bool = True  # False: the run hit its time limit before its budget
 
 
 def table_path(problem: Problem, workdir: Path) -> Path:
@@ -104,6 +105,7 @@ def run_inprocess(
     lookup: _Lookup | None = None,
     factory: Callable[[StudySpec], Any] | None = None,
     sqlite_dir: Path | None = None,
+    time_limit: float | None = None,
 ) -> Trace:
     """The same ask/tell loop the engine runs, without Ray or storage (for development and timing)."""
     import optuna
@@ -124,6 +126,8 @@ def run_inprocess(
     asks: list[float] = []
     start = time.perf_counter()
     for _ in range(n_trials):
+        if time_limit is not None and time.perf_counter() - start > time_limit:
+            break
         t0 = time.perf_counter()
         trial = study.ask()
         cand = suggest(trial, params)
@@ -140,4 +144,4 @@ def run_inprocess(
     seconds = time.perf_counter() - start
     if sqlite_dir is not None:
         db.unlink(missing_ok=True)
-    return Trace(keys, seconds, asks)
+    return Trace(keys, seconds, asks, finished=len(keys) == n_trials)
