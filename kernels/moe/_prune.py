@@ -30,6 +30,8 @@ plan under ``config.frontier_moe``, and ships a ``frontier_moe.py`` (``auto_map`
 before the weights load. Stock ``transformers`` loads it through its documented custom-code mechanism,
 ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``; without ``trust_remote_code`` it
 refuses (shape mismatch). :func:`load_pruned_moe` loads both kinds without executing the checkpoint's code.
+A per-layer model runs inference (and ``generate``) as is; its ``output_router_logits=True`` auxiliary loss
+does not, since transformers' ``load_balancing_loss_func`` sums one ``num_experts``-sized buffer over layers.
 """
 
 from __future__ import annotations
