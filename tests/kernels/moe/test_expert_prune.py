@@ -255,6 +255,29 @@ def test_bad_keep_and_top_k_are_rejected(keep: Any, top_k: Any, error: type[Exce
     assert model.model.layers[0].mlp.gate.weight.shape[0] == 6  # nothing was pruned
 
 
+def test_models_without_moe_layers_are_named() -> None:
+    dense = make_moe("qwen2_moe", mlp_only_layers=[0, 1, 2])  # a Qwen2-MoE config whose layers are all dense
+    with pytest.raises(ValueError, match=r"model_type='qwen2_moe' \(Qwen2MoeForCausalLM\) has no MoE layer"):
+        detect_moe_layout(dense)
+    shell = torch.nn.Module()
+    shell.config = transformers.MixtralConfig()
+    with pytest.raises(TypeError, match=r"must be a transformers causal LM with model.layers.*Got Module"):
+        detect_moe_layout(shell)
+
+
+def test_stats_for_another_model_are_rejected() -> None:
+    stats = collect_router_stats(make_moe("mixtral", layers=1), [_ids()])
+    with pytest.raises(ValueError, match=r"no statistics for layer 1; it covers layers \[0\]"):
+        prune_experts(make_moe("mixtral"), 2, stats=stats)
+
+
+def test_perplexity_needs_a_window() -> None:
+    from frontier.evaluators._tiny_moe import perplexity
+
+    with pytest.raises(ValueError, match=r"more than seq_len=128 tokens. Got 100 tokens"):
+        perplexity(make_moe("mixtral"), torch.zeros(100, dtype=torch.long))
+
+
 def test_counts_without_stats_are_rejected() -> None:
     with pytest.raises(ValueError, match=r"needs 'stats' \(from collect_router_stats\)"):
         prune_experts(make_moe("qwen3_moe"), 3)
@@ -282,6 +305,9 @@ def test_load_memory_drop_is_measured_in_a_fresh_process(tmp_path: Path) -> None
     dropped_mb = 2 * 12 * 3 * 128 * 512 * 4 / 2**20  # 18 MB of expert weights
     assert before["rss_mb"] - after["rss_mb"] > 0.5 * dropped_mb, (before, after)
     assert before["peak_mb"] - after["peak_mb"] > 0.5 * dropped_mb, (before, after)
+    (tmp_path / "empty").mkdir()  # no config.json: the child process fails and says so
+    with pytest.raises(RuntimeError, match=r"Measuring the load of .*empty failed"):
+        measure_load_memory_mb(tmp_path / "empty", timeout_s=120)
 
 
 @pytest.mark.slow
