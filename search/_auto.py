@@ -16,6 +16,7 @@ Optuna upgrade that changes it fails ``tests/search/test_auto.py``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -242,15 +243,16 @@ class _Additive:
 
     def __init__(
         self,
-        encode: Any,
+        encode: Callable[[dict[str, np.ndarray]], np.ndarray],
         coef: np.ndarray,
-        loss: np.ndarray,
+        predicted: np.ndarray,
         n_obj: int,
     ) -> None:
+        # ``predicted``: the model's losses (then constraint values) for the trials so far, which set the
+        # normalisation and the front a candidate must add to.
         self.encode, self.coef, self.n_obj = encode, coef, n_obj
-        pred = loss
-        ok = np.all(pred[:, n_obj:] <= 0.0, axis=1) if pred.shape[1] > n_obj else np.ones(len(pred), bool)
-        obj = pred[:, :n_obj]
+        ok = np.all(predicted[:, n_obj:] <= 0.0, axis=1)
+        obj = predicted[:, :n_obj]
         self.low = obj.min(axis=0)
         span = obj.max(axis=0) - self.low
         self.span = np.where(span > 0, span, 1.0)

@@ -49,9 +49,9 @@ class AutoSamplerRule(BaseSampler):
 
     def _tpe(self) -> BaseSampler:
         if not isinstance(self._sampler, optuna.samplers.TPESampler):
-            self._sampler = optuna.samplers.TPESampler(
-                seed=self._seed, multivariate=True, warn_independent_sampling=False, constant_liar=True
-            )
+            # AutoSampler also passes warn_independent_sampling=False, deprecated since Optuna 4.9 (it
+            # only silences a warning).
+            self._sampler = optuna.samplers.TPESampler(seed=self._seed, multivariate=True, constant_liar=True)
         return self._sampler
 
     def _decide(self, study: Study, space: dict[str, BaseDistribution]) -> None:

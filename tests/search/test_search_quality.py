@@ -154,3 +154,57 @@ def test_engine_matches_inprocess_and_harness_runs(local_ray, tmp_path):
     assert 0.0 <= summary["goal"]["auto_median"] <= 1.0
     assert set(summary["samplers"]) == {"random@10", "random@20", "auto@10"}
     assert results.overhead["zdt1-small"]["ask_s_at_last_trial"] < 1.0
+
+
+def test_autosampler_rule_follows_the_published_decision_table():
+    """OptunaHub AutoSampler's rule (re-implemented): TPE for categorical spaces, GP for numerical ones
+    below 250 trials, NSGA-II from 250 multi-objective trials."""
+    import optuna
+
+    from benchmarks.search_quality._peers import AutoSamplerRule
+
+    def chosen(dist, n_done: int, n_obj: int = 2) -> type:
+        sampler = AutoSamplerRule(seed=0)
+        study = optuna.create_study(directions=["minimize"] * n_obj, sampler=sampler)
+        for i in range(n_done):
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"x": dist.to_external_repr(i % 2)},
+                    distributions={"x": dist},
+                    values=[float(i)] * n_obj,
+                )
+            )
+        study.ask()
+        return type(sampler._sampler)
+
+    categorical = optuna.distributions.CategoricalDistribution(["a", "b"])
+    numeric = optuna.distributions.FloatDistribution(0.0, 1.0)
+    assert chosen(categorical, 0) is optuna.samplers.RandomSampler  # nothing complete yet
+    assert chosen(categorical, 3) is optuna.samplers.TPESampler
+    assert chosen(numeric, 3) is optuna.samplers.GPSampler
+    assert chosen(numeric, 250) is optuna.samplers.NSGAIISampler
+    assert chosen(numeric, 3, n_obj=1) is optuna.samplers.GPSampler
+
+
+def test_peer_cut_by_its_time_limit_is_reported_not_ranked(tmp_path):
+    from benchmarks.search_quality import markdown
+
+    cfg = Config(
+        problems=[get_problem("zdt1-small")],
+        seeds=[0],
+        budgets=[10, 20],
+        baselines=["random", "gp"],
+        auto_budgets=[10],
+        engine=False,
+        workdir=tmp_path,
+        goal_budget=10,
+        goal_reference=20,
+        overhead_trials=0,
+        peer_time_limit=0.0,  # GP stops before its first trial
+        slow_peers=(),
+    )
+    results = run_benchmark(cfg, log=lambda s: None)
+    summary = summarise(results)["zdt1-small"]
+    assert "gp@20" not in summary["samplers"] and summary["goal"]["best_baseline"] == "random"
+    assert summary["unfinished"] == {"gp": [0]}
+    assert "`gp` did not reach 20 trials within 0.0 s on 1 of 1 seeds" in markdown(results)
