@@ -124,7 +124,8 @@ def full_stack(
     t0 = time.perf_counter()
     out = run_study(spec, run_dir=run_dir, on_progress=lambda p: stamps.append(time.perf_counter()))
     total = time.perf_counter() - t0
-    assert len(out.trials) == n and out.count("complete") == n, (out.count("complete"), n)
+    errors = [r.error for r in out.trials if r.error][:3]
+    assert len(out.trials) == n and out.count("complete") == n, (out.count("complete"), n, out.state, errors)
     steady = (stamps[-1] - stamps[0]) / (n - 1)
     return total / n, steady
 
@@ -140,7 +141,16 @@ def child(runner: str, trials: int, concurrency: int) -> None:
         table = make_table(tmp / "table.csv")
         init_ray(None)
         total, steady = full_stack(table, trials, concurrency, tmp / "run", f"overhead-{runner}", runner)
-    print(json.dumps({"total_s": total, "steady_s": steady, "frontier": frontier.__file__}))
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def worker_frontier() -> str:
+        import frontier
+
+        return str(frontier.__file__)
+
+    figures = {"total_s": total, "steady_s": steady, "frontier": frontier.__file__}
+    print(json.dumps({**figures, "worker_frontier": ray.get(worker_frontier.remote())}))
 
 
 def compare(args: argparse.Namespace, runners: list[str]) -> None:
@@ -154,12 +164,14 @@ def compare(args: argparse.Namespace, runners: list[str]) -> None:
             env = {**os.environ, "PYTHONPATH": str(codes[code])}
             cmd = [sys.executable, __file__, "--child", runner, "--trials", str(args.trials)]
             cmd += ["--concurrency", str(args.concurrency)]
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+            # run from that checkout: Ray's workers put the driver's working directory first on their path
+            done = subprocess.run(cmd, env=env, cwd=codes[code], capture_output=True, text=True, timeout=1800)
             if done.returncode != 0:
                 raise RuntimeError(f"the {code} {runner} run failed:\n{done.stderr[-3000:]}")
             figures = json.loads(done.stdout.strip().splitlines()[-1])
-            if not figures["frontier"].startswith(str(codes[code])):
-                raise RuntimeError(f"the {code} run imported {figures['frontier']}, not {codes[code]}")
+            for where in ("frontier", "worker_frontier"):
+                if not figures[where].startswith(str(codes[code])):
+                    raise RuntimeError(f"the {code} run's {where} is {figures[where]}, not {codes[code]}'s")
             key = f"{code}_{_KEYS[runner]}"
             row |= {f"{key}_total_s": figures["total_s"], f"{key}_steady_s": figures["steady_s"]}
             print(
@@ -208,7 +220,7 @@ def main() -> None:
         child(args.child, args.trials, args.concurrency)
         return
     runners = [r for r in args.runners.split(",") if r]
-    if "actors" not in runners or any(r not in _KEYS for r in runners):
+    if ("actors" not in runners and args.base is None) or any(r not in _KEYS for r in runners):
         ap.error(f"--runners: 'actors', optionally with 'tune', comma-separated; got {args.runners!r}")
     if args.quick:
         args.trials, args.repeats = 60, 1
