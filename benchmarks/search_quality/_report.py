@@ -8,6 +8,18 @@ from typing import Any
 
 from benchmarks.search_quality._harness import Results, at_budget, summarise
 
+_PEER_NOTES = {
+    "gp": "Optuna's `GPSampler` (log-EHVI, constraint-aware).",
+    "autosampler": "OptunaHub AutoSampler's published rule, re-implemented (the package fetches its code "
+    "from GitHub at run time): here multivariate TPE with the constant liar after one random trial "
+    "(categorical spaces, < 250 trials).",
+    "morea": "Syne Tune's multi-objective regularized evolution (no constraints in Syne Tune: constrained "
+    "problems give it the objectives only).",
+    "ehvi": "Syne Tune's BoTorch EHVI searcher, `double_precision=False` (as shipped it fails with "
+    "BoTorch 0.18: float64 model, float32 observations); losses normalised over the table, shifted by -3 "
+    "to suit its fixed reference point.",
+}
+
 
 def _fmt(stats: dict[str, Any] | None, key: str = "hv_ratio") -> str:
     if stats is None:
@@ -49,6 +61,36 @@ def markdown(results: Results) -> str:
         f"Goal: {cfg['goal']}.",
         "",
     ]
+    peers = [b for b in cfg["baselines"] if b in _PEER_NOTES]
+    if peers:
+        lines += ["Peers (same tables, scoring and seeds; `benchmarks/search_quality/_peers.py`):", ""]
+        lines += [f"- `{b}`: {_PEER_NOTES[b]}" for b in peers]
+        if cfg.get("slow_peers"):
+            lines.append(
+                f"- {', '.join(f'`{b}`' for b in cfg['slow_peers'])}: seconds per suggestion, so run on the "
+                f"noisy problems only, seeds {cfg.get('slow_peer_seeds')}, {cfg.get('peer_time_limit_s')} s "
+                "per run (checked before each suggestion, so one suggestion may overrun it)."
+            )
+        lines.append("")
+    if any("AnalogNAS" in p["note"] for p in results.problems.values()):
+        lines += [
+            "Noisy NAS-Bench-201 accuracy: per-seed NAS-Bench-201 training accuracies ship in no PyPI "
+            "package "
+            "(`nas-bench-201` 2.1 and `nats-bench` 1.8 ship only their APIs; the tables are multi-GB "
+            "downloads). The substitute is AnalogNAS-Bench (`analog-nasbench==0.1.3`): for every NB201 cell, "
+            "CIFAR-10 accuracy on analog hardware after 1 h / 1 day / 30 days of drift as mean +- sd over "
+            "repeated noisy inference runs. Each cell gets 3 draws from N(mean, sd) as its 'seeds'; the "
+            "searcher observes one per evaluation, the score uses their mean. Latency: HELP's measurements.",
+            "",
+        ]
+    if cfg.get("reused"):
+        pairs = sorted({p.split(":")[1] for p in cfg["reused"]})
+        lines += [
+            f"Reused: {', '.join(pairs)} on the problems of the previous run come from that run's JSON "
+            "(same Optuna, same seeds; rerunning three of them in process reproduced their trials row for "
+            "row), since their code did not change.",
+            "",
+        ]
     for heldout in (False, True):
         names = [n for n in cfg["problems"] if results.problems[n]["heldout"] == heldout]
         if not names:
