@@ -206,7 +206,16 @@ def plot(results: Results, path: Path) -> None:
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     top = max(cfg["budgets"])
-    colours = {"random": "tab:gray", "tpe": "tab:blue", "nsga2": "tab:green", "auto": "tab:red"}
+    colours = {
+        "random": "tab:gray",
+        "tpe": "tab:blue",
+        "nsga2": "tab:green",
+        "auto": "tab:red",
+        "autosampler": "tab:purple",
+        "morea": "tab:orange",
+        "gp": "tab:olive",
+        "ehvi": "tab:brown",
+    }
     styles = {"nsga2": "-.", "random": ":"}  # NSGA-II's first generation is random: the curves overlap
     for ax, name in zip(axes.flat, names, strict=False):
         for sampler in cfg["baselines"]:
@@ -217,9 +226,14 @@ def plot(results: Results, path: Path) -> None:
             ]
             if not runs:
                 continue
-            curves = np.asarray([r["hv_ratio"] for r in runs])
+            # A run cut by its time limit is drawn only as far as every seed got.
+            done = min(r.get("n_done", r["n_trials"]) for r in runs)
+            keep = [i for i, n in enumerate(runs[0]["points"]) if n <= done]
+            if not keep:
+                continue
+            curves = np.asarray([[r["hv_ratio"][i] for i in keep] for r in runs])
             ax.plot(
-                runs[0]["points"],
+                [runs[0]["points"][i] for i in keep],
                 np.median(curves, axis=0),
                 label=sampler,
                 color=colours.get(sampler),
@@ -254,7 +268,11 @@ def plot(results: Results, path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8, loc="lower right")
+    labels: dict[str, Any] = {}  # every sampler once, from whichever panel drew it (GP/EHVI: noisy only)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labels.setdefault(label, handle)
+    axes.flat[0].legend(list(labels.values()), list(labels), fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
