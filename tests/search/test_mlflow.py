@@ -68,3 +68,18 @@ def test_background_syncs_log_every_trial_but_redraw_artifacts_only_when_due(tmp
     assert drawn == [6], "stopping draws the final artifacts once"
     artifacts = {a.path for a in tracker.client.list_artifacts(tracker.parent_id)}
     assert {"pareto.json", "pareto.png"} <= artifacts
+
+
+def test_a_repeated_configuration_on_the_front_shows_its_mean_and_count(tmp_path, table, make_spec):
+    _, study, tracker, _ = _tracked_study(tmp_path, table, make_spec)
+    _add_trials(study, 0, 4)
+    dists = {"x": optuna.distributions.IntDistribution(0, 9)}
+    # x=2 measured again, worse: its mean (not its first, luckier value) is what the front and MLflow show.
+    study.add_trial(
+        optuna.trial.create_trial(params={"x": 2}, distributions=dists, values=[2 / 9 + 0.1, 0.5])
+    )
+    tracker.sync(study)
+    run = tracker.client.get_run(tracker._child[2])
+    assert run.data.tags["evaluations"] == "2" and run.data.tags["pareto"] == "true"
+    assert "mean of 2 evaluations" in run.data.tags["mlflow.note.content"]
+    assert "evaluations" not in tracker.client.get_run(tracker._child[1]).data.tags
