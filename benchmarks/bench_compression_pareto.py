@@ -189,7 +189,7 @@ def paired_latency(
     batch = ev.latency_input(ctx)
     out = []
     with fixed_threads(ctx.threads), torch.inference_mode():
-        base = ev.compress(ev.plan(Candidate(baseline.params, number=baseline.number)))
+        base = ev.compress(ev.decode(Candidate(baseline.params, number=baseline.number)))
 
         def median_ms(model: Any) -> float:
             times = []
@@ -200,7 +200,7 @@ def paired_latency(
             return float(np.median(times) * 1e3)
 
         for c in challengers:
-            model = ev.compress(ev.plan(Candidate(c.params, number=c.number)))
+            model = ev.compress(ev.decode(Candidate(c.params, number=c.number)))
             for _ in range(3):  # warm-up, both
                 median_ms(base), median_ms(model)
             ratios = []
@@ -241,7 +241,7 @@ def paired_verdict(entry: dict, margin: float) -> str:
 def add_paired(result: dict, outcome: Any, spec: Any, rounds: int, calls: int, margin: float) -> None:
     """Time each judged baseline paired with its challengers (see the module doc), strictly dominated on
     the study's figures or not: a single capped measurement per trial cannot settle a 1 % difference."""
-    from frontier.search._workers import _worker_evaluator
+    from frontier.evaluators import for_spec
 
     by_number = {t.number: t for t in outcome.trials}
     front = [by_number[p["trial"]] for p in result["found_pareto"]]
@@ -256,7 +256,7 @@ def add_paired(result: dict, outcome: Any, spec: Any, rounds: int, calls: int, m
             entry["paired"] = []
             continue
         if ev is None:
-            ev = _worker_evaluator(json.dumps(spec.to_dict()))  # set up as a study's worker sets it up
+            ev = for_spec(spec)  # set up as a study's worker sets it up
             ev.load()
         entry["paired"] = paired_latency(ev, spec, by_number[entry["trial"]], challengers, rounds, calls)
         for p in entry["paired"]:

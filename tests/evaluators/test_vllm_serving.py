@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from frontier.evaluators import EvalContext, make_evaluator
+from frontier.evaluators import EvalContext, for_spec
 from frontier.evaluators._lm_export import write_hf_checkpoint
 from frontier.search._results import compression_export
 from frontier.services._handoff import apply_document
@@ -47,6 +47,8 @@ TRAIN = {
     "latency_time_cap_s": 0.05,
     "keep_weights": "all",
 }
+# the one point of this family
+NAS = {"layers": [2, 2], "hidden": [64], "head_dim": [32], "ffn_ratio": [2], "per_layer": False}
 ARCH = {"lm.depth": 2, "lm.hidden": 64, "lm.head_dim": 32, "lm.ffn_ratio": 2}
 
 SERVE = r"""
@@ -91,8 +93,16 @@ def test_vllm_cpu_serves_the_4bit_export_of_an_lm_train_trial_as_transformers_ge
     python = vllm_python()
 
     # a trained NAS trial, kept and written as a stock Llama checkpoint
-    lm = make_evaluator("lm-train", TRAIN)
-    lm.ensure_setup()
+    lm = for_spec(
+        spec_from_dict(
+            {
+                "name": "vllm-trial",
+                "evaluator": {"kind": "lm-train", "options": TRAIN},
+                "space": [{"kind": "family", "name": "lm", "family": "nas", "options": NAS}],
+                "objectives": [{"name": "perplexity", "direction": "minimize"}],
+            }
+        )
+    )
     lm.evaluate(Candidate(ARCH), EvalContext(seed=0, workdir=tmp_path / "trial"))
     hf_dir = tmp_path / "llama"
     write_hf_checkpoint(tmp_path / "trial", hf_dir)
