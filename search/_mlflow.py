@@ -228,17 +228,19 @@ class MlflowTracker:
                     self.client.log_metric(self.parent_id, SPEARMAN_KEY, rho, step=t.number)
             front = {t.number for t in pareto_trials(done, self.spec.directions)}
             # A configuration evaluated more than once shows the mean of its evaluations and their count.
-            by_number = {t.number: t for t in mean_trials(done)}
+            # A trial merged into an earlier evaluation of its configuration (it finished first, so it was
+            # on the front alone until then) is named from its own values when it leaves the front.
+            by_number = {t.number: t for t in done} | {t.number: t for t in mean_trials(done)}
             evals = {n: n_evaluations(by_number[n]) for n in front}
             changed = {n for n in front if evals[n] != self._evaluations.get(n, 1)}
             for number in (front ^ self._pareto) | changed:
                 if number in self._child:
                     run_id, on_front = self._child[number], number in front
                     self.client.set_tag(run_id, PARETO_TAG, "true" if on_front else "false")
-                    if number in by_number and n_evaluations(by_number[number]) > 1:
-                        self.client.set_tag(run_id, EVALUATIONS_TAG, str(n_evaluations(by_number[number])))
-                    # The runs table shows names without any setup: the name carries the Pareto flag.
                     trial = by_number[number]
+                    if n_evaluations(trial) > 1:
+                        self.client.set_tag(run_id, EVALUATIONS_TAG, str(n_evaluations(trial)))
+                    # The runs table shows names without any setup: the name carries the Pareto flag.
                     self.client.update_run(run_id, name=trial_run_name(trial, self.spec, pareto=on_front))
                     self.client.set_tag(run_id, NOTE_TAG, trial_note(trial, self.spec, pareto=on_front))
             self._pareto = front

@@ -83,3 +83,24 @@ def test_a_repeated_configuration_on_the_front_shows_its_mean_and_count(tmp_path
     assert run.data.tags["evaluations"] == "2" and run.data.tags["pareto"] == "true"
     assert "mean of 2 evaluations" in run.data.tags["mlflow.note.content"]
     assert "evaluations" not in tracker.client.get_run(tracker._child[1]).data.tags
+
+
+def test_a_trial_that_finished_before_an_earlier_evaluation_of_its_configuration_leaves_the_front(
+    tmp_path, table, make_spec
+):
+    # Trial 0 (x=2) still runs while trial 1 (x=2 again) finishes: trial 1 is on the front alone. When trial
+    # 0 finishes, the configuration's mean is filed under trial 0, and trial 1's run leaves the front.
+    _, study, tracker, _ = _tracked_study(tmp_path, table, make_spec)
+    dists = {"x": optuna.distributions.IntDistribution(0, 9)}
+    study.enqueue_trial({"x": 2})
+    first = study.ask(dists)
+    study.add_trial(
+        optuna.trial.create_trial(params={"x": 2}, distributions=dists, values=[2 / 9, (7 / 9) ** 2])
+    )
+    tracker.sync(study)
+    assert tracker.client.get_run(tracker._child[1]).data.tags["pareto"] == "true"
+    study.tell(first, [2 / 9 + 0.1, (7 / 9) ** 2])
+    tracker.sync(study)
+    assert tracker.client.get_run(tracker._child[1]).data.tags["pareto"] == "false"
+    run = tracker.client.get_run(tracker._child[0])
+    assert run.data.tags["pareto"] == "true" and run.data.tags["evaluations"] == "2"
