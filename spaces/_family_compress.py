@@ -14,8 +14,11 @@ architecture) or ``num_layers`` with a ``layout`` (``bert``:
 ``encoder.layer.I.attention.self.query|key|value``,
 ``encoder.layer.I.attention.output.dense``, ``encoder.layer.I.intermediate.dense``,
 ``encoder.layer.I.output.dense``; ``llama``: ``model.layers.I.self_attn.q|k|v|o_proj``,
-``model.layers.I.mlp.gate|up|down_proj``). The evaluator checks at setup that every planned module exists
-in the real model and is a Linear, so a wrong description fails the first trial with the missing names.
+``model.layers.I.mlp.gate|up|down_proj``; ``qwen2_moe``: the llama attention names and
+``model.layers.I.mlp.shared_expert.gate|up|down_proj``; ``qwen3_moe`` and ``mixtral``: the attention names
+only, their routed experts being fused tensors, which ``family: experts`` prunes). The evaluator checks at
+setup that every planned module exists in the real model and is a Linear, so a wrong description fails the
+first trial with the missing names.
 
 **Targets** select among those names by exact name, glob (``*``: one name segment, ``**``: any number) or
 ``re:`` regex, with the same rules as :func:`kernels.select_modules`; each must match at least one module.
@@ -78,6 +81,29 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
             "mlp.up_proj",
             "mlp.down_proj",
         ),
+    ),
+    # MoE decoders: their routed experts are fused 3-D parameters (see frontier.kernels.moe), not Linear
+    # modules, so bits/sparsity reach attention (and Qwen2-MoE's shared expert); ``family: experts`` prunes
+    # the routed experts.
+    "qwen2_moe": (
+        "model.layers.{i}.",
+        (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.shared_expert.gate_proj",
+            "mlp.shared_expert.up_proj",
+            "mlp.shared_expert.down_proj",
+        ),
+    ),
+    "qwen3_moe": (
+        "model.layers.{i}.",
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    ),
+    "mixtral": (
+        "model.layers.{i}.",
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
     ),
 }
 GROUP_BY = ("none", "layer", "block", "module_type", "all")
@@ -208,7 +234,7 @@ class _AllocationFamily(SpaceFamily):
     targets: tuple[str, ...]
     modules: tuple[str, ...] | None = None
     num_layers: int | None = None
-    layout: Literal["bert", "llama"] | None = None
+    layout: Literal["bert", "llama", "qwen2_moe", "qwen3_moe", "mixtral"] | None = None
     group_by: Literal["none", "layer", "block", "module_type", "all"] = "layer"
 
     @classmethod
