@@ -38,8 +38,9 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# --durations: CI's log lists the slowest tests, which is where the suite's time goes.
 test: install lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow and not integration"
