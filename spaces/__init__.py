@@ -8,6 +8,7 @@ from frontier.spaces._deploy import RUNTIMES, RuntimeRules, check_deploy
 from frontier.spaces._errors import SpecError
 from frontier.spaces._families import SpaceFamily, available_families, register_family
 from frontier.spaces._family_compress import compression_recipe
+from frontier.spaces._family_experts import ExpertPlan, expert_plan
 from frontier.spaces._family_lm import LayerArch, LMArch
 from frontier.spaces._params import (
     CategoricalParam,
@@ -57,6 +58,7 @@ __all__ = [
     "DecodedRecipe",
     "DeployTarget",
     "EvaluatorSpec",
+    "ExpertPlan",
     "FamilyParam",
     "FloatParam",
     "IntParam",
@@ -91,6 +93,7 @@ __all__ = [
     "distribution",
     "encode",
     "expand_space",
+    "expert_plan",
     "load_spec",
     "parse_overrides",
     "path_option_names",

@@ -90,7 +90,11 @@ def _first_error(family: str, exc: ValidationError) -> str:
 
 FAMILIES: Registry[type[SpaceFamily] | FamilyExpander] = Registry(
     "space family",
-    builtins=("frontier.spaces._family_lm", "frontier.spaces._family_compress"),
+    builtins=(
+        "frontier.spaces._family_lm",
+        "frontier.spaces._family_compress",
+        "frontier.spaces._family_experts",
+    ),
 )
 """Space families by name; the built-in ones are in the modules named here."""
 F = TypeVar("F", bound="type[SpaceFamily] | FamilyExpander")
