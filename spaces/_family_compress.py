@@ -16,7 +16,8 @@ architecture) or ``num_layers`` with a ``layout`` (``bert``:
 ``encoder.layer.I.output.dense``; ``llama``: ``model.layers.I.self_attn.q|k|v|o_proj``,
 ``model.layers.I.mlp.gate|up|down_proj``; ``qwen2_moe``: the llama attention names and
 ``model.layers.I.mlp.shared_expert.gate|up|down_proj``; ``qwen3_moe`` and ``mixtral``: the attention names
-only, their routed experts being fused tensors, which ``family: experts`` prunes). The evaluator checks at
+only, their routed experts being fused tensors, which ``family: experts`` prunes; ``tiny_lm``: ``lm-train``'s
+native decoder, ``blocks.I.qkv`` and ``blocks.I.proj``). The evaluator checks at
 setup that every planned module exists in the real model and is a Linear, so a wrong description fails the
 first trial with the missing names.
 
@@ -30,6 +31,13 @@ first trial with the missing names.
 - ``block``: per layer and sub-block, ``PREFIX.layer_I.attention`` / ``PREFIX.layer_I.ffn``;
 - ``module_type``: one per name after the layer index, shared by all layers (``PREFIX.attention.self.query``);
 - ``all``: one for every target (a uniform allocation).
+
+**Depth gating** (``depth_of``, for ``lm-train`` joint studies): ``depth_of: lm`` names an earlier ``nas``
+or ``moe`` family item whose ``lm.depth`` gates the groups. Module indices are 0-based (``blocks.0``) and the
+family's layers 1-based, so a group of layer ``I`` is active only when ``lm.depth >= I + 1``; a group
+spanning layers (``module_type``, ``all``) is active when its shallowest layer exists and applies to the
+layers the candidate has. A spec whose allocation covers a layer beyond the family's maximum depth is
+rejected, and so is decoding a candidate that gives a value to an absent layer.
 
 **Budgets** are not options: the evaluator reports ``avg_bits`` and ``sparsity`` over the planned modules,
 and a spec bounds them with ordinary constraints (``{metric: avg_bits, op: "<=", value: 4.5}``), which reach
@@ -105,6 +113,10 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "model.layers.{i}.",
         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
     ),
+    # lm-train's native decoder (TinyLM): the fused Q/K/V and the attention output projection of block I
+    # (0-based). Its FFN (dense or routed) is a kernels.moe.MoELayer of fused raw parameters, not Linear
+    # modules, and the router of an MoE layer is left in float (it is tiny and routing is sensitive to it).
+    "tiny_lm": ("blocks.{i}.", ("qkv", "proj")),
 }
 GROUP_BY = ("none", "layer", "block", "module_type", "all")
 # What a module of a ``sparsity`` group gets at a nonzero ratio, by ``kind``. ``channels`` removes whole FFN
@@ -121,6 +133,13 @@ FFN_UP, FFN_DOWN = "intermediate.dense", "output.dense"  # the BERT FFN pair tha
 MAX_LAYERS = 1024
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+_ITEM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")  # a space item's name (spaces._params)
+
+
+def layer_index(module: str) -> int | None:
+    """The 0-based layer index of a module name (its first numeric segment), None without one."""
+    m = _LAYER.search(module)
+    return None if m is None else int(m.group(1))
 
 
 def ffn_pair(module: str) -> tuple[str, str]:
@@ -234,8 +253,9 @@ class _AllocationFamily(SpaceFamily):
     targets: tuple[str, ...]
     modules: tuple[str, ...] | None = None
     num_layers: int | None = None
-    layout: Literal["bert", "llama", "qwen2_moe", "qwen3_moe", "mixtral"] | None = None
+    layout: Literal["bert", "llama", "qwen2_moe", "qwen3_moe", "mixtral", "tiny_lm"] | None = None
     group_by: Literal["none", "layer", "block", "module_type", "all"] = "layer"
+    depth_of: str | None = None
 
     @classmethod
     def normalize(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -250,6 +270,14 @@ class _AllocationFamily(SpaceFamily):
         group_by = options.get("group_by", "layer")
         if group_by not in GROUP_BY:
             raise _fail(family, "group_by", f"must be one of {list(GROUP_BY)}", group_by)
+        depth_of = options.get("depth_of")
+        if depth_of is not None and (not isinstance(depth_of, str) or not _ITEM_NAME.fullmatch(depth_of)):
+            raise _fail(
+                family,
+                "depth_of",
+                "must be the name of an earlier 'nas' or 'moe' family item of the space (e.g. 'lm')",
+                depth_of,
+            )
         return {**options, "targets": targets}
 
     def described(self) -> list[str]:
@@ -382,6 +410,11 @@ class Allocation:
         self.groups: dict[str, list[str]] = {}
         for m in self.modules:
             self.groups.setdefault(f"{prefix}.{group_key(m, self.group_by)}", []).append(m)
+        # the family whose depth gates the groups (``depth_of``), and each group's 0-based layer indices
+        self.depth_of: str | None = options.depth_of
+        self.group_layers = {
+            g: sorted({i for m in ms if (i := layer_index(m)) is not None}) for g, ms in self.groups.items()
+        }
         # every module whose weights the allocation changes, and per group
         self.covers = self._cut(self.modules)
         self.cuts = {g: self._cut(modules) for g, modules in self.groups.items()}
@@ -401,7 +434,58 @@ class Allocation:
         return [*modules, *(ffn_pair(m)[1] for m in modules)] if self.kind == "channels" else list(modules)
 
     def params(self) -> list[dict[str, Any]]:
-        return [{"name": g, "kind": "ordinal", "choices": list(self.choices)} for g in self.groups]
+        out: list[dict[str, Any]] = []
+        for g in self.groups:
+            param: dict[str, Any] = {"name": g, "kind": "ordinal", "choices": list(self.choices)}
+            when = self.condition(g)
+            if when is not None:
+                param["when"] = when
+            out.append(param)
+        return out
+
+    @property
+    def depth_param(self) -> str | None:
+        """The depth parameter that gates the groups (``<depth_of>.depth``), None when not gated."""
+        return None if self.depth_of is None else f"{self.depth_of}.depth"
+
+    def condition(self, group: str) -> dict[str, Any] | None:
+        """The ``when`` of a group's parameter: with ``depth_of``, active only when the architecture has the
+        group's shallowest layer (module index ``I`` is 0-based, the family's layer ``I + 1`` exists when
+        ``depth >= I + 1``). A group of one layer (``none``, ``layer``, ``block``) is active exactly when
+        that layer exists; one spanning layers (``module_type``, ``all``) when its shallowest one does, and
+        its value then applies to those of its layers the architecture has. Layer 0 always exists."""
+        layers = self.group_layers[group]
+        if self.depth_param is None or not layers or layers[0] == 0:
+            return None
+        return {"param": self.depth_param, "ge": layers[0] + 1}
+
+    def present(self, group: str, params: Mapping[str, Any]) -> list[str]:
+        """The group's modules that exist in the candidate's architecture (all of them when not gated).
+
+        Raises:
+            ValueError: the candidate lacks the depth parameter, or gives the group a value although the
+                architecture lacks all of its layers (an inactive parameter: not a candidate of the space).
+        """
+        modules = self.groups[group]
+        name = self.depth_param
+        if name is None:
+            return modules
+        if name not in params:
+            raise ValueError(
+                f"family '{self.prefix}' ({self.family}) is gated by '{name}' (depth_of: {self.depth_of}), "
+                f"but the candidate has no '{name}' (it has {sorted(params)[:8]}); decode a candidate of the "
+                "whole space"
+            )
+        depth = params[name]
+        layers = self.group_layers[group]
+        if layers and layers[0] >= depth:
+            raise ValueError(
+                f"family '{self.prefix}' ({self.family}): parameter '{group}' allocates layer {layers[0]} "
+                f"(module indices are 0-based), but the architecture of family '{self.depth_of}' has "
+                f"{depth} layers ('{name}' = {depth}: layers 0..{depth - 1}); an allocation for an absent "
+                "layer is inactive in the space and cannot be applied. Decode a candidate sampled from it"
+            )
+        return [m for m in modules if (i := layer_index(m)) is None or i < depth]
 
     def config(self, value: Any) -> ConfigSpec | None:
         """What each module of a group gets when the group's parameter has ``value`` (None: a ratio of 0,
@@ -450,14 +534,18 @@ def compression_recipe(space: Iterable[Any], params: Mapping[str, Any]) -> Decod
         :class:`~spaces.StructuredPrune` targets its layer instead, its kept width a whole number of the
         down projection's quantization groups. Modules whose ratio is 0 get no sparsity config.
 
+    A family with ``depth_of`` applies only to the layers the candidate's architecture has.
+
     Raises:
-        ValueError: two families of the same kind assign the same module, or a value is not a choice.
+        ValueError: two families of the same kind assign the same module, a value is not a choice, or a
+            ``depth_of`` family gives a value to a layer the architecture lacks.
     """
     per_module: dict[str, list[ConfigSpec]] = {}
     for alloc in check_allocations(space):
-        for group, modules in alloc.groups.items():
+        for group in alloc.groups:
             if group not in params:
                 continue
+            modules = alloc.present(group, params)
             try:
                 config = alloc.config(params[group])
             except ValueError:
@@ -500,3 +588,49 @@ def check_allocations(space: Iterable[Any]) -> list[Allocation]:
                 )
             owner[key] = alloc.prefix
     return allocs
+
+
+def check_depth_links(space: Iterable[Any]) -> None:
+    """Check every ``depth_of`` of a space's allocation families: it names an earlier ``nas``/``moe``
+    family item, and the allocation covers no layer beyond that family's maximum depth.
+
+    Items whose own options are invalid are skipped: :func:`~spaces.expand_space` reports those with the
+    item's name.
+
+    Raises:
+        ValueError: naming the allocation family, the layer and the maximum (or the names available).
+    """
+    from frontier.spaces._family_lm import NASFamily
+
+    earlier: dict[str, FamilyParam] = {}
+    for item in getattr(space, "space", space):
+        if not isinstance(item, FamilyParam):
+            continue
+        if item.family in ("bits", "sparsity") and item.options.get("depth_of") is not None:
+            try:
+                alloc = Allocation.of(item.family, item.name, item.options)
+            except (TypeError, ValueError):
+                alloc = None
+            ref = earlier.get(str(item.options["depth_of"]))
+            try:
+                gate = None if ref is None else ref.compile()
+            except (TypeError, ValueError):
+                continue  # the referenced family's own error comes from expand_space
+            if alloc is not None and not isinstance(gate, NASFamily):
+                raise ValueError(
+                    f"family '{item.name}' ({item.family}): 'depth_of' must name an earlier 'nas' or 'moe' "
+                    "family item of the space (its depth gates this allocation's layers). Got "
+                    f"{item.options['depth_of']!r}; earlier family items: {sorted(earlier)}"
+                )
+            if alloc is not None and isinstance(gate, NASFamily):
+                high = gate.layers[1]
+                deep = [(i, m) for m in alloc.modules if (i := layer_index(m)) is not None and i >= high]
+                if deep:
+                    i, m = max(deep)
+                    raise ValueError(
+                        f"family '{item.name}' ({item.family}) allocates layer {i} ('{m}'; module indices "
+                        f"are 0-based), but family '{alloc.depth_of}' ({gate.family}) has at most {high} "
+                        f"layers (layers: {list(gate.layers)}: indices 0..{high - 1}). Set num_layers <= "
+                        f"{high} or narrow 'targets'"
+                    )
+        earlier[item.name] = item

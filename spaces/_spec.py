@@ -253,9 +253,11 @@ class StudySpec(_Frozen):
     @field_validator("space")
     @classmethod
     def _expandable(cls, space: tuple[SpaceItem, ...]) -> tuple[SpaceItem, ...]:
-        expand_space(space)  # raises on unknown families, bad references or duplicate names
-        from frontier.spaces._family_compress import check_allocations
+        from frontier.spaces._family_compress import check_allocations, check_depth_links
 
+        # before expansion, whose generic "when.param must name an earlier parameter" it words better
+        check_depth_links(space)
+        expand_space(space)  # raises on unknown families, bad references or duplicate names
         check_allocations(space)  # no module gets two bit-widths or two sparsities
         return space
 

@@ -151,7 +151,7 @@ def test_targets_follow_kernels_select_rules() -> None:
         (
             {**BERT, "layout": "gpt"},
             r"The 'layout' option of family 'bits' must be one of "
-            r"\['bert', 'llama', 'mixtral', 'qwen2_moe', 'qwen3_moe'\]",
+            r"\['bert', 'llama', 'mixtral', 'qwen2_moe', 'qwen3_moe', 'tiny_lm'\]",
         ),
         ({"modules": ["a"], "layout": "bert", "targets": ["a"]}, "only applies with 'num_layers'"),
         ({"modules": ["a", "a"], "targets": ["a"]}, r"must not repeat a module \(repeated: \['a'\]\)"),
