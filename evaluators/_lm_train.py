@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import re
 import resource
 import sys
 from collections.abc import Callable
@@ -13,7 +15,8 @@ from pydantic import Field, model_validator
 
 from frontier.evaluators._base import EvalContext, Evaluator, EvaluatorOptions
 from frontier.evaluators._registry import register_evaluator
-from frontier.spaces import Candidate, FamilyParam, LocalPath, StudySpec
+from frontier.spaces import Candidate, DecodedRecipe, FamilyParam, LocalPath, StudySpec, compression_recipe
+from frontier.spaces._family_compress import Allocation, check_allocations, layer_index
 from frontier.spaces._family_lm import LayerArch, LMArch, MoEFamily, NASFamily
 
 if TYPE_CHECKING:
@@ -22,6 +25,9 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 _TRAIN_KEYS = ("lr", "aux_loss_coef")  # plain parameters of the space, besides the family's
+# The native model's Linear modules that a joint study's bits/sparsity families may compress (tiny_lm)
+_COMPRESSIBLE = re.compile(r"blocks\.\d+\.(qkv|proj)")
+_JOINT_METRICS = ("perplexity_dense", "val_loss_dense", "size_mb", "avg_bits", "sparsity")
 
 Backend = Literal["native", "transformers", "auto"]
 KeepWeights = Literal["none", "pareto", "all"]
@@ -399,6 +405,8 @@ class LMTrain(Evaluator):
     Options = LMTrainOptions
     options: LMTrainOptions
     _family: tuple[str, NASFamily] | None = None
+    _allocations: tuple[Allocation, ...] = ()  # a joint study's bits/sparsity families
+    _compression: tuple[FamilyParam, ...] = ()  # their spec items (what compression_recipe decodes)
 
     @classmethod
     def tiny_spec(cls, workdir: Path) -> dict[str, Any]:
@@ -434,6 +442,7 @@ class LMTrain(Evaluator):
             "peak_memory_mb",
             "moe_layers",
             "uses_transformers",
+            *(_JOINT_METRICS if self._allocations else ()),
         )
 
     def bind_spec(self, spec: StudySpec) -> None:
@@ -450,6 +459,28 @@ class LMTrain(Evaluator):
             )
         prefix, family = families[0]
         owned = {p["name"] for p in family.expand(prefix)}
+        allocations = check_allocations(spec.space)
+        for alloc in allocations:
+            if alloc.depth_of != prefix:
+                raise ValueError(
+                    f"lm-train: family '{alloc.prefix}' ({alloc.family}) must set 'depth_of: {prefix}', so "
+                    f"that its layers follow the depth of the '{family.family}' family '{prefix}' (an "
+                    "allocation for a layer the candidate lacks must not be sampled). Got "
+                    f"depth_of={alloc.depth_of!r}"
+                )
+            wrong = [m for m in alloc.modules if not _COMPRESSIBLE.fullmatch(m)]
+            if wrong:
+                raise ValueError(
+                    f"lm-train: family '{alloc.prefix}' ({alloc.family}) targets {wrong[:4]}, which are not "
+                    "Linear modules of the native model. Compressible: 'blocks.I.qkv' and 'blocks.I.proj' "
+                    "(I 0-based; 'layout: tiny_lm'); the FFN and experts are fused tensors"
+                )
+            owned.update(alloc.groups)
+        if allocations and self.options.backend != "native":
+            raise ValueError(
+                "lm-train: bits/sparsity families compress the native model's modules ('layout: tiny_lm'), "
+                f"so they need backend 'native'. Got backend={self.options.backend!r}"
+            )
         stray = sorted(p.name for p in spec.params if p.name not in owned and p.name not in _TRAIN_KEYS)
         if stray:
             raise ValueError(
@@ -457,6 +488,12 @@ class LMTrain(Evaluator):
                 f"'{family.family}' family '{prefix}'; other parameters may be {list(_TRAIN_KEYS)}"
             )
         self._family = (prefix, family)
+        self._allocations = tuple(allocations)
+        self._compression = tuple(
+            item
+            for item in spec.space
+            if isinstance(item, FamilyParam) and item.family in ("bits", "sparsity")
+        )
 
     # -------------------------------------------------------------------------------------- data
 
@@ -502,7 +539,17 @@ class LMTrain(Evaluator):
         starts = torch.arange(n_windows) * o.seq_len
         idx = starts[:, None] + torch.arange(o.seq_len + 1)[None, :]
         self.val_windows = va[idx]  # fixed, non-overlapping, the same for every trial
+        # Calibration inputs of a joint study's Wanda masks: fixed training windows, evenly spaced.
+        n_calib = min(2 * o.batch_size, (tr.numel() - 1) // o.seq_len)
+        stride = (tr.numel() - o.seq_len) // n_calib
+        calib = (torch.arange(n_calib) * stride)[:, None] + torch.arange(o.seq_len)[None, :]
+        self.calibration_windows = tr[calib]
         self._warm_up()
+        widths = sorted({int(c) for a in self._allocations if a.family == "bits" for c in a.choices})
+        if widths:
+            from frontier.kernels._cpu_kernels import warm_up
+
+            warm_up(widths, threads=torch.get_num_threads())  # numba compiles here, not in a trial
 
     def _warm_up(self) -> None:
         """Evaluate a throw-away model for one step so lazy one-time allocations (kernels, thread pools,
@@ -643,11 +690,28 @@ class LMTrain(Evaluator):
             return memory.growth_mb()
 
         model.eval()
+        joint = None if warm_up or not self._allocations else self._joint(candidate, arch)
+        timed = runner
+        if joint is not None:
+            # Timed on the compressed *untrained* copy, once, before training: the packed kernels' time
+            # depends on shapes, bit-widths and group sizes, not on the weights' values, and masked
+            # sparsity leaves the matmul's work unchanged whichever weights are zero; so this is the
+            # trained compressed model's time, the measurement stays out of the training steps, and every
+            # MO-ASHA rung sees it.
+            with context.training():  # compressing is work, not a measurement
+                timed = _Runner(joint.compress(model, device=device), hf=False)
         # The warm-up run (setup) is not a figure anyone reads: no lane, no cache.
         measure_ctx = EvalContext(threads=context.threads, device=device) if warm_up else context
         fixed = self._measure(
-            runner, measure_ctx, arch=arch, hf=hf, cuda=cuda, time_cap_s=0.01 if warm_up else None
+            timed,
+            measure_ctx,
+            arch=arch,
+            hf=hf,
+            cuda=cuda,
+            time_cap_s=0.01 if warm_up else None,
+            recipe=None if joint is None else joint.decoded,
         )
+        del timed
         fixed.update(
             total_params=float(total),
             active_params=float(active),
@@ -698,6 +762,9 @@ class LMTrain(Evaluator):
         for step in range(1, steps + 1):
             with context.training():  # no latency measurement on this node during the step
                 val_loss = train_step(step)
+                compressed = None
+                if val_loss is not None and joint is not None:
+                    compressed = self._evaluate_compressed(joint, model, device=device)
             if val_loss is not None:
                 metrics = {
                     "perplexity": math.exp(min(val_loss, 700.0)),
@@ -705,6 +772,11 @@ class LMTrain(Evaluator):
                     **fixed,
                     "peak_memory_mb": peak_mb(),
                 }
+                if compressed is not None:
+                    # the objectives see the compressed model; the dense figures stay for comparison
+                    metrics.update(
+                        perplexity_dense=metrics["perplexity"], val_loss_dense=val_loss, **compressed
+                    )
                 if step < steps:
                     context.report(step, metrics)
         if save_to is not None:
@@ -720,6 +792,33 @@ class LMTrain(Evaluator):
                 metrics=metrics,
             )
         return metrics
+
+    def _joint(self, candidate: Candidate, arch: LMArch) -> _Joint:
+        """The candidate's compression in a joint study (its bits/sparsity values, on the layers it has)."""
+        decoded = compression_recipe(self._compression, candidate.params)
+        depth = len(arch.layers)
+        # avg_bits and sparsity are over every allocated module the architecture has (one left in float
+        # counts 32 bits), as compression evaluators report them
+        scope = sorted(
+            {m for a in self._allocations for m in a.modules if (i := layer_index(m)) is None or i < depth}
+        )
+        return _Joint(decoded, scope, self.calibration_windows, batch_size=self.options.batch_size)
+
+    def _evaluate_compressed(self, joint: _Joint, model: nn.Module, *, device: str) -> dict[str, float]:
+        """Compress a copy of the trained model and validate it: the compressed metrics of an evaluation."""
+        from frontier import kernels
+
+        compressed = joint.compress(model, device=device)
+        val_loss = self._validate(_Runner(compressed, hf=False), device=device)
+        targets = joint.scope
+        original = kernels.weight_counts(model, targets)
+        return {
+            "perplexity": math.exp(min(val_loss, 700.0)),
+            "val_loss": val_loss,
+            "size_mb": kernels.model_size_bytes(compressed) / 1e6,
+            "avg_bits": kernels.avg_bits(compressed, targets),
+            "sparsity": kernels.masked_fraction(compressed, targets, original=original),
+        }
 
     def _validate(self, runner: _Runner, *, device: str) -> float:
         import torch
@@ -750,6 +849,7 @@ class LMTrain(Evaluator):
         hf: bool,
         cuda: bool,
         time_cap_s: float | None = None,
+        recipe: DecodedRecipe | None = None,
     ) -> dict[str, float]:
         import dataclasses
 
@@ -764,7 +864,13 @@ class LMTrain(Evaluator):
         context_ids = torch.randint(0, vocab, (1, o.latency_context + 1), generator=gen).to(device)
         prefill_ids = torch.randint(0, vocab, (o.prefill_batch, o.prefill_seq), generator=gen).to(device)
         step = runner.decode_step(context_ids[:, :-1], context_ids[:, -1:])
-        signature = {"evaluator": self.name, "arch": dataclasses.asdict(arch), "transformers": hf}
+        signature: dict[str, Any] = {
+            "evaluator": self.name,
+            "arch": dataclasses.asdict(arch),
+            "transformers": hf,
+        }
+        if recipe is not None:  # the compressed model's time differs from the dense one's
+            signature["recipe"] = recipe.to_dict()
         with torch.inference_mode():
             decode = context.measure_latency(
                 step,
@@ -783,6 +889,44 @@ class LMTrain(Evaluator):
         metrics = decode.metrics()
         del metrics["latency_cv"]
         return {**metrics, "prefill_ms": prefill.wall_ms, "prefill_norm_ms": prefill.median_ms}
+
+
+class _Joint:
+    """A joint study candidate's compression: its decoded recipe, applied to copies of the model.
+
+    Args:
+        decoded: the candidate's recipe in native module names (``blocks.I.qkv``...).
+        scope: the allocated modules the architecture has (what ``avg_bits``/``sparsity`` are over).
+        windows: calibration inputs (token windows) for activation-aware configs (Wanda).
+        batch_size: windows per calibration forward pass.
+    """
+
+    def __init__(self, decoded: DecodedRecipe, scope: list[str], windows: Tensor, *, batch_size: int) -> None:
+        from frontier import kernels
+
+        self.decoded = decoded
+        self.scope = scope
+        self.recipe = kernels.CompressionRecipe.from_dict(decoded.to_dict())
+        self.windows = windows
+        self.batch_size = batch_size
+
+    def compress(self, model: nn.Module, *, device: str) -> nn.Module:
+        """A compressed copy of ``model`` (which stays as it is), in eval mode."""
+        import torch
+
+        from frontier import kernels
+
+        with torch.no_grad():
+            out = copy.deepcopy(model).eval()
+            for p in out.parameters():
+                p.grad = None  # the optimizer's last gradients are no part of the compressed copy
+            if not self.decoded:
+                return out
+            calibration = None
+            if kernels.needs_calibration(self.recipe):
+                batches = [w.to(device) for w in self.windows.split(self.batch_size)]
+                calibration = kernels.calibrate(out, batches, list(self.decoded.entries))
+            return kernels.apply_(out, self.recipe, calibration=calibration).eval()
 
 
 def _load_tokenizer(path: str) -> Any:
