@@ -21,6 +21,11 @@ Frontier, no ``trust_remote_code``) and whose logits match the trial's model wit
   ``sigmoid(0) * 2 * down == down``, and a layer without one gets an all-zero shared expert);
 - anything else (per-layer head counts, dense FFN widths or expert settings, an odd head width, whose last
   channel the native RoPE leaves unrotated) raises a ``ValueError`` naming what differs and where.
+
+A trial of a joint study (``bits``/``sparsity`` families besides the architecture) also has a ``recipe`` in
+its export, in native module names; :func:`write_joint_checkpoint` writes the transformers checkpoint and
+compresses it with that recipe mapped to the transformers names (:func:`hf_recipe`), giving a
+compressed-tensors directory.
 """
 
 from __future__ import annotations
@@ -465,3 +470,111 @@ def _bytes_to_unicode() -> dict[int, str]:
             table[b] = chr(256 + extra)
             extra += 1
     return table
+
+
+# --------------------------------------------------------------------------------------- joint studies
+
+# native Linear -> its transformers modules (same config each): the fused Q/K/V rows split into q|k|v
+_HF_MODULES = {
+    "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "proj": ("self_attn.o_proj",),
+}
+
+
+def hf_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A joint study's recipe (the ``kernels.CompressionRecipe`` dict, native names ``blocks.I.qkv`` and
+    ``blocks.I.proj``) under the transformers module names of :func:`write_hf_checkpoint`'s output: the fused
+    ``qkv`` becomes ``q_proj``, ``k_proj`` and ``v_proj`` with the same configs, ``proj`` ``o_proj``.
+
+    Per-output-row criteria carry over exactly (weight quantization per channel or per group, Wanda, 2:4):
+    each row of the fused matrix is one row of q, k or v with the same inputs. Magnitude sparsity ranks a
+    whole layer, so on the three projections it picks per-projection thresholds where the fused layer had
+    one: the same ratio, not necessarily the same masked weights.
+
+    Raises:
+        ValueError: an entry names a module the native model does not compress.
+    """
+    entries = recipe.get("entries")
+    if not isinstance(entries, Mapping):
+        raise ValueError(f"The recipe must hold 'entries' (a CompressionRecipe dict). Got {dict(recipe)!r}.")
+    out: dict[str, Any] = {}
+    for name, configs in entries.items():
+        parts = str(name).split(".")
+        if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit() or parts[2] not in _HF_MODULES:
+            raise ValueError(
+                f"The recipe entry {name!r} is not a compressible module of the native lm-train model: "
+                "expected 'blocks.I.qkv' or 'blocks.I.proj'"
+            )
+        for module in _HF_MODULES[parts[2]]:
+            out[f"model.layers.{parts[1]}.{module}"] = list(configs)
+    return {**recipe, "entries": out}
+
+
+def write_joint_checkpoint(doc: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Write a kept trial of a joint ``lm-train`` study (architecture + bits/sparsity) as a compressed
+    ``transformers`` checkpoint: the trained model as :func:`write_hf_checkpoint` writes it, compressed with
+    the export's ``recipe`` mapped to the transformers names (:func:`hf_recipe`) by
+    :func:`kernels.compress_pretrained`, into a compressed-tensors (``pack-quantized``) directory.
+    Activation-aware configs (Wanda) are calibrated on the study's own calibration windows (the ``spec`` in
+    the export names the corpus), as in the search.
+
+    Args:
+        doc: the export document (``frontier export``): ``checkpoint`` (the kept weights), ``recipe`` (the
+            decoded recipe, native names) and ``spec``.
+        out_dir: the directory to write (created).
+
+    Returns:
+        ``write_hf_checkpoint``'s summary (``architecture``, ``model_type``, ``checkpoint``,
+        ``num_parameters``, ``tokenizer``, ``max_abs_logit_diff`` of the uncompressed conversion) plus what
+        ``kernels.compress_pretrained`` returns (``out``, bytes before and after, ``avg_bits``, ``sparsity``,
+        ``files``, ``reload_max_abs_diff``...), with ``out_dir`` and the applied transformers ``recipe``.
+
+    Raises:
+        ValueError: the document has no recipe or no checkpoint, or the trial's architecture has no
+            ``transformers`` form (the message says which layers differ).
+    """
+    import tempfile
+
+    from frontier import kernels
+
+    recipe = doc.get("recipe")
+    if not isinstance(recipe, Mapping) or not recipe.get("entries"):
+        raise ValueError(
+            "write_joint_checkpoint: the export document must hold the 'recipe' of a joint lm-train study "
+            f"(bits/sparsity families). Got recipe={recipe!r}; a trial without compression is written by "
+            "write_hf_checkpoint"
+        )
+    trial = load_trial_model(doc)
+    try:
+        hf_config(trial.arch)
+    except ValueError as exc:
+        raise ValueError(
+            "write_joint_checkpoint: this trial's architecture has no transformers form, so no compressed "
+            f"checkpoint for stock transformers can be written: {exc}. Its recipe (native names) applies "
+            "with kernels.apply_ to the model load_trial_model rebuilds"
+        ) from None
+    mapped = hf_recipe(recipe)
+    compression = kernels.CompressionRecipe.from_dict(mapped)
+    batches = _calibration_batches(doc) if kernels.needs_calibration(compression) else None
+    with tempfile.TemporaryDirectory(prefix="frontier-joint-") as tmp:
+        dense = write_hf_checkpoint(doc, tmp)
+        summary = kernels.compress_pretrained(tmp, compression, out_dir, calibration_batches=batches)
+    summary.pop("model", None)  # the temporary uncompressed directory, gone now
+    return {**dense, **summary, "out_dir": str(Path(out_dir).expanduser()), "recipe": mapped}
+
+
+def _calibration_batches(doc: Mapping[str, Any]) -> list[dict[str, Tensor]]:
+    """The study's calibration windows (``LMTrain.load_data``) as transformers model inputs."""
+    from frontier.evaluators import make_evaluator
+
+    spec = doc.get("spec")
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            "write_joint_checkpoint: the recipe needs calibration (Wanda), which reads the study's corpus "
+            "from the export's 'spec'; the document has none. Export it again with `frontier export`"
+        )
+    options = dict(spec.get("evaluator", {}).get("options", {}))
+    evaluator: Any = make_evaluator("lm-train", options)
+    evaluator.load_data()
+    windows = evaluator.calibration_windows
+    return [{"input_ids": w} for w in windows.split(evaluator.options.batch_size)]

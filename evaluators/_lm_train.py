@@ -500,6 +500,20 @@ class LMTrain(Evaluator):
     def setup(self) -> None:
         import torch
 
+        self.load_data()
+        self._warm_up()
+        widths = sorted({int(c) for a in self._allocations if a.family == "bits" for c in a.choices})
+        if widths:
+            from frontier.kernels._cpu_kernels import warm_up
+
+            warm_up(widths, threads=torch.get_num_threads())  # numba compiles here, not in a trial
+
+    def load_data(self) -> None:
+        """Read and tokenise the corpus: training ids, the fixed validation windows and the fixed
+        calibration windows (a joint study's Wanda inputs, which
+        :func:`evaluators._lm_export.write_joint_checkpoint` calibrates the export on as well)."""
+        import torch
+
         from frontier.evaluators import _text
 
         o = self.options
@@ -544,12 +558,6 @@ class LMTrain(Evaluator):
         stride = (tr.numel() - o.seq_len) // n_calib
         calib = (torch.arange(n_calib) * stride)[:, None] + torch.arange(o.seq_len)[None, :]
         self.calibration_windows = tr[calib]
-        self._warm_up()
-        widths = sorted({int(c) for a in self._allocations if a.family == "bits" for c in a.choices})
-        if widths:
-            from frontier.kernels._cpu_kernels import warm_up
-
-            warm_up(widths, threads=torch.get_num_threads())  # numba compiles here, not in a trial
 
     def _warm_up(self) -> None:
         """Evaluate a throw-away model for one step so lazy one-time allocations (kernels, thread pools,

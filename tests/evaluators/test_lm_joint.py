@@ -4,6 +4,7 @@ and evaluated compressed at every evaluation."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import frontier.evaluators._lm_train  # noqa: F401  (registers lm-train)
 from frontier import kernels
 from frontier.evaluators import EvalContext, make_evaluator
 from frontier.evaluators._lm_train import LMTrain
-from frontier.spaces import Candidate, spec_from_dict
+from frontier.spaces import Candidate, compression_recipe, spec_from_dict
 
 TINY = {
     "steps": 6,
@@ -30,6 +31,9 @@ ARCH = {
     **{"lm.head_dim_1": 16, "lm.experts_1": 4, "lm.top_k_1": 2, "lm.expert_ffn_1": 16},
     **{"lm.shared_expert_1": True, "lm.head_dim_2": 16, "lm.experts_2": 0, "lm.ffn_ratio_2": 1},
 }
+LM_DENSE = {"layers": [1, 2], "hidden": [32], "head_dim": [8, 16], "ffn_ratio": [2]}
+DENSE_ARCH = {"lm.depth": 2, "lm.hidden": 32, "lm.head_dim_1": 8, "lm.ffn_ratio_1": 2}
+DENSE_ARCH |= {"lm.head_dim_2": 8, "lm.ffn_ratio_2": 2}
 COMPRESSION = {"q.layer_0": 4, "q.layer_1": 4, "s.blocks.0.proj": 0.5, "s.blocks.1.proj": 0.25}
 
 
@@ -125,3 +129,47 @@ def test_non_native_modules_are_rejected() -> None:
         ValueError, match=r"targets \['blocks\.0\.ffn\.router'\], which are not Linear modules"
     ):
         ev.bind_spec(spec_from_dict(data))
+
+
+def test_joint_trial_exports_a_compressed_transformers_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    from frontier.evaluators._lm_export import load_trial_model, save_trial_checkpoint, write_joint_checkpoint
+
+    data = spec()
+    data["space"][0] = {"kind": "family", "name": "lm", "family": "nas", "options": LM_DENSE}
+    data["evaluator"]["options"] = {**TINY, "keep_weights": "all"}
+    data["space"][2]["options"]["targets"] = ["blocks.*.*"]  # Wanda on the fused qkv too
+    study = spec_from_dict(data)
+    ev = bound(data)
+    params = {**DENSE_ARCH, "q.layer_0": 4, "q.layer_1": 8, "s.blocks.0.qkv": 0.25, "s.blocks.0.proj": 0.5}
+    params |= {"s.blocks.1.qkv": 0, "s.blocks.1.proj": 0.25}
+    ev.evaluate(Candidate(params), EvalContext(seed=0, workdir=tmp_path / "trial"))
+    doc = {
+        "checkpoint": str(tmp_path / "trial"),
+        "recipe": compression_recipe(study, params).to_dict(),
+        "spec": study.to_dict(),
+    }
+    summary = write_joint_checkpoint(doc, tmp_path / "out")
+    assert summary["architecture"] == "LlamaForCausalLM" and summary["avg_bits"] == 6.0
+    assert summary["bytes_after"] < summary["bytes_before"]
+    assert "model.layers.0.self_attn.k_proj" in summary["recipe"]["entries"]
+    # the written directory reproduces the study's compressed model: same codes, same Wanda masks
+    trial = load_trial_model(doc)
+    native = ev._joint(Candidate(params), trial.arch).compress(trial.model, device="cpu")
+    reloaded = kernels.load_pretrained_compressed(tmp_path / "out")
+    ids = ev.val_windows[:2, :-1]
+    with torch.inference_mode():
+        diff = (native(ids)[0] - reloaded(input_ids=ids).logits).abs().max()
+    assert float(diff) <= 1e-5
+
+    # per-layer head counts: no transformers class expresses the model
+    uneven = {**params, "lm.head_dim_2": 16}
+    model, _ = ev.build(Candidate(uneven))
+    save_trial_checkpoint(model, ev.architecture(Candidate(uneven)), tmp_path / "uneven", llama=False)
+    with pytest.raises(
+        ValueError, match=r"write_joint_checkpoint: this trial's architecture has no transformers"
+    ):
+        write_joint_checkpoint({**doc, "checkpoint": str(tmp_path / "uneven")}, tmp_path / "out2")
+    with pytest.raises(ValueError, match=r"must hold the 'recipe' of a joint lm-train study"):
+        write_joint_checkpoint({**doc, "recipe": None}, tmp_path / "out3")
