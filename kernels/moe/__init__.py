@@ -1,4 +1,6 @@
-"""Mixture-of-Experts compute: :class:`MoELayer`, its plain reference and parameter counts.
+"""Mixture-of-Experts compute: :class:`MoELayer`, its plain reference and parameter counts, and expert
+pruning of pretrained ``transformers`` MoE models (:func:`prune_experts`, :func:`pruned_copy`; see
+:mod:`frontier.kernels.moe._prune`).
 
 ``kernels.moe`` imports torch (its layer is an ``nn.Module``); import it only where a model is built.
 
@@ -26,13 +28,43 @@ per-layer expert counts or widths, per-layer top-k, or a shared expert on a non-
 
 from frontier.kernels.moe._layer import ACTIVATIONS, MoELayer, moe_param_counts
 from frontier.kernels.moe._losses import load_balancing_loss, router_z_loss
+from frontier.kernels.moe._prune import (
+    MoELayout,
+    MoEParamCounts,
+    RouterStats,
+    collect_router_stats,
+    count_moe_params,
+    detect_moe_layout,
+    export_pruned_moe,
+    load_pruned_moe,
+    masked_router_reference,
+    measure_load_memory_mb,
+    moe_blocks,
+    prune_experts,
+    pruned_copy,
+    resident_bytes,
+)
 from frontier.kernels.moe._reference import moe_reference
 
 __all__ = [
     "ACTIVATIONS",
     "MoELayer",
+    "MoELayout",
+    "MoEParamCounts",
+    "RouterStats",
+    "collect_router_stats",
+    "count_moe_params",
+    "detect_moe_layout",
+    "export_pruned_moe",
     "load_balancing_loss",
+    "load_pruned_moe",
+    "masked_router_reference",
+    "measure_load_memory_mb",
+    "moe_blocks",
     "moe_param_counts",
     "moe_reference",
+    "prune_experts",
+    "pruned_copy",
+    "resident_bytes",
     "router_z_loss",
 ]

@@ -339,6 +339,16 @@ def prune_experts(
         ValueError: a count outside ``[1, num_experts]``, bad expert ids, a ``top_k`` above a layer's kept
             count or below 1, or counts without ``stats``.
     """
+    layout, kept, ks = _plan(model, keep, stats, top_k)
+    _shrink_blocks(model, {str(k): v for k, v in kept.items()}, {str(k): v for k, v in ks.items()})
+    _record_plan(model, layout)
+    return kept
+
+
+def _plan(
+    model: nn.Module, keep: Any, stats: RouterStats | None, top_k: int | Mapping[int, int] | None
+) -> tuple[MoELayout, dict[int, list[int]], dict[int, int]]:
+    """``prune_experts``' arguments checked: the layout, kept expert ids and top-k per pruned layer."""
     layout = detect_moe_layout(model)
     sizes = {i: int(b.gate.weight.shape[0]) for i, b in moe_blocks(model).items()}
     kept = _resolve_keep(keep, layout, sizes, stats)
@@ -354,9 +364,52 @@ def prune_experts(
                 f"top_k for layer {layer} must be between 1 and the {len(kept[layer])} experts kept there. "
                 f"Got top_k={k} instead; keep more experts or lower top_k."
             )
-    _shrink_blocks(model, {str(k): v for k, v in kept.items()}, {str(k): v for k, v in ks.items()})
-    _record_plan(model, layout)
-    return kept
+    return layout, kept, ks
+
+
+def pruned_copy(
+    model: nn.Module,
+    keep: int | float | Sequence[int] | Mapping[int, int] | Mapping[int, Sequence[int]],
+    *,
+    stats: RouterStats | None = None,
+    top_k: int | Mapping[int, int] | None = None,
+) -> tuple[nn.Module, dict[int, list[int]]]:
+    """A pruned deep copy of ``model`` (which stays untouched) and the kept expert ids.
+
+    Same arguments and result as :func:`prune_experts`, but the dropped experts are never copied: the kept
+    slices of the fused tensors and router rows are made first and handed to ``copy.deepcopy`` as the
+    copies of the originals, so building the candidate allocates only what the pruned model holds (its
+    peak memory reflects the pruned size, not the base's).
+    """
+    import copy
+
+    import torch
+
+    layout, kept, ks = _plan(model, keep, stats, top_k)
+    blocks = moe_blocks(model)
+    memo: dict[int, Any] = {}
+    for layer, ids in kept.items():
+        block = blocks[layer]
+        index = torch.tensor(ids, dtype=torch.long, device=block.gate.weight.device)
+        for owner, name in (
+            (block.gate, "weight"),
+            (block.experts, "gate_up_proj"),
+            (block.experts, "down_proj"),
+        ):
+            old = getattr(owner, name)
+            memo[id(old)] = torch.nn.Parameter(
+                old.data.index_select(0, index), requires_grad=old.requires_grad
+            )
+    clone: nn.Module = copy.deepcopy(model, memo)
+    new_blocks = moe_blocks(clone)
+    for layer, ids in kept.items():
+        block = new_blocks[layer]
+        block.gate.num_experts = block.experts.num_experts = len(ids)
+        block.gate.top_k = ks[layer]
+        if hasattr(block, "top_k"):
+            block.top_k = ks[layer]
+    _record_plan(clone, layout)
+    return clone, kept
 
 
 def _record_plan(model: nn.Module, layout: MoELayout) -> None:

@@ -255,9 +255,23 @@ def test_public_api() -> None:
     assert sorted(moe.__all__) == [
         "ACTIVATIONS",
         "MoELayer",
+        "MoELayout",
+        "MoEParamCounts",
+        "RouterStats",
+        "collect_router_stats",
+        "count_moe_params",
+        "detect_moe_layout",
+        "export_pruned_moe",
         "load_balancing_loss",
+        "load_pruned_moe",
+        "masked_router_reference",
+        "measure_load_memory_mb",
+        "moe_blocks",
         "moe_param_counts",
         "moe_reference",
+        "prune_experts",
+        "pruned_copy",
+        "resident_bytes",
         "router_z_loss",
     ]
     with pytest.raises(TypeError, match="expects a MoELayer"):
