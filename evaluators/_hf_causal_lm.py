@@ -54,6 +54,19 @@ def _windows(ids: list[int], seq_len: int, count: int, what: str) -> torch.Tenso
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
+def mean_nll(model: nn.Module, windows: torch.Tensor) -> float:
+    """Mean next-token NLL of a causal LM over ``windows`` (``[n, seq_len]``, one forward per window);
+    ``exp`` of it is the perplexity every causal-LM figure in Frontier reports."""
+    import torch
+
+    total = 0.0
+    with torch.inference_mode():
+        for row in windows:
+            out = model(input_ids=row[None], labels=row[None], use_cache=False)
+            total += float(out.loss)
+    return total / len(windows)
+
+
 @register_evaluator("hf-causal-lm-perplexity")
 class HFCausalLMPerplexity(CompressionEvaluator):
     """Compress a causal LM with a ``bits``/``sparsity`` candidate; score held-out perplexity.
@@ -132,14 +145,7 @@ class HFCausalLMPerplexity(CompressionEvaluator):
         self.base_calib_nll = self._nll(self.base, self._calib)
 
     def _nll(self, model: nn.Module, windows: torch.Tensor) -> float:
-        import torch
-
-        total = 0.0
-        with torch.inference_mode():
-            for row in windows:
-                out = model(input_ids=row[None], labels=row[None])
-                total += float(out.loss)
-        return total / len(windows)
+        return mean_nll(model, windows)
 
     def calibration_batches(self) -> list[Any]:
         return [{"input_ids": row[None]} for row in self._calib]

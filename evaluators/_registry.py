@@ -19,6 +19,7 @@ EVALUATORS: Registry[type[Evaluator]] = Registry(
         "frontier.evaluators._digits",
         "frontier.evaluators._hf_causal_lm",
         "frontier.evaluators._hf_embedding",
+        "frontier.evaluators._hf_moe",
         "frontier.evaluators._lm_train",
         "frontier.evaluators._tabular",
     ),

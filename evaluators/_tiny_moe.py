@@ -3,9 +3,13 @@
 :func:`build_tiny_moe` trains a 4-layer, 8-expert, top-2 Qwen2-MoE-layout model from a ``transformers``
 config on the prose of CPython's ``pydoc_data.topics`` (the reference manual's help topics, shipped with every
 Python) with a byte-level tokenizer, briefly, with the load-balancing loss on, so that the experts
-specialise and held-out perplexity means something. The result is saved with ``save_pretrained`` where a
-user's local checkpoint would sit, with a marker recording the recipe, so later calls load it instead of
-training again. Not an evaluator; the ``experts`` family wires it.
+specialise and held-out perplexity means something. It trains only on the *training* side of the
+evaluators' content-hash split (``split_chunks(chunk_documents(pydoc_topics()), val_fraction=0.2)``, the
+split ``hf-causal-lm-perplexity`` and ``hf-moe-perplexity`` use by default; a chunk held out at 0.2 is held
+out at any smaller fraction too), so their held-out windows are never training text. The result is saved
+with ``save_pretrained`` where a user's local checkpoint would sit, with a marker recording the recipe, so
+later calls load it instead of training again. Not an evaluator: ``hf-moe-perplexity``'s
+``build_if_missing: tiny-moe`` builds it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ MARKER = "frontier_tiny_moe.json"
 
 # Changing any of these retrains (the marker stores them and a mismatch rebuilds the cache).
 RECIPE: dict[str, Any] = {
-    "version": 1,
+    # 2: trains on the training side of the evaluators' split (version 1 held out the last topics instead)
+    "version": 2,
     "config": {
         "vocab_size": 256,
         "hidden_size": 96,
@@ -47,17 +52,18 @@ RECIPE: dict[str, Any] = {
     "steps": 600,
     "lr": 3e-3,
     "seed": 0,
-    "heldout_fraction": 0.1,
+    "val_fraction": 0.2,
 }
 
 
 def tiny_moe_corpus() -> tuple[str, str]:
-    """(train, held-out) text: ``pydoc_data.topics`` in sorted topic order, the last topics held out."""
-    from pydoc_data.topics import topics
+    """(train, held-out) text: the two sides of the evaluators' content-hash split of ``pydoc_data.topics``
+    chunks (:func:`evaluators._text.split_chunks` at the recipe's ``val_fraction``), each joined by blank
+    lines."""
+    from frontier.evaluators._text import chunk_documents, pydoc_topics, split_chunks
 
-    texts = [topics[key] for key in sorted(topics)]
-    cut = round(len(texts) * (1 - RECIPE["heldout_fraction"]))
-    return "\n\n".join(texts[:cut]), "\n\n".join(texts[cut:])
+    train, heldout = split_chunks(chunk_documents(pydoc_topics()), val_fraction=RECIPE["val_fraction"])
+    return "\n\n".join(train), "\n\n".join(heldout)
 
 
 def encode_bytes(text: str) -> torch.Tensor:
@@ -67,33 +73,16 @@ def encode_bytes(text: str) -> torch.Tensor:
     return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
 
 
-def perplexity(model: Any, ids: torch.Tensor, *, seq_len: int = 128, max_windows: int | None = None) -> float:
-    """Perplexity of ``model`` over ``ids`` cut into non-overlapping ``seq_len`` windows (mean token NLL)."""
-    import torch
+def heldout_perplexity(model: Any, *, seq_len: int = 128, max_windows: int | None = None) -> float:
+    """Perplexity of ``model`` on the held-out side of the split, as ``hf-moe-perplexity`` computes it
+    (:func:`evaluators._hf_causal_lm.mean_nll` over non-overlapping ``seq_len``-byte windows)."""
+    import math
 
-    n = (ids.numel() - 1) // seq_len
-    if max_windows is not None:
-        n = min(n, max_windows)
-    if n < 1:
-        raise ValueError(
-            f"perplexity needs more than seq_len={seq_len} tokens. Got {ids.numel()} tokens instead."
-        )
-    windows = ids[: n * seq_len + 1]
-    x = windows[:-1].view(n, seq_len)
-    y = windows[1:].view(n, seq_len)
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, n, 16):
-            logits = model(input_ids=x[i : i + 16], use_cache=False).logits
-            total += float(
-                torch.nn.functional.cross_entropy(
-                    logits.flatten(0, 1), y[i : i + 16].flatten(), reduction="sum"
-                )
-            )
-    model.train(was_training)
-    return float(torch.exp(torch.tensor(total / (n * seq_len))))
+    from frontier.evaluators._hf_causal_lm import _windows, mean_nll
+
+    ids = encode_bytes(tiny_moe_corpus()[1]).tolist()
+    count = len(ids) // seq_len if max_windows is None else max_windows
+    return math.exp(mean_nll(model, _windows(ids, seq_len, count, "held-out")))
 
 
 def _cached(path: Path, recipe: dict[str, Any]) -> bool:
@@ -123,8 +112,7 @@ def build_tiny_moe(path: str | Path, *, threads: int = 1, steps: int | None = No
     recipe = RECIPE if steps is None else {**RECIPE, "steps": steps}
     if _cached(path, recipe):
         return path
-    train_text, heldout_text = tiny_moe_corpus()
-    train_ids, heldout_ids = encode_bytes(train_text), encode_bytes(heldout_text)
+    train_ids = encode_bytes(tiny_moe_corpus()[0])
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -151,7 +139,7 @@ def build_tiny_moe(path: str | Path, *, threads: int = 1, steps: int | None = No
         train_s = time.perf_counter() - start
         model.config.output_router_logits = False
         model.eval()
-        ppl = perplexity(model, heldout_ids, seq_len=seq)
+        ppl = heldout_perplexity(model, seq_len=seq, max_windows=64)
     finally:
         torch.set_num_threads(previous_threads)
     # Write next to the target and rename, so a crash or a concurrent reader never sees half a checkpoint.

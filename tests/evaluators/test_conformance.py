@@ -27,7 +27,7 @@ from frontier.evaluators import (
 from frontier.spaces import SpecError, spec_from_dict, suggest
 
 # Evaluators whose tiny run takes more than ~20 s on two busy cores (the first pays importing transformers).
-SLOW = {"hf-embedding-fidelity", "hf-causal-lm-perplexity"}
+SLOW = {"hf-embedding-fidelity", "hf-causal-lm-perplexity", "hf-moe-perplexity"}
 
 
 def run_conformance(name: str, workdir: Path) -> dict[str, float]:
