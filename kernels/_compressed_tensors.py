@@ -61,6 +61,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msg
 _WEIGHT_DIRS = ("onnx", "openvino", ".git", ".cache")
 _WEIGHT_INDEXES = (".safetensors.index.json", ".bin.index.json")
 _OWN_FILES = ("config.json", "quantization_config.json", "recipe.json", "manifest.json")
+_FUSED_EXPERTS = (".experts.gate_up_proj", ".experts.down_proj")  # transformers 5 MoE blocks
 
 
 def to_ct_packed(packed: torch.Tensor) -> torch.Tensor:
@@ -399,7 +400,11 @@ def save_compressed_tensors(
             state[f"{name}.{param}"] = tensor
     state = {k: v for k, v in state.items() if not k.endswith(MASK_BUFFER)}
     hf: Any = model  # a transformers PreTrainedModel (checked above)
-    hf.save_pretrained(out, state_dict=state)
+    # A MoE's routed experts (fused 3-D parameters, never quantized) stay in that layout: transformers
+    # (5.25) with compressed-tensors does not load the per-expert hub layout save_pretrained writes by default
+    # (its expert-merging converters are rewritten to dequantize first and receive nothing for float experts).
+    fused = any(k.endswith(_FUSED_EXPERTS) for k in state)
+    hf.save_pretrained(out, state_dict=state, **({"save_original_format": False} if fused else {}))
 
     written = json.loads((out / "config.json").read_text())
     if record:
@@ -418,9 +423,27 @@ def save_compressed_tensors(
     qconfig = compressed_tensors_config(model)
     if qconfig is not None:
         written["quantization_config"] = qconfig
+    if written.get("auto_map", "") is None:  # stock transformers reads a present auto_map as a mapping
+        del written["auto_map"]
+    if base_dir is not None:
+        _keep_custom_code(written, Path(base_dir))
     (out / "config.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
     own = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     return sorted(own | set(copied))
+
+
+def _keep_custom_code(written: dict[str, Any], base_dir: Path) -> None:
+    """A MoE whose layers keep different expert counts (``frontier_moe`` plan, see
+    ``kernels.moe._prune``) loads in stock transformers only through the ``frontier_moe.py`` module its base
+    directory ships (copied with the other files): keep the base's ``auto_map`` and ``architectures`` that
+    point ``trust_remote_code=True`` at it, which ``save_pretrained`` of the in-memory model does not
+    write."""
+    if written.get("frontier_moe") is None or not (base_dir / "config.json").is_file():
+        return
+    base = json.loads((base_dir / "config.json").read_text())
+    if base.get("auto_map"):
+        written["auto_map"] = base["auto_map"]
+        written["architectures"] = base.get("architectures", written.get("architectures"))
 
 
 def _is_weight_file(rel: Path) -> bool:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -96,8 +97,15 @@ def compress_pretrained(
     src = _check_model_dir(model_dir)
     if not isinstance(recipe, CompressionRecipe):
         raise TypeError(f"compress_pretrained expects a CompressionRecipe. Got {recipe!r} instead.")
-    auto = _auto_class(transformers.AutoConfig.from_pretrained(src, local_files_only=True))
-    model = auto.from_pretrained(src, local_files_only=True, trust_remote_code=False).eval()
+    hf_config = transformers.AutoConfig.from_pretrained(src, local_files_only=True)
+    auto = _auto_class(hf_config)
+    if getattr(hf_config, _MOE_PLAN, None) is not None:
+        # a MoE with per-layer expert counts: Frontier's loader applies the plan (no checkpoint code runs)
+        from frontier.kernels.moe._prune import load_pruned_moe
+
+        model = load_pruned_moe(src, local_files_only=True).eval()
+    else:
+        model = auto.from_pretrained(src, local_files_only=True, trust_remote_code=False).eval()
     base_config = copy.deepcopy(model.config)
     before = model_size_bytes(model)
     # the scope a study reports avg_bits and sparsity over: the modules the recipe allocates, and the
@@ -130,28 +138,63 @@ def compress_pretrained(
         calibration = calibrate(model, [dict(b) for b in batches])
     with torch.no_grad():
         model = apply_(model, recipe, calibration=calibration)
-    out = Path(out_dir)
-    files = save_compressed_tensors(model, out, base_dir=src, base_config=base_config.to_dict())
-    reloaded = load_pretrained_compressed(out)
-    probe = {
-        "input_ids": torch.randint(
-            0, base_config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)
-        )
+    written = write_compressed(
+        model, out_dir, base_dir=src, targets=targeted, original=original, base_config=base_config.to_dict()
+    )
+    return {
+        "model": str(src),
+        **written,
+        "causal_lm": auto is transformers.AutoModelForCausalLM,
+        "bytes_before": before,
     }
+
+
+def write_compressed(
+    model: nn.Module,
+    out_dir: str | os.PathLike[str],
+    *,
+    base_dir: str | os.PathLike[str],
+    targets: Sequence[str],
+    original: dict[str, int] | None = None,
+    base_config: dict[str, Any] | None = None,
+    size_base: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Write a compressed transformers ``model`` (:func:`~kernels.apply_`'s output, e.g. the very model a
+    trial evaluated) to ``out_dir`` in the compressed-tensors format, reload it and compare.
+
+    Args:
+        model: the compressed model.
+        out_dir: the directory to write.
+        base_dir: the model directory whose other files (tokenizer, a pruned MoE's ``frontier_moe.py``)
+            are copied.
+        targets: the modules ``avg_bits`` and ``sparsity`` are reported over.
+        original: their weight counts before compression (structurally removed weights count as sparsity).
+        base_config: the uncompressed model's config dict (see :func:`save_compressed_tensors`).
+        size_base: the model directory ``base_disk_bytes`` is measured on (default ``base_dir``).
+
+    Returns:
+        ``reload_max_abs_diff`` (the largest output difference between ``model`` and the directory read
+        back by :func:`load_pretrained_compressed`, on a fixed probe), ``out``, ``bytes_after``,
+        ``disk_bytes``, ``base_disk_bytes``, ``avg_bits``, ``sparsity`` and ``files``.
+    """
+    src = Path(base_dir)
+    out = Path(out_dir)
+    files = save_compressed_tensors(model, out, base_dir=src, base_config=base_config)
+    reloaded = load_pretrained_compressed(out)
+    vocab = int(cast(Any, model).config.vocab_size)  # a PreTrainedModel (save_compressed_tensors checks)
+    probe = {"input_ids": torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0))}
     with torch.inference_mode():
         expected = _hidden(model(**probe))
         got = _hidden(reloaded(**probe))
+    sized = Path(size_base) if size_base is not None else src
     return {
-        "model": str(src),
         "reload_max_abs_diff": float((expected - got).abs().max()),
         "out": str(out),
-        "causal_lm": auto is transformers.AutoModelForCausalLM,
-        "bytes_before": before,
         "bytes_after": model_size_bytes(model),
         "disk_bytes": _disk_bytes(out, files),
-        "base_disk_bytes": _disk_bytes(src, [*_base_weight_files(src), *map(str, base_files(src))]),
-        "avg_bits": avg_bits(model, targeted),
-        "sparsity": masked_fraction(model, targeted, original=original),
+        "base_disk_bytes": _disk_bytes(sized, [*_base_weight_files(sized), *map(str, base_files(sized))]),
+        "avg_bits": avg_bits(model, list(targets)),
+        "sparsity": masked_fraction(model, list(targets), original=original),
         "files": files,
     }
 
@@ -221,11 +264,18 @@ def load_pretrained_compressed(path: str | os.PathLike[str]) -> nn.Module:
     raw = json.loads((src / "config.json").read_text())
     qconfig = raw.pop("quantization_config", None) or {}
     structure = raw.pop(STRUCTURE_KEY, None) or {}
+    raw.pop("auto_map", None)  # a pruned MoE's custom code is never run: its plan is applied below
     config = transformers.AutoConfig.for_model(**raw)
     model = _auto_class(config).from_config(config).eval()
+    plan = raw.get(_MOE_PLAN)
+    if plan is not None:
+        from frontier.kernels.moe._prune import _shrink_blocks
+
+        _shrink_blocks(model, plan["kept"], plan["top_k_per_layer"])
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(src.glob("model*.safetensors")):
         state.update(load_file(shard))
+    _fuse_experts(state)
     replaced: list[str] = []
     for group_name, group in (qconfig.get("config_groups") or {}).items():
         weights = group.get("weights") or {}
@@ -261,6 +311,39 @@ def load_pretrained_compressed(path: str | os.PathLike[str]) -> nn.Module:
     if structure:
         _unpad(model, structure)
     return model
+
+
+_MOE_PLAN = "frontier_moe"  # kernels.moe._prune.PLAN_KEY, not imported: that module is loaded lazily
+# a routed expert's projections as save_pretrained writes them (hub layout): Qwen2/3-MoE, Mixtral
+_EXPERT_KEY = re.compile(
+    r"^(?P<layer>.+)\.(?:mlp|block_sparse_moe)\.experts\.(?P<j>\d+)\."
+    r"(?P<proj>gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$"
+)
+_EXPERT_ROLE = {
+    "gate_proj": "gate",
+    "w1": "gate",
+    "up_proj": "up",
+    "w3": "up",
+    "down_proj": "down",
+    "w2": "down",
+}
+
+
+def _fuse_experts(state: dict[str, torch.Tensor]) -> None:
+    """In place: per-expert weights (the layout ``save_pretrained`` writes) -> the fused 3-D parameters
+    transformers 5 builds (``experts.gate_up_proj`` ``[E, 2*I, hidden]``, gate rows first, and
+    ``experts.down_proj``), as its own loading conversion does for these families."""
+    found: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
+    for key in [k for k in state if ".experts." in k]:
+        if m := _EXPERT_KEY.match(key):
+            role = found.setdefault(m["layer"], {}).setdefault(_EXPERT_ROLE[m["proj"]], {})
+            role[int(m["j"])] = state.pop(key)
+    for layer, roles in found.items():
+        ids = sorted(roles["down"])
+        state[f"{layer}.mlp.experts.gate_up_proj"] = torch.cat(
+            [torch.stack([roles["gate"][j] for j in ids]), torch.stack([roles["up"][j] for j in ids])], dim=1
+        )
+        state[f"{layer}.mlp.experts.down_proj"] = torch.stack([roles["down"][j] for j in ids])
 
 
 def _unpad(model: nn.Module, structure: dict[str, Any]) -> None:

@@ -293,3 +293,81 @@ def test_a_causal_lm_keeps_its_head_and_loads_with_automodelforcausallm(tmp_path
     got = _consumer_outputs(tmp_path, tmp_path / "out", auto="AutoModelForCausalLM")
     assert got[f"{tmp_path / 'out'}:float"] == ([] if quantize_head else ["lm_head"])
     assert float((got[str(tmp_path / "out")] - _frontier_outputs(tmp_path / "out")).abs().max()) <= 1e-4
+
+
+MOE_LOAD = """
+import json, sys, torch, transformers
+ids = torch.tensor(json.loads(sys.argv[1]))
+out = {}
+for path in sys.argv[3:]:
+    # trust_remote_code only matters for the per-layer directory (its shipped frontier_moe.py)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+    with torch.inference_mode():
+        out[path] = model(input_ids=ids, use_cache=False).logits
+    out[path + ":class"] = type(model).__name__
+torch.save(out, sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_a_pruned_moe_with_4_bit_attention_loads_in_stock_transformers(tmp_path):
+    # Expert-pruned Qwen2-MoE (uniform: a stock checkpoint; per-layer: frontier_moe plan + shipped code),
+    # then 4-bit attention: compress_pretrained reads the per-layer directory with Frontier's loader, and
+    # stock transformers + compressed-tensors loads both (the fused experts stay fused on disk: transformers
+    # 5.25 cannot merge float per-expert weights in a compressed-tensors checkpoint).
+    import copy
+    import warnings
+
+    import transformers
+
+    from frontier.evaluators._lm_export import byte_level_tokenizer
+    from frontier.kernels.moe._prune import export_pruned_moe, prune_experts
+
+    torch.manual_seed(0)
+    config = transformers.Qwen2MoeConfig(
+        vocab_size=256,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=32,
+        num_experts=6,
+        num_experts_per_tok=2,
+    )
+    recipe = CompressionRecipe({"model.layers.*.self_attn.*": WeightOnlyQuantConfig(4, group_size=16)})
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    written, expected = [], {}
+    for name, keep in (
+        ("uniform", {0: [0, 2, 5], 1: [1, 2, 3], 2: [0, 1, 4]}),
+        ("per-layer", {0: [0, 5], 2: [1, 2, 3, 4]}),
+    ):
+        model = transformers.Qwen2MoeForCausalLM(copy.deepcopy(config)).eval()  # pruning edits its config
+        prune_experts(model, keep)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the per-layer export's "needs Frontier's loader"
+            stock = export_pruned_moe(model, tmp_path / name, tokenizer=byte_level_tokenizer())["stock"]
+        assert stock == (name == "uniform")
+        summary = compress_pretrained(tmp_path / name, recipe, tmp_path / f"{name}-w4")
+        assert summary["reload_max_abs_diff"] == 0.0 and summary["avg_bits"] == 4.0
+        reference = apply_(model, recipe)
+        frontier = load_pretrained_compressed(tmp_path / f"{name}-w4")
+        with torch.inference_mode():
+            expected[name] = reference(input_ids=ids, use_cache=False).logits
+            got = frontier(input_ids=ids, use_cache=False).logits
+        assert float((got - expected[name]).abs().max()) == 0.0
+        written.append(tmp_path / f"{name}-w4")
+    per_layer = json.loads((tmp_path / "per-layer-w4" / "config.json").read_text())
+    assert per_layer["frontier_moe"]["experts_per_layer"] == {"0": 2, "1": 6, "2": 4}
+    assert per_layer["auto_map"] == {"AutoModelForCausalLM": "frontier_moe.FrontierPrunedQwen2MoeForCausalLM"}
+    assert (tmp_path / "per-layer-w4" / "frontier_moe.py").is_file()
+
+    result = tmp_path / "consumer.pt"
+    proc = run_consumer(MOE_LOAD, json.dumps(ids.tolist()), str(result), *map(str, written))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = torch.load(result, weights_only=False)
+    for name, path in zip(("uniform", "per-layer"), written, strict=True):
+        assert float((out[str(path)] - expected[name]).abs().max()) <= 1e-4, name
+    assert out[f"{written[0]}:class"] == "Qwen2MoeForCausalLM"
+    assert out[f"{written[1]}:class"] == "FrontierPrunedQwen2MoeForCausalLM"
