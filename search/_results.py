@@ -244,12 +244,18 @@ def _checkpoint(study: optuna.Study, number: int) -> str | None:
 
 
 def compression_export(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
-    """For a study with ``bits``/``sparsity`` families: the ``recipe`` the point decodes to
-    (:func:`spaces.compression_recipe`, the :class:`kernels.CompressionRecipe` dict) that ``frontier apply``
-    and ``kernels.apply_`` re-create it with; empty for other studies."""
-    from frontier.spaces import compression_recipe
+    """What ``frontier apply`` re-creates a point with, beyond its params: for a study with an ``experts``
+    family, ``experts``, the :class:`spaces.ExpertPlan` dict (experts and top-k kept per MoE layer); for
+    ``bits``/``sparsity`` families, the ``recipe`` the point decodes to (:func:`spaces.compression_recipe`,
+    the :class:`kernels.CompressionRecipe` dict, also what ``kernels.apply_`` takes); empty for other
+    studies."""
+    from frontier.spaces import compression_recipe, expert_plan
     from frontier.spaces._family_compress import allocations
 
-    if not allocations(spec):
-        return {}
-    return {"recipe": compression_recipe(spec, params).to_dict()}
+    out: dict[str, Any] = {}
+    plan = expert_plan(spec, params)
+    if plan is not None:
+        out["experts"] = plan.to_dict()
+    if allocations(spec):
+        out["recipe"] = compression_recipe(spec, params).to_dict()
+    return out

@@ -765,6 +765,84 @@ def _print_remeasured(doc: Any, output: Path, model: Path | None, recipe_path: P
         )
 
 
+def _print_pruned_moe(
+    summary: dict[str, Any], doc: Any, output: Path, model: Path | None, recipe_path: Path, *, measure: bool
+) -> None:
+    """What ``apply`` wrote for an expert-pruning export, and how to load it (stock or not)."""
+    before, after = summary["experts_before"], summary["experts_after"]
+    counts = ", ".join(f"{i}: {before[i]} -> {after.get(i, before[i])}" for i in sorted(before))
+    ks = sorted(set(summary["top_k_after"].values()))
+    top_k = f"top-k {summary['top_k_before']} -> {ks[0] if len(ks) == 1 else summary['top_k_after']}"
+    p0, p1 = summary["total_params_before"], summary["total_params_after"]
+    disk, base = summary["disk_bytes"], summary["base_disk_bytes"]
+    console.print(f"wrote {output}: experts per MoE layer {counts}; {top_k}", soft_wrap=True, highlight=False)
+    console.print(
+        f"  total params {p1:,} vs the base model's {p0:,} ({p1 / p0:.2f}x); {disk / 1e6:.2f} MB on disk vs "
+        f"the base model's {base / 1e6:.2f} MB (MB = 10**6 bytes)"
+    )
+    if summary["compressed"]:
+        console.print(
+            f"  compressed with the trial's recipe: avg bits {summary['avg_bits']:.2f}, sparsity "
+            f"{summary['sparsity']:.3f} over its modules"
+        )
+    console.print(
+        f"  reloaded from the directory: logits differ from the trial's model by at most "
+        f"{summary['reload_max_abs_diff']:.3g}"
+    )
+    _print_trial_figures(doc)
+    if measure:
+        _print_remeasured(doc, output, model, recipe_path)
+    console.print(f"  files: {', '.join(summary['files'])}", soft_wrap=True)
+    needs = " (pip install compressed-tensors)" if summary["compressed"] else ""
+    if summary["stock"]:
+        console.print(
+            f"  a stock transformers checkpoint (every MoE layer keeps the same experts, so the config's "
+            f"expert count changed); load it with plain transformers{needs}:"
+        )
+        console.print(f"    {summary['load']}", soft_wrap=True, highlight=False)
+        console.print(f"  in Frontier: {summary['frontier_load']}", soft_wrap=True, highlight=False)
+        return
+    console.print(
+        "  NOT a stock checkpoint: its MoE layers keep different numbers of experts (or top-k), which a "
+        "transformers config cannot express. It needs Frontier's loader, or stock transformers running the "
+        f"frontier_moe.py module the directory ships (trust_remote_code=True){needs}:",
+        soft_wrap=True,
+    )
+    console.print(f"    {summary['frontier_load']}", soft_wrap=True, highlight=False)
+    console.print(f"    {summary['load']}", soft_wrap=True, highlight=False)
+
+
+def _print_joint(
+    summary: dict[str, Any], doc: Any, output: Path, model: Path | None, recipe_path: Path, *, measure: bool
+) -> None:
+    """What ``apply`` wrote for an ``lm-train`` trial of a joint study (trained, then compressed)."""
+    facts = [str(summary["architecture"])] if summary.get("architecture") else []
+    if "num_parameters" in summary:
+        facts.append(f"{summary['num_parameters']:,} parameters")
+    facts.append(f"{summary['disk_bytes'] / 1e6:.2f} MB on disk (MB = 10**6 bytes)")
+    for key, label in (("avg_bits", "avg bits"), ("sparsity", "sparsity")):
+        if key in summary:
+            facts.append(f"{label} {_fmt(summary[key])}")
+    console.print(f"wrote {output}: " + ", ".join(facts), soft_wrap=True)
+    diff = summary.get("max_abs_logit_diff", summary.get("reload_max_abs_diff"))
+    if diff is not None:
+        console.print(f"  its logits differ from the trial's compressed model by at most {diff:.3g}")
+    _print_trial_figures(doc)
+    if measure:
+        _print_remeasured(doc, output, model, recipe_path)
+    compressed = (output / "config.json").is_file() and "quantization_config" in (
+        output / "config.json"
+    ).read_text()
+    console.print(
+        "  load it with plain transformers" + (" (pip install compressed-tensors):" if compressed else ":")
+    )
+    console.print(f"    transformers.AutoModelForCausalLM.from_pretrained({str(output)!r})", soft_wrap=True)
+    if compressed:
+        console.print(
+            f"  in Frontier: frontier.kernels.load_pretrained_compressed({str(output)!r})", soft_wrap=True
+        )
+
+
 @app.command("apply")
 def apply_recipe(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML/JSON (or an export).")],
@@ -799,6 +877,12 @@ def apply_recipe(
         summary = apply_document(doc, output, model=model, calibration_texts=calibration_texts)
     except ValueError as exc:
         raise _fail(f"{recipe_path}: {exc}") from None
+    if summary.get("moe"):  # an expert-pruning study's trial
+        _print_pruned_moe(summary, doc, output, model, recipe_path, measure=measure)
+        return
+    if summary.get("joint"):  # an lm-train trial of a joint study, compressed with its recipe
+        _print_joint(summary, doc, output, model, recipe_path, measure=measure)
+        return
     if "architecture" in summary:  # an lm-train trial's kept weights
         console.print(
             f"wrote {output}: {summary['architecture']} ({summary['num_parameters']:,} parameters), "
