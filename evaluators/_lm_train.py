@@ -360,6 +360,18 @@ class LMTrain(Evaluator):
     :class:`~spaces.LMArch` (depth, the one residual width, per-layer heads, FFN widths and experts); besides
     it, the space may search the training parameters ``lr`` and ``aux_loss_coef``.
 
+    **Joint studies.** Besides the architecture family the space may hold ``bits`` and ``sparsity`` families
+    over the native model's Linear modules (``layout: tiny_lm``: ``blocks.I.qkv``, ``blocks.I.proj``, I
+    0-based; the FFN and experts are fused tensors and the router stays float), each with ``depth_of: <the
+    family's name>`` so that a layer's allocation exists only when the sampled depth has that layer
+    (``backend: native``). The candidate trains as usual; at every evaluation a copy of the trained model is
+    compressed with the candidate's recipe (Wanda calibrated on fixed training windows) and evaluated:
+    ``perplexity`` and ``val_loss`` are then the compressed model's (``perplexity_dense``,
+    ``val_loss_dense`` the trained model's), ``latency_ms``/``prefill_ms`` time the compressed model's
+    packed kernels (measured once, on the compressed untrained model before training), and ``size_mb``
+    (packed bytes / 1e6), ``avg_bits`` and ``sparsity`` (over the allocated modules the architecture has)
+    are added. ``total_params``, ``active_params`` count the uncompressed architecture.
+
     Model paths (``backend``):
 
     - ``native`` (default): our pre-norm decoder, the same for every candidate so latencies compare like
