@@ -99,6 +99,7 @@ def compress_pretrained(
         raise TypeError(f"compress_pretrained expects a CompressionRecipe. Got {recipe!r} instead.")
     hf_config = transformers.AutoConfig.from_pretrained(src, local_files_only=True)
     auto = _auto_class(hf_config)
+    model: Any  # a transformers PreTrainedModel
     if getattr(hf_config, _MOE_PLAN, None) is not None:
         # a MoE with per-layer expert counts: Frontier's loader applies the plan (no checkpoint code runs)
         from frontier.kernels.moe._prune import load_pruned_moe

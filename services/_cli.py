@@ -680,7 +680,7 @@ def _register(
 def _apply_point(doc: dict[str, Any], out_dir: Path) -> Path:
     """Re-create an export's model in ``out_dir`` (the production hand-off), for registering it."""
     what = f"trial {doc['trial']} of study '{doc['study']}'"
-    if doc.get("recipe") is None and not doc.get("checkpoint"):
+    if doc.get("recipe") is None and not doc.get("checkpoint") and doc.get("experts") is None:
         raise _fail(
             f"{what} has no recipe (its study searched no compression) and no kept weights (checkpoint), "
             "so there is no model to apply and register; pass --model-dir DIR with the model directory to "

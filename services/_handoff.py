@@ -388,7 +388,7 @@ def _write_pruned_moe(doc: dict[str, Any], out_dir: Path, *, model: Path | None)
                 base_dir=tmp,
                 targets=targets,
                 original=weight_counts(ev.base, targets),
-                base_config=pruned.config.to_dict(),
+                base_config=cast(Any, pruned).config.to_dict(),  # a transformers PreTrainedModel
                 size_base=path,
             )
         frontier_load = f"frontier.kernels.load_pretrained_compressed({str(out_dir)!r})"

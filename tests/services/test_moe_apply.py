@@ -191,3 +191,49 @@ def test_export_documents_carry_the_expert_plan_and_keep_others_unchanged(tmp_pa
     assert sorted(extra) == ["experts", "recipe"]
     bits_only = spec_from_dict({**spec.to_dict(), "space": [spec.to_dict()["space"][1]]})
     assert list(compression_export(bits_only, {"q.all": 8})) == ["recipe"]
+
+
+@pytest.mark.integration
+def test_joint_lm_train_export_applies_as_a_compressed_checkpoint_of_its_trial(tmp_path: Path) -> None:
+    # a joint study (nas + 4/8 bits + Wanda) whose trial kept its weights: apply writes the trained model
+    # compressed with the trial's recipe (evaluators._lm_export.write_joint_checkpoint), and the directory,
+    # read back on Frontier's packed kernels, scores the trial's compressed perplexity
+    from frontier.evaluators import make_evaluator
+
+    tiny = {"steps": 6, "eval_every": 3, "seq_len": 32, "batch_size": 4, "eval_batches": 2}
+    tiny |= {"latency_context": 8, "prefill_seq": 16, "latency_time_cap_s": 0.05, "keep_weights": "all"}
+
+    def alloc(name: str, family: str, **extra: Any) -> dict[str, Any]:
+        options = {"num_layers": 2, "layout": "tiny_lm", "targets": ["blocks.*.*"], "depth_of": "lm", **extra}
+        return {"kind": "family", "name": name, "family": family, "options": options}
+
+    arch = {"layers": [2, 2], "hidden": [32], "head_dim": [8], "ffn_ratio": [2], "per_layer": False}
+    spec = {
+        "name": "joint",
+        "evaluator": {"kind": "lm-train", "options": tiny},
+        "space": [
+            {"kind": "family", "name": "lm", "family": "nas", "options": arch},
+            alloc("q", "bits", choices=[4, 8], group_size=16),
+            alloc("s", "sparsity", kind="wanda", group_by="all"),
+        ],
+        "objectives": [{"name": "perplexity", "direction": "minimize"}],
+    }
+    study = spec_from_dict(spec)
+    ev = make_evaluator("lm-train", tiny)
+    ev.bind_spec(study)
+    ev.ensure_setup()
+    params = {"lm.depth": 2, "lm.hidden": 32, "lm.head_dim": 8, "lm.ffn_ratio": 2, "q.layer_0": 4}
+    params |= {"q.layer_1": 8, "s.all": 0.25}
+    metrics = ev.evaluate(Candidate(params), EvalContext(seed=0, workdir=tmp_path / "trial"))
+    doc = _export(spec, params, 4, metrics) | {"checkpoint": str(tmp_path / "trial")}
+    assert doc["recipe"]
+
+    res, out = _apply(doc, tmp_path, "joint")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"wrote {out}: LlamaForCausalLM" in text and "avg bits 6" in text
+    ppl = f"{metrics['perplexity']:.4g}"
+    assert f"trial 4 measured: perplexity {ppl}" in text
+    assert f"the directory, measured as the study did: perplexity {ppl}" in text
+    assert f"frontier.kernels.load_pretrained_compressed('{out}')" in text
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["format"] == "pack-quantized"
