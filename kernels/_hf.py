@@ -276,7 +276,7 @@ def load_pretrained_compressed(path: str | os.PathLike[str]) -> nn.Module:
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(src.glob("model*.safetensors")):
         state.update(load_file(shard))
-    _fuse_experts(state)
+    _fuse_experts(state, set(model.state_dict()))
     replaced: list[str] = []
     for group_name, group in (qconfig.get("config_groups") or {}).items():
         weights = group.get("weights") or {}
@@ -330,10 +330,15 @@ _EXPERT_ROLE = {
 }
 
 
-def _fuse_experts(state: dict[str, torch.Tensor]) -> None:
+def _fuse_experts(state: dict[str, torch.Tensor], expected: set[str]) -> None:
     """In place: per-expert weights (the layout ``save_pretrained`` writes) -> the fused 3-D parameters
     transformers 5 builds (``experts.gate_up_proj`` ``[E, 2*I, hidden]``, gate rows first, and
-    ``experts.down_proj``), as its own loading conversion does for these families."""
+    ``experts.down_proj``), and Mixtral's hub ``block_sparse_moe`` -> ``mlp``, as transformers' own loading
+    conversion does for these families; ``expected`` are the model's own keys."""
+    for key in [k for k in state if ".block_sparse_moe." in k]:
+        renamed = key.replace(".block_sparse_moe.", ".mlp.")
+        if renamed in expected and key not in expected:
+            state[renamed] = state.pop(key)
     found: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
     for key in [k for k in state if ".experts." in k]:
         if m := _EXPERT_KEY.match(key):

@@ -371,3 +371,24 @@ def test_a_pruned_moe_with_4_bit_attention_loads_in_stock_transformers(tmp_path)
         assert float((out[str(path)] - expected[name]).abs().max()) <= 1e-4, name
     assert out[f"{written[0]}:class"] == "Qwen2MoeForCausalLM"
     assert out[f"{written[1]}:class"] == "FrontierPrunedQwen2MoeForCausalLM"
+
+
+@pytest.mark.parametrize("kind", ["qwen3_moe", "mixtral"])
+def test_load_pretrained_compressed_reads_pruned_moe_exports_of_every_layout(kind, tmp_path):
+    # the hub layout save_pretrained writes (per-expert weights; Mixtral's block_sparse_moe.experts.j.w1)
+    # is fused back, and a per-layer plan applied, without running the checkpoint's code
+    import warnings
+
+    from frontier.kernels.moe import export_pruned_moe, prune_experts
+    from tests.kernels.moe.test_expert_prune import make_moe
+
+    model = make_moe(kind)
+    prune_experts(model, {0: [0, 1], 2: [1, 2, 3]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "needs Frontier's loader"
+        export_pruned_moe(model, tmp_path / "pruned")
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = model(input_ids=ids, use_cache=False).logits
+        got = load_pretrained_compressed(tmp_path / "pruned")(input_ids=ids, use_cache=False).logits
+    assert float((got - expected).abs().max()) == 0.0
