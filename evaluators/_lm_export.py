@@ -514,13 +514,14 @@ def write_joint_checkpoint(doc: Mapping[str, Any], out_dir: str | Path) -> dict[
     """Write a kept trial of a joint ``lm-train`` study (architecture + bits/sparsity) as a compressed
     ``transformers`` checkpoint: the trained model as :func:`write_hf_checkpoint` writes it, compressed with
     the export's ``recipe`` mapped to the transformers names (:func:`hf_recipe`) by
-    :func:`kernels.compress_pretrained`, into a compressed-tensors (``pack-quantized``) directory.
-    Activation-aware configs (Wanda) are calibrated on the study's own calibration windows (the ``spec`` in
-    the export names the corpus), as in the search.
+    :func:`kernels.compress_pretrained`, into a compressed-tensors (``pack-quantized``) directory that stock
+    ``transformers`` loads (with the ``compressed-tensors`` package). Activation-aware configs (Wanda) are
+    calibrated on the study's own calibration windows (the export's ``evaluator`` options name the corpus),
+    as in the search.
 
     Args:
         doc: the export document (``frontier export``): ``checkpoint`` (the kept weights), ``recipe`` (the
-            decoded recipe, native names) and ``spec``.
+            decoded recipe, native names) and ``evaluator`` (the study's lm-train options: the corpus).
         out_dir: the directory to write (created).
 
     Returns:
@@ -567,13 +568,17 @@ def _calibration_batches(doc: Mapping[str, Any]) -> list[dict[str, Tensor]]:
     """The study's calibration windows (``LMTrain.load_data``) as transformers model inputs."""
     from frontier.evaluators import make_evaluator
 
-    spec = doc.get("spec")
-    if not isinstance(spec, Mapping):
+    # `frontier export` records the evaluator at the top and the whole spec under provenance
+    provenance = doc.get("provenance")
+    spec = provenance.get("spec") if isinstance(provenance, Mapping) else None
+    evaluator_doc = doc.get("evaluator") or (spec.get("evaluator") if isinstance(spec, Mapping) else None)
+    if not isinstance(evaluator_doc, Mapping) or evaluator_doc.get("kind") != "lm-train":
         raise ValueError(
             "write_joint_checkpoint: the recipe needs calibration (Wanda), which reads the study's corpus "
-            "from the export's 'spec'; the document has none. Export it again with `frontier export`"
+            "from the export's 'evaluator' (kind lm-train, with its options). Got "
+            f"{evaluator_doc!r}; export the point again with `frontier export`"
         )
-    options = dict(spec.get("evaluator", {}).get("options", {}))
+    options = dict(evaluator_doc.get("options") or {})
     evaluator: Any = make_evaluator("lm-train", options)
     evaluator.load_data()
     windows = evaluator.calibration_windows

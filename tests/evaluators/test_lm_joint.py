@@ -3,6 +3,7 @@ and evaluated compressed at every evaluation."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from frontier import kernels
 from frontier.evaluators import EvalContext, make_evaluator
 from frontier.evaluators._lm_train import LMTrain
 from frontier.spaces import Candidate, compression_recipe, spec_from_dict
+from tests._consumer import run_consumer
 
 TINY = {
     "steps": 6,
@@ -131,6 +133,18 @@ def test_non_native_modules_are_rejected() -> None:
         ev.bind_spec(spec_from_dict(data))
 
 
+LOAD = r"""
+import importlib.util, json, sys
+import torch, transformers
+assert importlib.util.find_spec("frontier") is None
+ids = torch.tensor(json.loads(sys.argv[2]))
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+with torch.inference_mode():
+    print(json.dumps(model(input_ids=ids).logits.tolist()))
+"""
+
+
+@pytest.mark.integration  # a subprocess in the consumer venv
 def test_joint_trial_exports_a_compressed_transformers_checkpoint(tmp_path: Path) -> None:
     import torch
 
@@ -145,10 +159,12 @@ def test_joint_trial_exports_a_compressed_transformers_checkpoint(tmp_path: Path
     params = {**DENSE_ARCH, "q.layer_0": 4, "q.layer_1": 8, "s.blocks.0.qkv": 0.25, "s.blocks.0.proj": 0.5}
     params |= {"s.blocks.1.qkv": 0, "s.blocks.1.proj": 0.25}
     ev.evaluate(Candidate(params), EvalContext(seed=0, workdir=tmp_path / "trial"))
-    doc = {
+    doc = {  # what `frontier export` writes for the point (search._results.export_point)
+        "evaluator": data["evaluator"],
+        "params": params,
         "checkpoint": str(tmp_path / "trial"),
+        "provenance": {"spec": study.to_dict()},
         "recipe": compression_recipe(study, params).to_dict(),
-        "spec": study.to_dict(),
     }
     summary = write_joint_checkpoint(doc, tmp_path / "out")
     assert summary["architecture"] == "LlamaForCausalLM" and summary["avg_bits"] == 6.0
@@ -160,8 +176,14 @@ def test_joint_trial_exports_a_compressed_transformers_checkpoint(tmp_path: Path
     reloaded = kernels.load_pretrained_compressed(tmp_path / "out")
     ids = ev.val_windows[:2, :-1]
     with torch.inference_mode():
-        diff = (native(ids)[0] - reloaded(input_ids=ids).logits).abs().max()
+        expected = native(ids)[0]
+        diff = (expected - reloaded(input_ids=ids).logits).abs().max()
     assert float(diff) <= 1e-5
+    # stock transformers (a venv without Frontier) loads it, with the same logits
+    proc = run_consumer(LOAD, str(tmp_path / "out"), json.dumps(ids.tolist()))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert float((got - expected).abs().max()) <= 1e-4
 
     # per-layer head counts: no transformers class expresses the model
     uneven = {**params, "lm.head_dim_2": 16}
