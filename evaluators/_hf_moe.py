@@ -239,6 +239,12 @@ class HFMoEPerplexity(HFCausalLMPerplexity):
             )
         self._layout = layout
         super().prepare()
+        if self._eval.numel() <= self.options.latency_context:
+            raise ValueError(
+                f"The 'latency_context' option of {self.name} must be below the held-out tokens "
+                f"(eval_windows x seq_len = {self._eval.numel()}), which supply the decoded context. Got "
+                f"{self.options.latency_context} instead; lower it or raise eval_windows."
+            )
         self._stats = collect_router_stats(self.base, [row[None] for row in self._calib])
 
     # -- evaluation ---------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ def test_every_builtin_evaluator_is_registered() -> None:
         "digits-classifier",
         "hf-causal-lm-perplexity",
         "hf-embedding-fidelity",
+        "hf-moe-perplexity",
         "lm-train",
         "tabular",
     }

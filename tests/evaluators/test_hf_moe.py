@@ -100,6 +100,12 @@ def test_a_description_that_does_not_match_the_model_names_the_real_layout(moe_d
         match=re.escape("has num_experts=4, top_k=2 and MoE layers [0, 1]; set the family's 'num_experts'"),
     ):
         ev.ensure_setup()
+    study = spec(moe_dir).to_dict()
+    study["evaluator"]["options"]["latency_context"] = 64  # 2 windows x 32 tokens held out
+    with pytest.raises(
+        ValueError, match=r"'latency_context' option of hf-moe-perplexity must be below .* = 64\)"
+    ):
+        for_spec(spec_from_dict(study))
 
 
 def test_a_space_without_experts_or_with_other_parameters_is_refused(moe_dir: str, tmp_path: Path) -> None:
