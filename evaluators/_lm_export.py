@@ -570,7 +570,7 @@ def _calibration_batches(doc: Mapping[str, Any]) -> list[dict[str, Tensor]]:
 
     # `frontier export` records the evaluator at the top and the whole spec under provenance
     provenance = doc.get("provenance")
-    spec = provenance.get("spec") if isinstance(provenance, Mapping) else None
+    spec = doc.get("spec") or (provenance.get("spec") if isinstance(provenance, Mapping) else None)
     evaluator_doc = doc.get("evaluator") or (spec.get("evaluator") if isinstance(spec, Mapping) else None)
     if not isinstance(evaluator_doc, Mapping) or evaluator_doc.get("kind") != "lm-train":
         raise ValueError(
