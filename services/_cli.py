@@ -776,8 +776,7 @@ def _print_pruned_moe(
     p0, p1 = summary["total_params_before"], summary["total_params_after"]
     disk, base = summary["disk_bytes"], summary["base_disk_bytes"]
     console.print(f"wrote {output}: experts per MoE layer {counts}; {top_k}", soft_wrap=True, highlight=False)
-    # counted before the recipe, so quantized weights count too (a trial's total_params counts only the
-    # float parameters left beside packed codes)
+    # quantized weights count as weights (count_moe_params), as in the trial's total_params
     counted = " (quantized weights included)" if summary["compressed"] else ""
     console.print(
         f"  total params {p1:,}{counted} vs the base model's {p0:,} ({p1 / p0:.2f}x); {disk / 1e6:.2f} MB on "

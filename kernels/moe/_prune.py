@@ -510,14 +510,20 @@ def count_moe_params(model: nn.Module) -> MoEParamCounts:
     """Count ``model``'s parameters from its tensors: total, active per token and routed-expert ones.
 
     Active = total minus, per MoE layer, the experts a token does not use ((kept - top_k) x one expert's
-    size); embeddings, attention, norms, routers and the shared expert count as active.
+    size); embeddings, attention, norms, routers and the shared expert count as active. A quantized Linear
+    (:class:`~kernels.QuantizedLinear`) keeps its weights as packed codes in buffers, not parameters; its
+    ``out_features x in_features`` weights count too, so quantizing a model does not make it look smaller
+    in parameters (its bytes are what ``size_mb`` reports).
     """
+    from frontier.kernels._qlinear import QuantizedLinear
+
     seen: set[int] = set()
     total = 0
     for p in model.parameters():
         if id(p) not in seen:  # tied embeddings count once
             seen.add(id(p))
             total += p.numel()
+    total += sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, QuantizedLinear))
     inactive = experts = 0
     for block in moe_blocks(model).values():
         e = block.experts

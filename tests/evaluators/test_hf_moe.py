@@ -67,6 +67,11 @@ def test_experts_and_bits_in_one_study_measure_the_drop(moe_dir: str) -> None:
     assert pruned["avg_bits"] == full["avg_bits"] == 8.0  # attention + shared expert at 8 bits
     assert full["perplexity_ratio"] == pytest.approx(1.0, abs=0.01)  # 8-bit attention, every expert
     assert pruned["latency_ms"] > 0 and pruned["peak_memory_mb"] >= 0
+    # quantizing keeps the weights (packed codes count as parameters) and drops bytes
+    four = ev.evaluate(Candidate({"ex.layer_0": 4, "ex.layer_1": 4, "q.all": 4}), ctx)
+    dense = for_spec(spec(moe_dir)).evaluate(Candidate({"ex.layer_0": 4, "ex.layer_1": 4}), ctx)
+    assert four["total_params"] == full["total_params"] == dense["total_params"]
+    assert four["size_mb"] < full["size_mb"] < dense["size_mb"]
     labels = [c.label for c in ev.initial_candidates(study)]
     assert labels[:3] == ["uniform-experts-1", "uniform-experts-2", "uniform-experts-4"]
     assert labels[3:] == ["uniform-4bit"]  # uniform-8bit with every expert is uniform-experts-4: merged
