@@ -235,13 +235,18 @@ class _Runner:
             if not self.hf:
                 past = self.model(context)[1]
                 return lambda: self.model(nxt, past)
+            import inspect
+
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.model.config)  # type: ignore[arg-type]
-            self.model(input_ids=context, past_key_values=cache, use_cache=True)
+            # transformers 5.25 renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40)
+            params = inspect.signature(self.model.forward).parameters
+            key = "cache" if "cache" in params else "past_key_values"
+            self.model(input_ids=context, use_cache=True, **{key: cache})
 
         def step() -> Any:
-            out = self.model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            out = self.model(input_ids=nxt, use_cache=True, **{key: cache})
             cache.crop(-nxt.shape[1])  # transformers 5: a negative count removes the newest tokens
             return out
 
