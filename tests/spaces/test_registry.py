@@ -144,7 +144,8 @@ def test_public_functions_use_the_uniform_error() -> None:
     with pytest.raises(ValueError, match=r"Unknown evaluator 'x'. Available: \["):
         make_evaluator("x", {})
     with pytest.raises(
-        ValueError, match=r"Unknown space family 'x'. Available: \['bits', 'experts', 'moe', 'nas', 'sparsity'\]"
+        ValueError,
+        match=r"Unknown space family 'x'. Available: \['bits', 'experts', 'moe', 'nas', 'sparsity'\]",
     ):
         expand_family("x", "p", {})
 
