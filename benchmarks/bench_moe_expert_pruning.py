@@ -1,9 +1,12 @@
 """Per-layer (non-uniform) vs uniform expert pruning of a small pretrained MoE, at equal kept-expert budgets.
 
-The model is ``evaluators._tiny_moe``'s Qwen2-MoE (4 MoE layers x 8 experts, top-2, trained on
-``pydoc_data.topics``), built once and cached under ``--cache``. Router statistics come from 64 windows of
-the training text; experts are kept by frequency x mean gate weight (``kernels.moe``). For each budget B of
-kept experts (summed over layers) three allocations are compared:
+The model is ``evaluators._tiny_moe``'s Qwen2-MoE (4 MoE layers x 8 experts, top-2, trained on the training
+side of the evaluators' content-hash split of ``pydoc_data.topics``), built once and cached under ``--cache``.
+Everything goes through the study evaluator ``hf-moe-perplexity`` (a spec with one ``experts`` family): its
+calibration windows (training side) give the router statistics, experts are kept by frequency x mean gate
+weight, each allocation is the model ``build`` makes for a trial, and perplexity is ``mean_nll`` on its
+held-out windows, cut in two halves (validation, test). For each budget B of kept experts (summed over layers)
+three allocations are compared:
 
 - ``uniform``: B / 4 experts in every layer;
 - ``global-score``: the B highest-scoring experts over all layers (at least top-k per layer), no search;
@@ -15,7 +18,10 @@ generated token, greedy, KV cache, batch 1, one thread) is timed for every alloc
 candidates alternated round by round so machine load hits all alike; medians with order-statistics 95 % CIs.
 Resident memory of loading each checkpoint is measured in a fresh process (``measure_load_memory_mb``).
 
-    .venv/bin/python benchmarks/bench_moe_expert_pruning.py   # ~4 min on a busy CPU; +2.5 min to train once
+    .venv/bin/python benchmarks/bench_moe_expert_pruning.py   # 2 min 38 s on a quiet 2-core machine; +2.5 min to train once
+
+Test perplexities are compared paired over the same windows: the ratio exp(mean NLL difference) with a 95 %
+bootstrap CI over windows; a win is claimed only when the CI excludes 1.
 
 Writes ``benchmarks/results/moe_expert_pruning.json`` and ``.md``.
 """
@@ -23,8 +29,8 @@ Writes ``benchmarks/results/moe_expert_pruning.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import math
 import statistics
 import sys
 import time
@@ -40,18 +46,19 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from frontier.evaluators._tiny_moe import build_tiny_moe, encode_bytes, perplexity, tiny_moe_corpus  # noqa: E402
+from frontier.evaluators import for_spec  # noqa: E402
+from frontier.evaluators._hf_causal_lm import mean_nll  # noqa: E402
+from frontier.evaluators._tiny_moe import build_tiny_moe  # noqa: E402
 from frontier.evaluators.latency import device_fingerprint, fixed_threads, median_ci  # noqa: E402
-from frontier.kernels.moe._prune import (  # noqa: E402
+from frontier.kernels.moe import (  # noqa: E402
     RouterStats,
-    collect_router_stats,
     count_moe_params,
     export_pruned_moe,
     load_pruned_moe,
     measure_load_memory_mb,
-    prune_experts,
     resident_bytes,
 )
+from frontier.spaces import Candidate, spec_from_dict  # noqa: E402
 
 SEQ = 128
 
@@ -75,9 +82,33 @@ def _global_score_counts(
     return [counts[layer] for layer in layers]
 
 
+def _perplexity(model: Any, windows: torch.Tensor) -> float:
+    return math.exp(mean_nll(model, windows))
+
+
+def _window_nlls(model: Any, windows: torch.Tensor) -> list[float]:
+    """Each window's mean NLL (``mean_nll`` of that window alone), for paired comparisons."""
+    return [mean_nll(model, row[None]) for row in windows]
+
+
+def _paired_ratio_ci(a: list[float], b: list[float], *, resamples: int = 4000) -> tuple[float, float, float]:
+    """Perplexity ratio exp(mean(a - b)) of two models on the same windows, with a 95 % percentile bootstrap
+    CI over windows (the windows are the unit of variation, so the pairing removes their difficulty)."""
+    diff = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, len(diff), (resamples, len(diff)), generator=gen)
+    means = diff[idx].mean(dim=1)
+    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return math.exp(float(diff.mean())), math.exp(lo), math.exp(hi)
+
+
+def _build(ev: Any, layers: list[int], counts: list[int]) -> Any:
+    """The model a study trial of these per-layer counts evaluates (``hf-moe-perplexity``'s ``build``)."""
+    return ev.build(Candidate({f"ex.layer_{layer}": n for layer, n in zip(layers, counts, strict=True)}))
+
+
 def _search(
-    full: Any,
-    stats: RouterStats,
+    ev: Any,
     val: torch.Tensor,
     layers: list[int],
     budget: int,
@@ -86,7 +117,7 @@ def _search(
     top_k: int,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Optuna TPE over per-layer counts summing to ``budget``; objective: validation perplexity."""
-    experts = int(full.config.num_experts)
+    experts = int(ev.base.config.num_experts)
 
     def objective(trial: optuna.Trial) -> float:
         counts: list[int] = []
@@ -95,9 +126,7 @@ def _search(
             lo, hi = max(top_k, left - experts * rest), min(experts, left - top_k * rest)
             counts.append(lo if lo == hi else trial.suggest_int(f"experts_{i}", lo, hi))
         trial.set_user_attr("counts", counts)
-        model = copy.deepcopy(full)
-        prune_experts(model, counts, stats=stats)
-        return perplexity(model, val, seq_len=SEQ)
+        return _perplexity(_build(ev, layers, counts), val)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=10))
@@ -142,20 +171,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     path = build_tiny_moe(Path(args.cache))
     marker = json.loads((path / "frontier_tiny_moe.json").read_text())
-    train, heldout = tiny_moe_corpus()
-    held = encode_bytes(heldout)
-    half = (held.numel() // 2 // SEQ) * SEQ
-    val, test = held[: half + 1], held[half:]
-    train_ids = encode_bytes(train)
-    gen = torch.Generator().manual_seed(0)
-    offsets = torch.randint(0, train_ids.numel() - SEQ, (64,), generator=gen).tolist()
-    calib = torch.stack([train_ids[o : o + SEQ] for o in offsets])
+    config = transformers.AutoConfig.from_pretrained(path)
+    experts, n_layers = int(config.num_experts), int(config.num_hidden_layers)
+    spec = spec_from_dict(
+        {
+            "name": "bench-moe-expert-pruning",
+            "evaluator": {
+                "kind": "hf-moe-perplexity",
+                "options": {
+                    "model": str(path),
+                    "seq_len": SEQ,
+                    "eval_windows": 2 * args.windows,
+                    "calibration_windows": 64,
+                    "warm_start": "off",
+                },
+            },
+            "space": [
+                {
+                    "kind": "family",
+                    "name": "ex",
+                    "family": "experts",
+                    "options": {
+                        "num_experts": experts,
+                        "num_layers": n_layers,
+                        "choices": list(range(1, experts + 1)),
+                    },
+                }
+            ],
+            "objectives": [{"name": "perplexity", "direction": "minimize"}],
+        }
+    )
 
     with fixed_threads(args.threads):
-        full = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
-        stats = collect_router_stats(full, [calib[i : i + 16] for i in range(0, 64, 16)])
+        ev: Any = for_spec(spec)  # loads the model, its windows and the router statistics
+        windows = ev._eval
+        if len(windows) < 2 * args.windows:
+            raise SystemExit(f"the held-out text gives {len(windows)} windows, fewer than 2 x --windows")
+        val, test = windows[: args.windows], windows[args.windows :]
+        full, stats = ev.base, ev._stats
         layers = sorted(stats.counts)
-        experts, top_k = int(full.config.num_experts), int(full.config.num_experts_per_tok)
+        top_k = int(full.config.num_experts_per_tok)
         rows: list[dict[str, Any]] = []
         models: dict[str, Any] = {"full": full}
         full_counts = count_moe_params(full)
@@ -164,8 +219,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "budget": experts * len(layers),
                 "allocation": "full",
                 "counts": [experts] * len(layers),
-                "val_ppl": perplexity(full, val, seq_len=SEQ),
-                "test_ppl": perplexity(full, test, seq_len=SEQ),
+                "val_ppl": _perplexity(full, val),
+                "test_nll": _window_nlls(full, test),
                 "total_params": full_counts.total,
                 "active_params": full_counts.active,
                 "resident_mb": resident_bytes(full) / 2**20,
@@ -174,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         searches: dict[str, Any] = {}
         for budget in args.budgets:
             search_start = time.perf_counter()
-            best, history = _search(full, stats, val, layers, budget, trials=args.trials, top_k=top_k)
+            best, history = _search(ev, val, layers, budget, trials=args.trials, top_k=top_k)
             searches[str(budget)] = {"seconds": time.perf_counter() - search_start, "trials": history}
             allocations = {
                 "uniform": [budget // len(layers)] * len(layers),
@@ -182,8 +237,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "search": best,
             }
             for name, counts in allocations.items():
-                model = copy.deepcopy(full)
-                kept = prune_experts(model, counts, stats=stats)
+                model = _build(ev, layers, counts)
+                kept = stats.select(dict(zip(layers, counts, strict=True)))
                 pc = count_moe_params(model)
                 key = f"{name}@{budget}"
                 models[key] = model
@@ -193,20 +248,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "allocation": name,
                         "counts": counts,
                         "kept": {str(k): v for k, v in kept.items()},
-                        "val_ppl": perplexity(model, val, seq_len=SEQ),
-                        "test_ppl": perplexity(model, test, seq_len=SEQ),
+                        "val_ppl": _perplexity(model, val),
+                        "test_nll": _window_nlls(model, test),
                         "total_params": pc.total,
                         "active_params": pc.active,
                         "resident_mb": resident_bytes(model) / 2**20,
                     }
                 )
+                rows[-1]["test_ppl"] = math.exp(statistics.fmean(rows[-1]["test_nll"]))
                 print(
                     f"B={budget:>2} {name:<12} counts={counts} test ppl {rows[-1]['test_ppl']:.3f}",
                     flush=True,
                 )
 
-        prompt = test[:32].view(1, -1)
+        prompt = test.flatten()[:32].view(1, -1)
         samples = _paired_decode_ms(models, prompt, new_tokens=args.new_tokens, rounds=args.rounds)
+    rows[0]["test_ppl"] = math.exp(statistics.fmean(rows[0]["test_nll"]))
+    uniform = {r["budget"]: r for r in rows if r["allocation"] == "uniform"}
+    for row in rows:
+        if row["allocation"] not in ("full", "uniform"):
+            ratio, lo, hi = _paired_ratio_ci(row["test_nll"], uniform[row["budget"]]["test_nll"])
+            row["test_ppl_ratio_vs_uniform"] = {"ratio": ratio, "ci_low": lo, "ci_high": hi}
     for row in rows:
         key = "full" if row["allocation"] == "full" else f"{row['allocation']}@{row['budget']}"
         med, lo, hi = median_ci(samples[key])
@@ -240,8 +302,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {
             "criterion": "frequency x mean gate weight (SEER-MoE heavy-hitters, gate-weighted)",
             "calibration_tokens": stats.tokens,
-            "val_tokens": val.numel() - 1,
-            "test_tokens": test.numel() - 1,
+            "val_windows": len(val),
+            "test_windows": len(test),
+            "seq_len": SEQ,
             "trials": args.trials,
             "threads": args.threads,
             "decode": {"prompt_tokens": 32, "new_tokens": args.new_tokens, "rounds": args.rounds, "batch": 1},
@@ -261,26 +324,33 @@ def markdown(result: dict[str, Any]) -> str:
         "# Expert pruning: per-layer (searched) vs uniform, equal kept-expert budget",
         "",
         f"Model: tiny Qwen2-MoE (4 MoE layers x 8 experts, top-2), trained {result['model']['train_s']} s on "
-        f"`pydoc_data.topics`; held-out perplexity {result['model']['heldout_ppl']:.3f} (bytes). "
+        f"the training side of `pydoc_data.topics`; held-out perplexity "
+        f"{result['model']['heldout_ppl']:.3f} (bytes). "
         f"Criterion: {result['config']['criterion']}. Search: Optuna TPE, {result['config']['trials']} "
-        f"trials on the validation half; perplexities below are on the test half, which the search never "
-        f"saw. "
+        f"trials on the validation half of `hf-moe-perplexity`'s held-out windows "
+        f"({result['config']['val_windows']} x {result['config']['seq_len']} bytes); perplexities below "
+        f"are on the test half ({result['config']['test_windows']} windows), which the search never saw. "
+        f"Each model is the one a study trial builds (`hf-moe-perplexity`'s `build`). "
         f"Decode: ms per generated token (greedy, KV cache, batch 1, "
         f"{result['config']['threads']} thread), medians over {result['config']['decode']['rounds']} "
         f"alternated rounds with 95 % CIs. Load memory: RSS growth and peak of loading the exported "
         f"checkpoint in a fresh process.",
         "",
-        "| budget | allocation | experts per layer | val ppl | test ppl | total params | active params "
-        "| decode ms/token | vs uniform (paired) | load RSS / peak MB | stock ckpt |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| budget | allocation | experts per layer | val ppl | test ppl | test ppl / uniform [95 % CI] "
+        "| total params | active params | decode ms/token | decode / uniform (paired) | load RSS / peak MB "
+        "| stock ckpt |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d = r["decode_ms_per_token"]
         ratio = r.get("decode_ratio_vs_uniform_paired_median")
+        q = r.get("test_ppl_ratio_vs_uniform")
+        q_text = "" if q is None else f"{q['ratio']:.3f} [{q['ci_low']:.3f}, {q['ci_high']:.3f}]"
         lines.append(
             f"| {r['budget']} | {r['allocation']} | {r['counts']} | {r['val_ppl']:.3f} | {r['test_ppl']:.3f} "
-            f"| {r['total_params']:,} | {r['active_params']:,} | {d['median']:.2f} [{d['ci_low']:.2f}, "
-            f"{d['ci_high']:.2f}] | {'' if ratio is None else f'{ratio:.3f}'} "
+            f"| {q_text} | {r['total_params']:,} | {r['active_params']:,} "
+            f"| {d['median']:.2f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}] "
+            f"| {'' if ratio is None else f'{ratio:.3f}'} "
             f"| {r['load_memory']['rss_mb']:.1f} / {r['load_memory']['peak_mb']:.1f} "
             f"| {'yes' if r['export']['stock_transformers'] else 'no'} |"
         )
@@ -301,17 +371,25 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _conclusion(rows: list[dict[str, Any]]) -> str:
-    """Whether per-layer allocation wins, read off the rows: test perplexity, decode CIs overlapping."""
+    """Whether per-layer allocation wins, read off the rows: the paired test-perplexity ratio's CI, decode
+    CIs overlapping."""
     parts: list[str] = []
     for budget in sorted({r["budget"] for r in rows if r["allocation"] != "full"}, reverse=True):
         by = {r["allocation"]: r for r in rows if r["budget"] == budget}
         u, s = by["uniform"], by["search"]
         ud, sd = u["decode_ms_per_token"], s["decode_ms_per_token"]
         overlap = sd["ci_low"] <= ud["ci_high"] and ud["ci_low"] <= sd["ci_high"]
+        q = s["test_ppl_ratio_vs_uniform"]
+        if q["ci_high"] < 1:
+            quality = "better"
+        elif q["ci_low"] > 1:
+            quality = "worse"
+        else:
+            quality = "not distinguishable from uniform (the 95 % CI of the ratio holds 1)"
         parts.append(
-            f"at B={budget} the searched allocation is "
-            f"{'better' if s['test_ppl'] < u['test_ppl'] else 'not better'} on held-out perplexity "
-            f"({s['test_ppl']:.3f} vs {u['test_ppl']:.3f}) and its decode time is "
+            f"at B={budget} the searched allocation is {quality} on test perplexity "
+            f"({s['test_ppl']:.3f} vs {u['test_ppl']:.3f}, ratio {q['ratio']:.3f} "
+            f"[{q['ci_low']:.3f}, {q['ci_high']:.3f}], paired over windows) and its decode time is "
             + (
                 "indistinguishable from uniform's (95 % CIs overlap)"
                 if overlap
@@ -331,6 +409,7 @@ def main() -> None:
     parser.add_argument("--cache", default=str(ROOT / "runs" / "moe_expert_pruning" / "tiny-moe"))
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 12])
     parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--windows", type=int, default=128, help="held-out windows per half (val, test)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=30)
