@@ -18,7 +18,7 @@ generated token, greedy, KV cache, batch 1, one thread) is timed for every alloc
 candidates alternated round by round so machine load hits all alike; medians with order-statistics 95 % CIs.
 Resident memory of loading each checkpoint is measured in a fresh process (``measure_load_memory_mb``).
 
-    .venv/bin/python benchmarks/bench_moe_expert_pruning.py   # 2 min 38 s on a quiet 2-core machine; +2.5 min to train once
+    .venv/bin/python benchmarks/bench_moe_expert_pruning.py  # 2.6 min, quiet 2 cores; +2.5 to train once
 
 Test perplexities are compared paired over the same windows: the ratio exp(mean NLL difference) with a 95 %
 bootstrap CI over windows; a win is claimed only when the CI excludes 1.
