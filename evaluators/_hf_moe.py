@@ -325,25 +325,6 @@ class HFMoEPerplexity(HFCausalLMPerplexity):
 def save_tiny_moe(path: Path) -> Path:
     """A 2-layer, 4-expert, top-2 Qwen2-MoE with the character tokenizer and seeded random (untrained)
     weights, for ``tiny_spec`` and tests; seconds to build."""
-    import torch
-    import transformers
+    from frontier.evaluators._tiny import save_tiny_model
 
-    from frontier.evaluators._tiny import save_char_tokenizer
-
-    vocab = save_char_tokenizer(path)
-    torch.manual_seed(0)
-    config = transformers.Qwen2MoeConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        moe_intermediate_size=32,
-        shared_expert_intermediate_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_experts=4,
-        num_experts_per_tok=2,
-        max_position_embeddings=128,
-    )
-    transformers.Qwen2MoeForCausalLM(config).save_pretrained(path)
-    return path
+    return save_tiny_model(path, "qwen2_moe")

@@ -24,7 +24,8 @@ def save_char_tokenizer(path: Path) -> int:
 
 
 def save_tiny_model(path: Path, architecture: str) -> Path:
-    """A 2-layer, hidden-32 ``bert`` encoder or ``llama`` causal LM with the character tokenizer, seeded."""
+    """A 2-layer, hidden-32 ``bert`` encoder, ``llama`` causal LM or ``qwen2_moe`` MoE causal LM with the
+    character tokenizer, seeded (untrained)."""
     import torch
     import transformers
 
@@ -51,6 +52,23 @@ def save_tiny_model(path: Path, architecture: str) -> Path:
             max_position_embeddings=64,
         )
         transformers.LlamaForCausalLM(llama).save_pretrained(path)
+    elif architecture == "qwen2_moe":  # 4 routed experts, top-2, a narrow shared expert
+        moe = transformers.Qwen2MoeConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            max_position_embeddings=128,
+        )
+        transformers.Qwen2MoeForCausalLM(moe).save_pretrained(path)
     else:
-        raise ValueError(f"architecture must be 'bert' or 'llama'. Got {architecture!r} instead.")
+        raise ValueError(
+            f"architecture must be 'bert', 'llama' or 'qwen2_moe'. Got {architecture!r} instead."
+        )
     return path

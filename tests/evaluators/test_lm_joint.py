@@ -16,17 +16,8 @@ from frontier.evaluators import EvalContext, make_evaluator
 from frontier.evaluators._lm_train import LMTrain
 from frontier.spaces import Candidate, compression_recipe, spec_from_dict
 from tests._consumer import run_consumer
+from tests.evaluators.test_lm_train import TINY  # the same few-step training as the plain lm-train tests
 
-TINY = {
-    "steps": 6,
-    "eval_every": 3,
-    "seq_len": 32,
-    "batch_size": 4,
-    "eval_batches": 2,
-    "latency_context": 8,
-    "prefill_seq": 16,
-    "latency_time_cap_s": 0.05,
-}
 LM = {"layers": [1, 2], "hidden": [32], "head_dim": [8, 16], "ffn_ratio": [1, 2], "expert_ffn": [16]}
 ARCH = {
     **{"lm.depth": 2, "lm.hidden": 32},
