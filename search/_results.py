@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -33,9 +33,37 @@ class TrialRow:
     error: str | None = None
     duration_s: float | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    evaluations: int = 1  # complete evaluations its values average (pareto_means); 1 in trial_rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def pareto_means(rows: list[TrialRow]) -> list[TrialRow]:
+    """The Pareto rows as the Pareto set was decided (:func:`~search.pareto_trials`): a configuration
+    evaluated more than once carries the means of its complete evaluations' objective values, metrics and
+    constraints, and how many there were (``evaluations``); the others as they are."""
+    out = []
+    for r in rows:
+        if not r.pareto:
+            continue
+        same = [q for q in rows if q.state == "complete" and q.values and q.params == r.params]
+        if len(same) > 1:
+            r = replace(
+                r,
+                values=_mean([q.values for q in same]),
+                metrics=_mean([q.metrics for q in same]),
+                constraints=_mean([q.constraints for q in same]),
+                evaluations=len(same),
+            )
+        out.append(r)
+    return out
+
+
+def _mean(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Per key, the mean over the dicts that hold it (in the first one's key order, then the rest)."""
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    return {k: sum(d[k] for d in dicts if k in d) / sum(k in d for d in dicts) for k in keys}
 
 
 def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[TrialRow]:
@@ -136,7 +164,7 @@ def select(rows: list[TrialRow], expr: str | None, spec: StudySpec) -> TrialRow:
     most one preference ``max(METRIC)`` or ``min(METRIC)`` (default: the best on the first objective), or
     ``trial=N``. Example: ``"latency_ms<=2, max(accuracy)"``.
     """
-    front = [r for r in rows if r.pareto]
+    front = pareto_means(rows)  # a repeated configuration is chosen on its mean, as the set was decided
     if not front:
         raise ValueError("the study has no feasible complete trial, so there is no Pareto point to select")
     first = spec.objectives[0]
@@ -226,6 +254,8 @@ def export_point(
             "spec": spec.to_dict(),
         },
     }
+    if row.evaluations > 1:  # objectives, metrics and constraints are means over these evaluations
+        doc["evaluations"] = row.evaluations
     doc["checkpoint"] = _checkpoint(study, row.number)
     doc.update(compression_export(spec, row.params))
     return doc

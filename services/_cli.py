@@ -347,23 +347,6 @@ def _pareto_table(
         console.print("Values of configurations evaluated more than once are means over their evaluations.")
 
 
-def _averaged(front: list[Any], rows: list[Any]) -> tuple[list[Any], dict[int, int]]:
-    """Each Pareto row with its objective values averaged over every complete evaluation of the same
-    configuration (the Pareto set is decided on those means, search.pareto_trials), and their count."""
-    import dataclasses
-
-    out, counts = [], {}
-    for r in front:
-        same = [q for q in rows if q.state == "complete" and q.values and q.params == r.params]
-        if len(same) > 1:
-            r = dataclasses.replace(
-                r, values={k: sum(q.values[k] for q in same) / len(same) for k in r.values}
-            )
-        out.append(r)
-        counts[r.number] = max(len(same), 1)
-    return out, counts
-
-
 @app.command()
 def studies(run_dir: RunDir = None, storage: Storage = None, tracking_uri: TrackingUri = None) -> None:
     """List the studies in a storage with their state and trial counts."""
@@ -505,10 +488,12 @@ def pareto(
     """The Pareto set: complete, feasible, non-dominated trials."""
     storage_url, tracking = _read_locations(run_dir, storage, tracking_uri)
     spec, rows = _rows(study, storage_url)
-    front, counts = _averaged([r for r in rows if r.pareto], rows)
+    from frontier.search._results import pareto_means
+
+    front = pareto_means(rows)
+    counts = {r.number: r.evaluations for r in front}
     if format is ParetoFormat.json:
-        out = [{**r.to_dict(), "evaluations": counts[r.number]} for r in front]
-        sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps([r.to_dict() for r in front], indent=2, default=str) + "\n")
         return
     _pareto_table(
         front,

@@ -107,6 +107,23 @@ def test_cli_pareto_shows_means_and_evaluation_counts(tmp_path):
     assert "evaluations" in table.output and "88" in table.output and "means over their" in table.output
 
 
+def test_export_selects_a_repeated_configuration_on_its_mean(tmp_path):
+    from frontier.search import export_point
+
+    spec = _spec("noisy-export")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = _study(spec, storage)
+    _evaluate(study, spec, "a", 90.0, 5.0)  # a lucky first draw: 'a' averages 88
+    _evaluate(study, spec, "a", 86.0, 5.0)
+    _evaluate(study, spec, "b", 89.0, 6.0)  # both on the front (a: faster, b: more accurate on average)
+    doc = export_point("noisy-export", storage, "max(acc)")
+    assert doc["params"] == {"op": "b"} and "evaluations" not in doc
+    doc = export_point("noisy-export", storage, "min(lat)")
+    assert doc["trial"] == 0 and doc["evaluations"] == 2
+    assert doc["objectives"] == {"acc": pytest.approx(88.0), "lat": pytest.approx(5.0)}
+    assert list(doc["constraints"].values()) == [pytest.approx(-5.0)], doc["constraints"]  # lat - 10
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
