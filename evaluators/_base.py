@@ -236,6 +236,11 @@ class Evaluator(abc.ABC):
         """
         return []
 
+    def prepare_study(self, progress: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
+        """One-time work on the driver before a study's workers start (e.g. build or fetch files every
+        worker then reads), reporting what it does through ``progress`` (one line per call); default:
+        nothing. Called by :func:`search.run_study` after :meth:`bind_spec`, on fresh and resumed studies."""
+
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load data and models once per worker."""
 

@@ -9,6 +9,7 @@ import copy
 import fcntl
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -208,19 +209,28 @@ class HFMoEPerplexity(HFCausalLMPerplexity):
         return {"model": self.model_id(), "candidate": hashlib.sha256(blob.encode()).hexdigest()[:16]}
 
     # -- loading ------------------------------------------------------------------------------------------
-    def load_base(self) -> nn.Module:
-        path = Path(self.options.model)
-        if self.options.build_if_missing is not None and not (path / "config.json").is_file():
-            from frontier.evaluators._tiny_moe import build_tiny_moe
+    def prepare_study(self, progress: Callable[[str], None]) -> None:
+        """``build_if_missing``: build the model once on the driver, with progress lines, before the workers
+        start (they would otherwise wait on the build in silence)."""
+        self._build_if_missing(progress)
 
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Workers of one study start together: one trains, the others wait, then all load it.
-            with open(path.parent / f".{path.name}.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    build_tiny_moe(path)
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+    def _build_if_missing(self, progress: Callable[[str], None] | None = None) -> None:
+        path = Path(self.options.model)
+        if self.options.build_if_missing is None or (path / "config.json").is_file():
+            return
+        from frontier.evaluators._tiny_moe import build_tiny_moe
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Workers of one study start together: one trains, the others wait, then all load it.
+        with open(path.parent / f".{path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                build_tiny_moe(path, progress=progress)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def load_base(self) -> nn.Module:
+        self._build_if_missing()  # a worker of a study started without run_study (prepare_study)
         return super().load_base()
 
     def prepare(self) -> None:

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,13 +93,20 @@ def _cached(path: Path, recipe: dict[str, Any]) -> bool:
     return bool(json.loads(marker.read_text()).get("recipe") == recipe)
 
 
-def build_tiny_moe(path: str | Path, *, threads: int = 1, steps: int | None = None) -> Path:
+def build_tiny_moe(
+    path: str | Path,
+    *,
+    threads: int = 1,
+    steps: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
     """The tiny pretrained Qwen2-MoE at ``path``: trained and saved on first call, reused afterwards.
 
     Args:
         path: the checkpoint directory (``from_pretrained`` loads it; the tokenizer is saved with it).
         threads: torch intra-op threads while training (one by default: the machine is often shared).
         steps: training steps, when not the recipe's (tests train briefly); recorded in the marker.
+        progress: called with a line when training starts, every 100 steps and when the model is saved.
 
     Returns:
         ``path``. Its ``frontier_tiny_moe.json`` holds the recipe, train time and held-out perplexity.
@@ -127,7 +135,9 @@ def build_tiny_moe(path: str | Path, *, threads: int = 1, steps: int | None = No
         )
         gen = torch.Generator().manual_seed(RECIPE["seed"])
         start = time.perf_counter()
-        for _ in range(steps):
+        if progress is not None:
+            progress(f"training the tiny pretrained MoE at {path}: {steps} steps, {threads} thread(s), once")
+        for step in range(1, steps + 1):
             offsets = torch.randint(0, train_ids.numel() - seq - 1, (batch,), generator=gen)
             x = torch.stack([train_ids[o : o + seq] for o in offsets.tolist()])
             loss = model(input_ids=x, labels=x, use_cache=False).loss  # includes the aux (balance) loss
@@ -136,6 +146,9 @@ def build_tiny_moe(path: str | Path, *, threads: int = 1, steps: int | None = No
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
+            if progress is not None and step % 100 == 0 and step < steps:
+                elapsed = time.perf_counter() - start
+                progress(f"  step {step}/{steps}, loss {float(loss):.3f}, {elapsed:.0f} s")
         train_s = time.perf_counter() - start
         model.config.output_router_logits = False
         model.eval()
@@ -153,4 +166,6 @@ def build_tiny_moe(path: str | Path, *, threads: int = 1, steps: int | None = No
     shutil.rmtree(path, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(path)
+    if progress is not None:
+        progress(f"  saved {path}: trained in {train_s:.0f} s, held-out perplexity {ppl:.3f}")
     return path

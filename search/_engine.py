@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -235,6 +236,7 @@ def run_study(
     track: bool = True,
     scheduler: Any = None,
     sync_interval_s: float = 3.0,
+    on_message: Callable[[str], None] | None = None,
 ) -> StudyOutcome:
     """Run (or resume) a study to its budget and return its trials.
 
@@ -248,11 +250,14 @@ def run_study(
         on_progress: called after each finished trial.
         track: log to MLflow.
         scheduler: a Ray Tune trial scheduler (multi-fidelity); default FIFO.
+        on_message: gets the lines of one-time work done before the workers start
+            (:meth:`Evaluator.prepare_study`, e.g. building a model); default: printed to stderr.
     """
     run_path = Path(run_dir).expanduser().resolve()
     run_path.mkdir(parents=True, exist_ok=True)
     check_spec(spec)
     spec = _absolute_paths(spec, Path.cwd())
+    _prepare(spec, on_message)
     storage = spec.storage or default_storage(run_path)
     tracking_uri = (spec.tracking.uri or default_tracking_uri(run_path)) if track else None
     sampler = make_sampler(spec)
@@ -312,6 +317,16 @@ def run_study(
         trials=trial_rows(study, spec),
         ray_address=_ray_address(),
     )
+
+
+def _prepare(spec: StudySpec, on_message: Callable[[str], None] | None) -> None:
+    """The evaluator's one-time work on the driver (:meth:`Evaluator.prepare_study`), before Ray starts."""
+    from frontier.evaluators import for_spec
+
+    def stderr(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    for_spec(spec, setup=False).prepare_study(on_message or stderr)
 
 
 def _keep_weights(spec: StudySpec, study: Any, run_path: Path) -> None:

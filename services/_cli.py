@@ -197,6 +197,7 @@ def run(
                 run_dir=rd,
                 address=address or get_settings().ray_address,
                 on_progress=reporter.update,
+                on_message=reporter.message,
                 track=not no_track,
             )
     except (SpecError, ValueError) as exc:
@@ -299,6 +300,11 @@ class _ProgressReporter:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+    def message(self, line: str) -> None:
+        """A line of work done before the trials start (building a model), above the bar if there is one."""
+        console.print(line, highlight=False, soft_wrap=True)
+        console.file.flush()
 
     def update(self, p: Any) -> None:
         counts = f"failed {p.failed}  pruned {p.pruned}  pareto {p.pareto}"

@@ -129,3 +129,30 @@ def test_a_space_without_experts_or_with_other_parameters_is_refused(moe_dir: st
     }
     with pytest.raises(ValueError, match="must be a local transformers model directory"):
         for_spec(spec_from_dict(missing))
+
+
+def test_a_missing_model_is_built_on_the_driver_with_progress_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_if_missing: run_study's driver step (_prepare -> Evaluator.prepare_study) builds the model once
+    and says so, before any worker starts; a second study finds it and says nothing."""
+    from frontier.evaluators import _tiny_moe
+    from frontier.search._engine import _prepare
+
+    monkeypatch.setitem(_tiny_moe.RECIPE, "steps", 2)  # the real recipe trains for minutes
+    model = tmp_path / "runs" / "tiny-moe"
+    study = spec(str(model), experts={"num_experts": 8, "num_layers": 4, "choices": [2, 8]})
+    study = study.model_copy(
+        update={
+            "evaluator": study.evaluator.model_copy(
+                update={"options": {**study.evaluator.options, "build_if_missing": "tiny-moe"}}
+            )
+        }
+    )
+    lines: list[str] = []
+    _prepare(study, lines.append)
+    assert lines[0] == f"training the tiny pretrained MoE at {model}: 2 steps, 1 thread(s), once"
+    assert lines[-1].startswith(f"  saved {model}: trained in") and (model / "config.json").is_file()
+    lines.clear()
+    _prepare(study, lines.append)
+    assert lines == []

@@ -312,10 +312,13 @@ def test_tiny_pretrained_moe_is_cached_and_pruning_by_score_beats_the_reverse(tm
         tiny_moe_corpus,
     )
 
-    path = build_tiny_moe(tmp_path / "tiny-moe", steps=80)
+    lines: list[str] = []
+    path = build_tiny_moe(tmp_path / "tiny-moe", steps=80, progress=lines.append)
+    assert lines[0].startswith("training the tiny pretrained MoE at") and "saved" in lines[-1]
     marker = (path / "frontier_tiny_moe.json").stat().st_mtime_ns
     start = time.perf_counter()
-    assert build_tiny_moe(tmp_path / "tiny-moe", steps=80) == path
+    assert build_tiny_moe(tmp_path / "tiny-moe", steps=80, progress=lines.append) == path
+    assert len(lines) == 2  # cached: nothing to say
     assert time.perf_counter() - start < 5 and (path / "frontier_tiny_moe.json").stat().st_mtime_ns == marker
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     assert tokenizer("déf")["input_ids"] == list("déf".encode())
