@@ -230,7 +230,7 @@ def run(
         )
     console.print(
         f"Export a point with:\n  frontier export {spec.name}{where} --select "
-        f"'max({spec.objectives[0].name})' -o {spec.name}.yaml",
+        f"'{_best_select(spec.objectives[0])}' -o {spec.name}.yaml",
         highlight=False,
     )
 
@@ -834,6 +834,11 @@ def _print_joint(
         console.print(
             f"  in Frontier: frontier.kernels.load_pretrained_compressed({str(output)!r})", soft_wrap=True
         )
+
+
+def _best_select(objective: Any) -> str:
+    """The ``--select`` preference for the best value of ``objective`` (``min(...)`` when minimised)."""
+    return f"{'max' if objective.direction == 'maximize' else 'min'}({objective.name})"
 
 
 @app.command("apply")

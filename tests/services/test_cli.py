@@ -478,3 +478,11 @@ def test_run_exits_1_when_no_trial_completed(tmp_path, make_spec, ray_session):
         r"error: no trial completed \(3 of 3 ran: 3 failed, 0 pruned\); commonest error \(3 of 3", last
     )
     assert "f1" in last
+
+
+def test_the_export_hint_selects_the_best_end_of_the_first_objective():
+    from frontier.services._cli import _best_select
+    from frontier.spaces import Objective
+
+    assert _best_select(Objective(name="perplexity", direction="minimize")) == "min(perplexity)"
+    assert _best_select(Objective(name="accuracy", direction="maximize")) == "max(accuracy)"
