@@ -49,7 +49,7 @@ def test_run_prints_progress_summary_and_pareto(ran):
     assert "finished: 12/12 trials" in output
     assert "Pareto set of toy" in output
     assert f"frontier ui toy --run-dir {tmp / 'run'}" in output
-    assert f"frontier export toy --run-dir {tmp / 'run'} --select 'max(f1)'" in output
+    assert f"frontier export toy --run-dir {tmp / 'run'} --select 'min(f1)'" in output
 
 
 def test_run_prints_a_line_per_trial_when_stdout_is_not_a_terminal(ran):
