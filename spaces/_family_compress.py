@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from frontier.spaces._families import SpaceFamily, register_family
-from frontier.spaces._params import FamilyParam
+from frontier.spaces._params import _NAME_PATTERN, FamilyParam
 from frontier.spaces._recipe import (
     ConfigSpec,
     DecodedRecipe,
@@ -133,7 +133,7 @@ FFN_UP, FFN_DOWN = "intermediate.dense", "output.dense"  # the BERT FFN pair tha
 MAX_LAYERS = 1024
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
-_ITEM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")  # a space item's name (spaces._params)
+_ITEM_NAME = re.compile(_NAME_PATTERN)  # a space item's name
 
 
 def layer_index(module: str) -> int | None:
@@ -232,18 +232,21 @@ def group_key(module: str, group_by: str) -> str:
     return rest or module  # module_type
 
 
-def _choices(family: str, value: Any, *, ints: bool, low: float, high: float) -> list[Any]:
+def _choices(
+    family: str, value: Any, *, ints: bool, low: float, high: float, option: str = "choices"
+) -> list[Any]:
+    """``value`` as a sorted list, checked to be distinct ints (or numbers) in ``[low, high]``."""
     kind = "ints" if ints else "numbers"
     rule = f"must be a non-empty list of distinct {kind} in [{low:g}, {high:g}]"
     if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise _fail(family, "choices", rule, value)
+        raise _fail(family, option, rule, value)
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int if ints else int | float):
-            raise _fail(family, "choices", rule, value)
+            raise _fail(family, option, rule, value)
         if not low <= v <= high:
-            raise _fail(family, "choices", rule, value)
+            raise _fail(family, option, rule, value)
     if len(set(value)) != len(value):
-        raise _fail(family, "choices", rule, value)
+        raise _fail(family, option, rule, value)
     return sorted(value)
 
 

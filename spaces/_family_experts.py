@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from frontier.spaces._families import SpaceFamily, register_family
+from frontier.spaces._family_compress import _choices
+from frontier.spaces._family_compress import _fail as _family_fail
 from frontier.spaces._params import FamilyParam
 
 FAMILY = "experts"
@@ -30,7 +32,7 @@ GROUP_BY = ("layer", "none", "all")
 
 
 def _fail(option: str, rule: str, value: Any) -> ValueError:
-    return ValueError(f"The '{option}' option of family '{FAMILY}' {rule}. Got {value!r} instead.")
+    return _family_fail(FAMILY, option, rule, value)
 
 
 def _is_int(v: Any) -> bool:
@@ -38,12 +40,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _int_list(option: str, value: Any, *, low: int, high: int) -> list[int]:
-    rule = f"must be a non-empty list of distinct ints in [{low}, {high}]"
-    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise _fail(option, rule, value)
-    if any(not _is_int(v) or not low <= v <= high for v in value) or len(set(value)) != len(value):
-        raise _fail(option, rule, value)
-    return sorted(value)
+    return _choices(FAMILY, value, ints=True, low=low, high=high, option=option)
 
 
 @dataclass(frozen=True)
