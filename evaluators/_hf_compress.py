@@ -279,13 +279,7 @@ class CompressionEvaluator(Evaluator):
         if self.options.warm_start == "sensitivity":
             for label, params in self.greedy_candidates(spec):
                 out.append(InitialCandidate(params, label))
-        unique: list[InitialCandidate] = []
-        seen: list[dict[str, Any]] = []
-        for c in out:
-            if dict(c.params) not in seen:
-                seen.append(dict(c.params))
-                unique.append(c)
-        return unique
+        return unique_candidates(out)
 
     def sensitivities(self) -> dict[str, dict[Any, float]]:
         """``{group: {choice: distortion with only that group at that choice}}`` (mildest choice: 0)."""
@@ -512,6 +506,17 @@ class _Probe:
     numel: Mapping[str, int]
     total: int
     bits_target: float | None
+
+
+def unique_candidates(candidates: list[InitialCandidate]) -> list[InitialCandidate]:
+    """``candidates`` without repeats of the same parameters, the first (and its label) kept."""
+    unique: list[InitialCandidate] = []
+    seen: list[dict[str, Any]] = []
+    for c in candidates:
+        if dict(c.params) not in seen:
+            seen.append(dict(c.params))
+            unique.append(c)
+    return unique
 
 
 def _mildest(alloc: Allocation) -> Any:

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from frontier.evaluators._base import EvalContext, InitialCandidate
 from frontier.evaluators._hf_causal_lm import HFCausalLMOptions, HFCausalLMPerplexity
-from frontier.evaluators._hf_compress import _mildest
+from frontier.evaluators._hf_compress import _mildest, unique_candidates
 from frontier.evaluators._registry import register_evaluator
 from frontier.spaces import Candidate, ExpertPlan, StudySpec, expert_plan
 from frontier.spaces._family_compress import check_allocations
@@ -40,7 +40,6 @@ MOE_METRICS = (
 )
 LATENCY_METRICS = ("latency_ms", "latency_norm_ms", "latency_ci_ms", "latency_cv")
 COMPRESSION_METRICS = ("avg_bits", "sparsity", "target_size_mb")
-BUILDERS = ("tiny-moe",)
 
 
 class HFMoEOptions(HFCausalLMOptions):
@@ -176,19 +175,23 @@ class HFMoEPerplexity(HFCausalLMPerplexity):
         self.load()
         return self._stats.select(dict(plan.experts_per_layer))
 
-    def build(self, candidate: Candidate) -> nn.Module:
-        """Exactly the model a trial of ``candidate`` evaluates: a copy of the base with its experts pruned
-        (the dropped ones never copied), then the bits/sparsity recipe applied; the base stays untouched."""
-        from frontier import kernels
+    def pruned(self, plan: ExpertPlan | None) -> nn.Module:
+        """A copy of the base with the experts ``plan`` drops removed (never copied) and its top-k; the
+        whole base for ``None``. The base stays untouched."""
         from frontier.kernels.moe import pruned_copy
 
         self.load()
-        plan = self.plan(candidate)
         if plan is None:
-            model = copy.deepcopy(self.base)
-        else:
-            ks = None if plan.top_k_per_layer is None else dict(plan.top_k_per_layer)
-            model, _ = pruned_copy(self.base, self.kept_ids(plan), top_k=ks)
+            return copy.deepcopy(self.base)
+        ks = None if plan.top_k_per_layer is None else dict(plan.top_k_per_layer)
+        return pruned_copy(self.base, self.kept_ids(plan), top_k=ks)[0]
+
+    def build(self, candidate: Candidate) -> nn.Module:
+        """Exactly the model a trial of ``candidate`` evaluates: :meth:`pruned` by its plan, then the
+        bits/sparsity recipe applied; the base stays untouched."""
+        from frontier import kernels
+
+        model = self.pruned(self.plan(candidate))
         decoded = self.decode(candidate)
         if decoded:
             recipe = kernels.CompressionRecipe.from_dict(decoded.to_dict())
@@ -247,7 +250,6 @@ class HFMoEPerplexity(HFCausalLMPerplexity):
                 f"{list(layout.moe_layers)}; set the family's 'num_experts' and 'moe_layers' (or "
                 "'num_layers') to match"
             )
-        self._layout = layout
         super().prepare()
         if self._eval.numel() <= self.options.latency_context:
             raise ValueError(
@@ -258,13 +260,40 @@ class HFMoEPerplexity(HFCausalLMPerplexity):
         self._stats = collect_router_stats(self.base, [row[None] for row in self._calib])
 
     # -- evaluation ---------------------------------------------------------------------------------------
+    def decode_latency(
+        self, model: nn.Module, context: EvalContext, signature: dict[str, Any]
+    ) -> dict[str, float]:
+        """The latency metrics of one decode step of ``model``: one token at batch 1 after a KV cache of
+        ``latency_context`` held-out tokens, through ``context.measure_latency``."""
+        from frontier.evaluators._lm_train import _Runner
+
+        ids = self._eval.flatten()
+        n = self.options.latency_context
+        step = _Runner(model, hf=True).decode_step(ids[:n][None], ids[n : n + 1][None])
+        stats = context.measure_latency(
+            step, signature=signature, input_shape=(1, 1), time_cap_s=self.options.latency_time_cap_s
+        )
+        return stats.metrics()
+
+    @staticmethod
+    def size_metrics(model: nn.Module) -> dict[str, float]:
+        """``total_params``, ``active_params``, ``resident_mb`` and ``size_mb``, counted from ``model``."""
+        from frontier import kernels
+        from frontier.kernels.moe import count_moe_params, resident_bytes
+
+        counts = count_moe_params(model)
+        return {
+            "total_params": float(counts.total),
+            "active_params": float(counts.active),
+            "resident_mb": resident_bytes(model) / 1e6,
+            "size_mb": kernels.model_size_bytes(model) / 1e6,
+        }
+
     def evaluate(self, candidate: Candidate, context: EvalContext) -> dict[str, float]:
         import torch
 
-        from frontier import kernels
-        from frontier.evaluators._lm_train import _PeakRSS, _Runner
+        from frontier.evaluators._lm_train import _PeakRSS
         from frontier.evaluators.latency import fixed_threads
-        from frontier.kernels.moe import count_moe_params, resident_bytes
 
         metrics: dict[str, float] = {}
         with fixed_threads(context.threads), torch.inference_mode():
@@ -273,26 +302,13 @@ class HFMoEPerplexity(HFCausalLMPerplexity):
                 peak = _PeakRSS()
                 model = self.build(candidate)
             if not context.skip_latency:
-                ids = self._eval.flatten()
-                n = self.options.latency_context
-                step = _Runner(model, hf=True).decode_step(ids[:n][None], ids[n : n + 1][None])
-                stats = context.measure_latency(
-                    step,
-                    signature={"evaluator": self.name, **self.latency_signature(candidate)},
-                    input_shape=(1, 1),
-                    time_cap_s=self.options.latency_time_cap_s,
-                )
-                metrics.update(stats.metrics())
+                signature = {"evaluator": self.name, **self.latency_signature(candidate)}
+                metrics.update(self.decode_latency(model, context, signature))
             with context.training():
                 metrics.update(self.quality(model))
-                counts = count_moe_params(model)
                 plan = self.plan(candidate)
                 metrics.update(
-                    total_params=float(counts.total),
-                    active_params=float(counts.active),
-                    expert_fraction=1.0 if plan is None else plan.expert_fraction,
-                    resident_mb=resident_bytes(model) / 1e6,
-                    size_mb=kernels.model_size_bytes(model) / 1e6,
+                    self.size_metrics(model), expert_fraction=1.0 if plan is None else plan.expert_fraction
                 )
                 if self._allocs:
                     metrics.update(self.compression_metrics(model))
@@ -325,11 +341,7 @@ class HFMoEPerplexity(HFCausalLMPerplexity):
             full = experts(family.counts[-1])
             for c in super().initial_candidates(spec):
                 out.append(InitialCandidate({**c.params, **full}, c.label, baseline=c.baseline))
-        unique: list[InitialCandidate] = []
-        for c in out:
-            if all(dict(c.params) != dict(u.params) for u in unique):
-                unique.append(c)
-        return unique
+        return unique_candidates(out)
 
 
 def save_tiny_moe(path: Path) -> Path:

@@ -193,7 +193,7 @@ def write_compressed(
         "out": str(out),
         "bytes_after": model_size_bytes(model),
         "disk_bytes": _disk_bytes(out, files),
-        "base_disk_bytes": _disk_bytes(sized, [*_base_weight_files(sized), *map(str, base_files(sized))]),
+        "base_disk_bytes": model_dir_bytes(sized),
         "avg_bits": avg_bits(model, list(targets)),
         "sparsity": masked_fraction(model, list(targets), original=original),
         "files": files,
@@ -202,6 +202,12 @@ def write_compressed(
 
 def _disk_bytes(root: Path, files: Sequence[str]) -> int:
     return sum((root / f).stat().st_size for f in files)
+
+
+def model_dir_bytes(path: str | os.PathLike[str]) -> int:
+    """What a model directory takes on disk as transformers loads it: weight files, config, tokenizer."""
+    src = Path(path)
+    return _disk_bytes(src, [*_base_weight_files(src), *map(str, base_files(src))])
 
 
 def _base_weight_files(src: Path) -> list[str]:

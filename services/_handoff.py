@@ -217,32 +217,14 @@ def _remeasure_moe(found: tuple[Any, Any], out_dir: Path) -> dict[str, float]:
 
     from frontier import kernels
     from frontier.evaluators import EvalContext
-    from frontier.evaluators._lm_train import _Runner
     from frontier.evaluators.latency import fixed_threads
-    from frontier.kernels.moe import count_moe_params, resident_bytes
 
     spec, ev = found
     written = kernels.load_pretrained_compressed(out_dir).eval()
     context = EvalContext(threads=max(1, int(spec.resources.cpu)))
     with fixed_threads(context.threads), torch.inference_mode():
-        ids = ev._eval.flatten()
-        n = ev.options.latency_context
-        step = _Runner(written, hf=True).decode_step(ids[:n][None], ids[n : n + 1][None])
-        stats = context.measure_latency(
-            step,
-            signature={"evaluator": ev.name, "written": str(out_dir)},
-            input_shape=(1, 1),
-            time_cap_s=ev.options.latency_time_cap_s,
-        )
-        counts = count_moe_params(written)
-        return {
-            **ev.quality(written),
-            "total_params": float(counts.total),
-            "active_params": float(counts.active),
-            "resident_mb": resident_bytes(written) / 1e6,
-            "size_mb": kernels.model_size_bytes(written) / 1e6,
-            **stats.metrics(),
-        }
+        latency = ev.decode_latency(written, context, {"evaluator": ev.name, "written": str(out_dir)})
+        return {**ev.quality(written), **ev.size_metrics(written), **latency}
 
 
 def _remeasure_trial(doc: dict[str, Any], out_dir: Path) -> dict[str, float] | None:
@@ -332,11 +314,13 @@ def _write_pruned_moe(doc: dict[str, Any], out_dir: Path, *, model: Path | None)
     rebuilt by the study's evaluator from the export's spec on the model, written and read back."""
     import tempfile
 
+    from frontier.kernels._hf import model_dir_bytes, write_compressed
     from frontier.kernels.moe._prune import (
         count_moe_params,
         detect_moe_layout,
         export_pruned_moe,
-        pruned_copy,
+        load_pruned_moe,
+        moe_blocks,
     )
     from frontier.spaces import Candidate, ExpertPlan
 
@@ -347,7 +331,7 @@ def _write_pruned_moe(doc: dict[str, Any], out_dir: Path, *, model: Path | None)
         raise ValueError(f"{what}: its 'experts' is not an expert plan ({exc}); export it again") from None
     path = document_model(doc, model)
     found = _study_evaluator(doc, path)
-    if found is None or not all(hasattr(found[1], m) for m in ("plan", "kept_ids", "build")):
+    if found is None or not all(hasattr(found[1], m) for m in ("plan", "pruned", "build")):
         raise ValueError(
             f"{what}: the export carries an expert plan ('experts') but not the study that pruned it "
             "(provenance.spec with an expert-pruning evaluator such as hf-moe-perplexity), so the experts "
@@ -355,10 +339,12 @@ def _write_pruned_moe(doc: dict[str, Any], out_dir: Path, *, model: Path | None)
         )
     _spec, ev = found
     candidate = Candidate(doc.get("params") or {})
-    if ev.plan(candidate) != plan:
+    decoded = ev.plan(candidate)
+    if decoded != plan:
         raise ValueError(
             f"{what}: its 'experts' {plan.to_dict()} is not what its params decode to "
-            f"({ev.plan(candidate).to_dict()}); the document was edited. Export the point again"
+            f"({None if decoded is None else decoded.to_dict()}); the document was edited. Export the point "
+            "again"
         )
     built = ev.build(candidate)  # exactly the model the trial evaluated
     tokenizer = _tokenizer(path)
@@ -369,19 +355,15 @@ def _write_pruned_moe(doc: dict[str, Any], out_dir: Path, *, model: Path | None)
     if recipe is None:
         pruned = built
         info = export_pruned_moe(built, out_dir, tokenizer=tokenizer, warn=False)
-        from frontier.kernels.moe._prune import load_pruned_moe
-
         diff = _logit_diff(built, load_pruned_moe(out_dir), int(ev.base.config.vocab_size))
         extra: dict[str, Any] = {"reload_max_abs_diff": diff}
         frontier_load = f"frontier.kernels.moe.load_pruned_moe({str(out_dir)!r})"
     else:
         from frontier.kernels import weight_counts
-        from frontier.kernels._hf import write_compressed
 
         # the pruned model without the recipe: its export gives the written directory's config, tokenizer
         # and (per-layer counts) the frontier_moe.py module; the weights written are the trial's model's
-        ks = None if plan.top_k_per_layer is None else dict(plan.top_k_per_layer)
-        pruned, _ = pruned_copy(ev.base, ev.kept_ids(plan), top_k=ks)
+        pruned = ev.pruned(plan)
         with tempfile.TemporaryDirectory(prefix="frontier-moe-") as tmp:
             info = export_pruned_moe(pruned, tmp, tokenizer=tokenizer, warn=False)
             targets = list(ev.targets)
@@ -407,12 +389,12 @@ def _write_pruned_moe(doc: dict[str, Any], out_dir: Path, *, model: Path | None)
         "experts_before": dict.fromkeys(layout.moe_layers, layout.num_experts),
         "experts_after": dict(plan.experts_per_layer),
         "top_k_before": layout.top_k,
-        "top_k_after": {i: int(b.gate.top_k) for i, b in _blocks(pruned).items()},
+        "top_k_after": {i: int(b.gate.top_k) for i, b in moe_blocks(pruned).items()},
         "total_params_before": before.total,
         "total_params_after": after.total,
         "active_params_after": after.active,
         "disk_bytes": sum((out_dir / f).stat().st_size for f in files),
-        "base_disk_bytes": extra.get("base_disk_bytes") or _dir_bytes(path),
+        "base_disk_bytes": extra.get("base_disk_bytes") or model_dir_bytes(path),
         "files": files,
         # export_pruned_moe's own line names the directory it wrote, a temporary one for a recipe
         "load": "transformers.AutoModelForCausalLM.from_pretrained("
@@ -423,12 +405,6 @@ def _write_pruned_moe(doc: dict[str, Any], out_dir: Path, *, model: Path | None)
     }
 
 
-def _blocks(model: Any) -> dict[int, Any]:
-    from frontier.kernels.moe._prune import moe_blocks
-
-    return moe_blocks(model)
-
-
 def _tokenizer(path: Path) -> Any:
     """The model directory's tokenizer, to ship with the written checkpoint (``None`` if it has none)."""
     import transformers
@@ -437,12 +413,3 @@ def _tokenizer(path: Path) -> Any:
         return transformers.AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):
         return None
-
-
-def _dir_bytes(path: Path) -> int:
-    """What a model directory takes on disk as transformers loads it: weight files, config, tokenizer."""
-    from frontier.kernels._compressed_tensors import base_files
-    from frontier.kernels._hf import _base_weight_files
-
-    names = [*_base_weight_files(path), *map(str, base_files(path))]
-    return sum((path / n).stat().st_size for n in names)
