@@ -168,7 +168,8 @@ def apply_document(
     """
     if isinstance(doc, dict):
         if _trains(doc):  # a trained model: never the packaged MiniLM, whatever keys the document has
-            if doc.get("recipe") is not None:
+            # a joint study's point whose allocation compresses nothing (every sparsity 0) is the dense model
+            if (doc.get("recipe") or {}).get("entries"):
                 return _write_joint_checkpoint(doc, Path(out_dir))
             return _write_trial_checkpoint(doc, Path(out_dir))
         if doc.get("experts") is not None:

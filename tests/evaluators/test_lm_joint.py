@@ -186,3 +186,10 @@ def test_joint_trial_exports_a_compressed_transformers_checkpoint(tmp_path: Path
         write_joint_checkpoint({**doc, "checkpoint": str(tmp_path / "uneven")}, tmp_path / "out2")
     with pytest.raises(ValueError, match=r"must hold the 'recipe' of a joint lm-train study"):
         write_joint_checkpoint({**doc, "recipe": None}, tmp_path / "out3")
+    # a point whose allocation compresses nothing (all sparsities 0, no bits family) is the dense model
+    from frontier.services._handoff import apply_document
+    from frontier.spaces import DecodedRecipe
+
+    dense = apply_document({**doc, "recipe": DecodedRecipe({}).to_dict()}, tmp_path / "dense")
+    assert dense["architecture"] == "LlamaForCausalLM" and "joint" not in dense
+    assert "quantization_config" not in json.loads((tmp_path / "dense" / "config.json").read_text())
