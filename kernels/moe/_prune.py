@@ -401,6 +401,9 @@ def pruned_copy(
                 old.data.index_select(0, index), requires_grad=old.requires_grad
             )
     clone: nn.Module = copy.deepcopy(model, memo)
+    # The tensors above and the counts below are what _shrink_blocks changes in place; it cannot be called
+    # on the clone (its tensors are pruned already) nor split, since its source ships verbatim in a
+    # per-layer checkpoint's frontier_moe.py, which imports nothing from Frontier.
     new_blocks = moe_blocks(clone)
     for layer, ids in kept.items():
         block = new_blocks[layer]
