@@ -109,6 +109,11 @@ class Service:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+        # SIGKILL is delivered at once but a process takes a moment to exit (longer on a busy machine, with
+        # a large address space to tear down): return when the killed workers are gone, as after a power cut.
+        deadline = time.monotonic() + 30
+        while set(self.worker_pids()) & set(pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.proc = None
 
     def worker_pids(self) -> list[int]:
